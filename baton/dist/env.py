@@ -1,0 +1,53 @@
+"""Where this process sits in the job, and process-group setup.
+
+Reads the torchrun variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT);
+a process started without them is a single-process job.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def discover() -> DistEnv:
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return DistEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
+    return DistEnv()
+
+
+def init_distributed(device: torch.device, timeout_s: float = 300.0) -> DistEnv:
+    """Discover the job layout and, for more than one process, join the default group
+    (NCCL on CUDA, gloo on CPU)."""
+    env = discover()
+    if env.distributed and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(env.local_rank)
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return env
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,83 @@
+"""The ``baton`` command: ``train``, ``data build``, ``data synth``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from baton.data.corpus import CorpusError
+
+
+def _train(args: argparse.Namespace) -> None:
+    from baton.dist.env import shutdown
+    from baton.launch.config import load_config
+    from baton.launch.train import Trainer
+
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config:  # `baton train key=value ...` with no file
+        config, overrides = None, [config, *overrides]
+    cfg = load_config(config, overrides)
+    try:
+        Trainer(cfg).fit()
+    finally:
+        shutdown()
+
+
+def _data_build(args: argparse.Namespace) -> None:
+    from baton.data.build import build_corpus
+
+    corpus = build_corpus(args.inputs, args.out, args.tokenizer, args.vocab_size)
+    print(f"{corpus.path}: {corpus.n_docs} documents, {corpus.n_tokens} tokens, vocabulary {corpus.vocab_size}")
+
+
+def _data_synth(args: argparse.Namespace) -> None:
+    from baton.data.build import synthetic_corpus
+
+    corpus = synthetic_corpus(args.out, args.docs, args.seed)
+    print(f"{corpus.path}: {corpus.n_docs} documents, {corpus.n_tokens} tokens")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="baton", description="Distributed training of recurrent language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model: baton train [config.yaml] [key=value ...]")
+    train.add_argument("config", nargs="?", help="YAML config (default: the built-in tiny-cpu preset)")
+    train.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=100 model.mixer=ssd")
+    train.set_defaults(func=_train)
+
+    data = sub.add_parser("data", help="build token corpora").add_subparsers(dest="data_command", required=True)
+    build = data.add_parser("build", help="tokenise .txt / .jsonl files into a corpus")
+    build.add_argument(
+        "inputs", nargs="+", help="files or directories (.txt: one document per file; .jsonl: 'text' per line)"
+    )
+    build.add_argument("--out", required=True, help="corpus directory to create")
+    build.add_argument("--tokenizer", choices=("byte", "bpe"), default="byte")
+    build.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size")
+    build.set_defaults(func=_data_build)
+    synth = data.add_parser("synth", help="generate the synthetic corpus")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--docs", type=int, default=20000)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=_data_synth)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from baton.launch.config import ConfigError
+    from baton.parallel.plan import PlanError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, CorpusError, PlanError) as exc:
+        print(f"baton: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("baton: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

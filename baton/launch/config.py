@@ -1,0 +1,123 @@
+"""Typed training configuration: dataclasses + OmegaConf (YAML files and ``key=value`` overrides).
+
+Unknown keys and values of the wrong type are errors that name the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from baton.models.config import ModelConfig
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config file or override; the message says which key and why."""
+
+
+@dataclass
+class DataConfig:
+    path: str = "synthetic"  # a corpus directory, or "synthetic": the built-in language, generated on first use
+    synthetic_docs: int = 20000
+    cache_dir: str = "data"  # where the synthetic corpus is kept
+    tokens_per_batch: int = 4096  # global batch: whole documents packed up to this many tokens
+    eval_docs: int = 200  # held-out documents (the corpus' last ones) for the eval loss
+    eval_batches: int = 4
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+
+
+@dataclass
+class SequenceParallelConfig:
+    size: int = 1  # ranks that share one packed stream (1: off)
+    relay: str = "allgather"  # chain | allgather | logscan
+
+
+@dataclass
+class ParallelConfig:
+    sp: SequenceParallelConfig = field(default_factory=SequenceParallelConfig)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 300
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    log_every: int = 10
+    eval_every: int = 100
+    run_dir: str = "runs/default"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+CHOICES = {
+    "train.device": ("auto", "cpu", "cuda"),
+    "train.dtype": ("auto", "fp32", "bf16"),
+    "parallel.sp.relay": ("chain", "allgather", "logscan"),
+}
+POSITIVE = ("data.tokens_per_batch", "train.steps", "train.log_every", "train.eval_every", "parallel.sp.size")
+
+
+def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file, then ``key=value`` overrides; validated."""
+    try:
+        cfg = OmegaConf.structured(Config)
+        if path is not None:
+            if not Path(path).is_file():
+                raise ConfigError(f"{path}: config file not found")
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r}: expected key=value")
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        obj: Config = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        msg = str(exc).splitlines()[0]
+        raise ConfigError(f"{key}: {msg}" if key else msg) from None
+    validate(obj)
+    return obj
+
+
+def _get(cfg: Config, key: str):
+    obj = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def validate(cfg: Config) -> None:
+    for key, allowed in CHOICES.items():
+        if _get(cfg, key) not in allowed:
+            raise ConfigError(f"{key}: must be one of {', '.join(allowed)}, got {_get(cfg, key)!r}")
+    for key in POSITIVE:
+        if _get(cfg, key) < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {_get(cfg, key)}")
+    try:
+        cfg.model.validate()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -1,0 +1,222 @@
+"""The trainer, top to bottom: setup, then one loop of plan -> forward -> backward -> step.
+
+Every rank reads the same global batch (whole documents, rank-independent cursor), the
+plan says which piece each rank holds, and the summed loss is divided by the global
+number of targets, so the result equals one process training on the whole batch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from baton.data.build import synthetic_corpus
+from baton.data.corpus import Corpus
+from baton.data.loader import PackedLoader
+from baton.dist.env import DistEnv, init_distributed
+from baton.launch.config import Config, ConfigError, to_yaml
+from baton.launch.progress import Progress
+from baton.launch.schedule import build_optimizer, build_scheduler
+from baton.models.flops import count_parameters, flops_per_token
+from baton.models.lm import RecurrentLM, token_losses
+from baton.parallel.plan import fixed_degree_plan, local_batch
+from baton.parallel.sequence import SequenceParallel, apply_sequence_parallel
+
+
+def open_corpus(cfg: Config) -> Corpus:
+    if cfg.data.path == "synthetic":
+        path = Path(cfg.data.cache_dir) / f"synthetic-n{cfg.data.synthetic_docs}-seed{cfg.train.seed}"
+        corpus = synthetic_corpus(path, cfg.data.synthetic_docs, cfg.train.seed)
+    else:
+        corpus = Corpus(cfg.data.path)
+    if corpus.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size={cfg.model.vocab_size} is smaller than the vocabulary of {corpus.path} "
+            f"({corpus.vocab_size})"
+        )
+    if corpus.n_docs <= cfg.data.eval_docs:
+        raise ConfigError(
+            f"data.eval_docs={cfg.data.eval_docs} leaves no training documents in {corpus.path} "
+            f"({corpus.n_docs} documents)"
+        )
+    return corpus
+
+
+def pick_device(cfg: Config) -> tuple[torch.device, torch.dtype | None]:
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda requested but no CUDA device is available")
+    cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda") if cuda else torch.device("cpu")
+    bf16 = cfg.train.dtype == "bf16" or (cfg.train.dtype == "auto" and cuda)
+    return device, torch.bfloat16 if bf16 else None
+
+
+@dataclass
+class StepResult:
+    loss: float
+    tokens: int
+    plan: dict
+    comm: dict
+
+
+class Trainer:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.device, self.autocast_dtype = pick_device(cfg)
+        self.env: DistEnv = init_distributed(self.device)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", self.env.local_rank)
+        torch.manual_seed(cfg.train.seed)
+        self.corpus = open_corpus(cfg)
+        n_train = self.corpus.n_docs - cfg.data.eval_docs
+        self.loader = PackedLoader(self.corpus, cfg.data.tokens_per_batch, cfg.train.seed, np.arange(n_train))
+        self.eval_ids = np.arange(n_train, self.corpus.n_docs)
+        self.model = RecurrentLM(cfg.model).to(self.device)
+        self.sp = SequenceParallel(self.env.rank, self.env.world_size, cfg.parallel.sp.relay)
+        if self.env.distributed:
+            apply_sequence_parallel(self.model, self.sp)
+            self._broadcast_parameters()
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train.steps, cfg.optim)
+        self.step = 0
+        self.run_dir = Path(cfg.train.run_dir)
+        if self.env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+
+    def _broadcast_parameters(self) -> None:
+        for p in self.model.parameters():
+            dist.broadcast(p.data, 0)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _all_reduce_sum(self, values: list[float]) -> list[float]:
+        if not self.env.distributed:
+            return values
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def _all_reduce_grads(self) -> None:
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def loss_on(self, batch) -> tuple[torch.Tensor, dict]:
+        """This rank's summed loss on its piece of ``batch``, divided by the global target count."""
+        plan = fixed_degree_plan(batch, self.env.world_size, self.cfg.parallel.sp.size)
+        plan.validate(batch.n_tokens)
+        local = local_batch(plan, self.env.rank, batch)
+        self.sp.set_step(plan, local)
+        with self._autocast():
+            logits = self.model(local.tokens[None].to(self.device), local.cu_seqlens)
+        loss_sum, _ = token_losses(logits, local.labels[None].to(self.device))
+        return loss_sum / batch.n_targets, plan.to_dict()
+
+    def train_step(self) -> StepResult:
+        self.model.train()
+        batch = self.loader.next_batch()
+        loss, plan = self.loss_on(batch)
+        loss.backward()
+        if self.env.distributed:
+            self._all_reduce_grads()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        (total,) = self._all_reduce_sum([loss.item()])
+        return StepResult(total, batch.n_tokens, plan, self.sp.stats.to_dict())
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        self.model.eval()
+        loader = PackedLoader(self.corpus, self.cfg.data.tokens_per_batch, self.cfg.train.seed, self.eval_ids)
+        loss_sum = targets = 0.0
+        for _ in range(self.cfg.data.eval_batches):
+            batch = loader.next_batch()
+            loss, _ = self.loss_on(batch)
+            loss_sum += loss.item() * batch.n_targets
+            targets += batch.n_targets
+        (loss_sum,) = self._all_reduce_sum([loss_sum])
+        return loss_sum / targets
+
+    def fit(self) -> dict:
+        cfg, main = self.cfg, self.env.is_main
+        n_params = count_parameters(cfg.model)
+        flops_tok = flops_per_token(cfg.model).training
+        if main:
+            print(
+                f"baton: {cfg.model.mixer} model, {n_params / 1e6:.2f}M parameters, {self.env.world_size} rank(s), "
+                f"device {self.device}, corpus {self.corpus.path} "
+                f"({self.corpus.n_docs} docs, {self.corpus.n_tokens} tokens)",
+                flush=True,
+            )
+        metrics = open(self.run_dir / "metrics.jsonl", "a") if main else None
+        progress = Progress(cfg.train.steps, enabled=main)
+        start, tokens, window_start, window_tokens = time.perf_counter(), 0, time.perf_counter(), 0
+        first_loss = last_loss = eval_loss = None
+        while self.step < cfg.train.steps:
+            result = self.train_step()
+            tokens += result.tokens
+            window_tokens += result.tokens
+            first_loss = result.loss if first_loss is None else first_loss
+            last_loss = result.loss
+            record = {
+                "step": self.step,
+                "loss": result.loss,
+                "lr": self.scheduler.get_last_lr()[0],
+                "tokens": result.tokens,
+                "plan": result.plan,
+                "comm": result.comm,
+            }
+            if self.step % cfg.train.eval_every == 0 or self.step == cfg.train.steps:
+                eval_loss = record["eval_loss"] = self.evaluate()
+            if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
+                now = time.perf_counter()
+                rate = window_tokens / (now - window_start)
+                record["tokens_per_s"] = rate
+                window_start, window_tokens = now, 0
+                text = f"loss {result.loss:.4f} | {rate / 1e3:.1f}k tok/s"
+                if "eval_loss" in record:
+                    text += f" | eval {record['eval_loss']:.4f}"
+                progress.update(self.step, text)
+            if metrics:
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+        progress.close()
+        elapsed = time.perf_counter() - start
+        summary = {
+            "steps": self.step,
+            "first_loss": first_loss,
+            "final_loss": last_loss,
+            "eval_loss": eval_loss,
+            "tokens": tokens,
+            "seconds": elapsed,
+            "tokens_per_s": tokens / elapsed,
+            "model_flops_per_s": tokens * flops_tok / elapsed,
+            "parameters": n_params,
+            "world_size": self.env.world_size,
+        }
+        if main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            print(
+                f"done: {self.step} steps, loss {first_loss:.4f} -> {last_loss:.4f}, eval {eval_loss:.4f}, "
+                f"{tokens / elapsed / 1e3:.1f}k tok/s, {elapsed:.0f}s; run dir {self.run_dir}",
+                flush=True,
+            )
+        return summary

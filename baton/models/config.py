@@ -1,0 +1,67 @@
+"""Model shape: a plain dataclass, also the ``model`` section of the training config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 257
+    d_model: int = 128
+    n_layers: int = 2
+    mixer: str = "gla"  # gla | ssd
+    n_heads: int = 2  # GLA heads; SSD derives its heads from expand * d_model / head_dim
+    expand_k: float = 0.5  # GLA key width = expand_k * d_model
+    expand_v: float = 1.0  # GLA value width = expand_v * d_model
+    gate_low_rank: int = 16  # GLA forget gate: d_model -> low rank -> key width
+    gate_normalizer: float = 16.0  # GLA: log-gate divided by this (slow decay at init)
+    ssd_expand: int = 2
+    ssd_head_dim: int = 32
+    ssd_state_dim: int = 16
+    conv_size: int = 4  # SSD short causal conv width
+    mlp_ratio: float = 4.0  # SwiGLU hidden = mlp_ratio * 2/3 * d_model, rounded up to 64
+    tie_embeddings: bool = True
+    chunk_size: int = 64
+    norm_eps: float = 1e-6
+    init_std: float = 0.02
+
+    def validate(self) -> None:
+        """Raise ValueError naming the ``model.*`` key that is out of range."""
+        if self.mixer not in ("gla", "ssd"):
+            raise ValueError(f"model.mixer must be 'gla' or 'ssd', got {self.mixer!r}")
+        if self.mixer == "gla":
+            for name, width in (("expand_k", self.key_dim), ("expand_v", self.value_dim)):
+                if width % self.n_heads:
+                    raise ValueError(
+                        f"model.{name} * model.d_model = {width} must be divisible by model.n_heads={self.n_heads}"
+                    )
+        elif (self.ssd_expand * self.d_model) % self.ssd_head_dim:
+            raise ValueError(
+                f"model.ssd_expand * model.d_model = {self.ssd_expand * self.d_model} must be divisible "
+                f"by model.ssd_head_dim={self.ssd_head_dim}"
+            )
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "chunk_size", "conv_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def key_dim(self) -> int:
+        return int(self.d_model * self.expand_k)
+
+    @property
+    def value_dim(self) -> int:
+        return int(self.d_model * self.expand_v)
+
+    @property
+    def ssd_inner(self) -> int:
+        return self.ssd_expand * self.d_model
+
+    @property
+    def ssd_heads(self) -> int:
+        return self.ssd_inner // self.ssd_head_dim
+
+    @property
+    def mlp_hidden(self) -> int:
+        hidden = int(self.mlp_ratio * self.d_model * 2 / 3)
+        return -(-hidden // 64) * 64

@@ -1,0 +1,147 @@
+"""The per-step plan: which part of the global packed stream each rank holds, and which
+ranks relay recurrent state to each other.
+
+A rank's piece is a list of spans of the global stream. Ranks in one chain hold
+consecutive pieces of the stream; a document cut between two of them continues through
+the relay. Several chains may run in one step (e.g. ranks 0-2 share a long document while
+rank 3 holds short documents alone). Plans are plain data: logged as JSON, replayable.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from baton.data.loader import Batch
+
+
+class PlanError(ValueError):
+    """A plan that does not cover the batch exactly once, or whose chains are inconsistent."""
+
+
+@dataclass
+class RankPiece:
+    spans: list[tuple[int, int]]  # [start, end) ranges of the global packed stream, in stream order
+    chain: list[int] = field(default_factory=list)  # ranks of this rank's chain in relay order
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(end - start for start, end in self.spans)
+
+
+@dataclass
+class StepPlan:
+    pieces: list[RankPiece]  # one per rank
+
+    @property
+    def world_size(self) -> int:
+        return len(self.pieces)
+
+    def neighbours(self, rank: int) -> tuple[int | None, int | None]:
+        chain = self.pieces[rank].chain
+        if len(chain) < 2:
+            return None, None
+        i = chain.index(rank)
+        return (chain[i - 1] if i > 0 else None), (chain[i + 1] if i + 1 < len(chain) else None)
+
+    def to_dict(self) -> dict:
+        return {"pieces": [{"spans": [list(s) for s in p.spans], "chain": p.chain} for p in self.pieces]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StepPlan:
+        return cls([RankPiece([tuple(s) for s in p["spans"]], list(p["chain"])) for p in d["pieces"]])
+
+    def validate(self, n_tokens: int) -> None:
+        """Every token held exactly once; chains agree across their ranks and join end to start."""
+        covered = sorted(s for p in self.pieces for s in p.spans)
+        position = 0
+        for start, end in covered:
+            if start != position or end <= start:
+                raise PlanError(f"spans must tile [0, {n_tokens}) exactly once; gap or overlap at token {position}")
+            position = end
+        if position != n_tokens:
+            raise PlanError(f"spans cover {position} of {n_tokens} tokens")
+        for rank, piece in enumerate(self.pieces):
+            if not piece.spans:
+                raise PlanError(f"rank {rank} holds no tokens")
+            if piece.chain and rank not in piece.chain:
+                raise PlanError(f"rank {rank}'s chain {piece.chain} does not include it")
+            for other in piece.chain:
+                if self.pieces[other].chain != piece.chain:
+                    raise PlanError(f"ranks {rank} and {other} disagree on their chain")
+            _, nxt = self.neighbours(rank)
+            if nxt is not None and piece.spans[-1][1] != self.pieces[nxt].spans[0][0]:
+                raise PlanError(
+                    f"rank {rank} ends at token {piece.spans[-1][1]} but its successor {nxt} "
+                    f"starts at {self.pieces[nxt].spans[0][0]}"
+                )
+
+
+@dataclass
+class LocalBatch:
+    """One rank's part of a global batch, ready for the model."""
+
+    tokens: Tensor  # [T_local]
+    labels: Tensor  # [T_local]
+    cu_seqlens: Tensor  # local document segments
+    continues_from_prev: bool  # the first segment is the tail of a document begun on the previous rank
+    continues_to_next: bool  # the last segment goes on on the next rank
+
+
+def local_batch(plan: StepPlan, rank: int, batch: Batch) -> LocalBatch:
+    piece = plan.pieces[rank]
+    bounds = batch.cu_seqlens.tolist()
+    boundary = set(bounds)
+    cuts, offset = [0], 0
+    for start, end in piece.spans:
+        inner = bounds[bisect.bisect_right(bounds, start) : bisect.bisect_left(bounds, end)]
+        cuts += [offset + b - start for b in inner]
+        offset += end - start
+        cuts.append(offset)
+    tokens = torch.cat([batch.tokens[s:e] for s, e in piece.spans])
+    labels = torch.cat([batch.labels[s:e] for s, e in piece.spans])
+    prev, nxt = plan.neighbours(rank)
+    return LocalBatch(
+        tokens,
+        labels,
+        torch.tensor(sorted(set(cuts)), dtype=torch.long),
+        continues_from_prev=prev is not None and piece.spans[0][0] not in boundary,
+        continues_to_next=nxt is not None and piece.spans[-1][1] not in boundary,
+    )
+
+
+def _balanced_cuts(prefix: list[int], parts: int) -> list[int]:
+    """Indices into ``prefix`` (document boundaries) that split the tokens into ``parts``
+    nearly equal runs of whole documents."""
+    total, cuts = prefix[-1], [0]
+    for p in range(1, parts):
+        target = total * p / parts
+        i = bisect.bisect_left(prefix, target)
+        if i > 0 and target - prefix[i - 1] < prefix[i] - target:
+            i -= 1
+        cuts.append(min(max(i, cuts[-1]), len(prefix) - 1))
+    return cuts + [len(prefix) - 1]
+
+
+def fixed_degree_plan(batch: Batch, world_size: int, sp_size: int) -> StepPlan:
+    """The plain plan: ``world_size // sp_size`` groups take equal shares of whole documents;
+    inside a group the share is cut into ``sp_size`` equal pieces relayed as one chain."""
+    if world_size % sp_size:
+        raise PlanError(f"parallel.sp.size={sp_size} must divide the world size {world_size}")
+    bounds = batch.cu_seqlens.tolist()
+    if bounds[-1] < world_size:
+        raise PlanError(f"a batch of {bounds[-1]} tokens cannot feed {world_size} ranks; raise data.tokens_per_batch")
+    groups = _balanced_cuts(bounds, world_size // sp_size)
+    if any(bounds[b] - bounds[a] < sp_size for a, b in zip(groups[:-1], groups[1:])):
+        # Too few documents to give every group whole ones: one chain over all ranks instead.
+        return fixed_degree_plan(batch, world_size, world_size)
+    pieces = []
+    for g in range(world_size // sp_size):
+        start, end = bounds[groups[g]], bounds[groups[g + 1]]
+        edges = [start + (end - start) * i // sp_size for i in range(sp_size + 1)]
+        chain = list(range(g * sp_size, (g + 1) * sp_size)) if sp_size > 1 else []
+        pieces += [RankPiece([(edges[i], edges[i + 1])], chain) for i in range(sp_size)]
+    return StepPlan(pieces)

@@ -1,0 +1,247 @@
+"""Relaying segment summaries (A, S) between the ranks of a chain, as autograd functions.
+
+Every strategy returns ``S_in``, the state entering this rank's piece, such that
+``loss.backward()`` relays state gradients back along the chain. Summaries compose as
+
+    (A2, S2) ∘ (A1, S1) = (A2 A1, A2 S1 + S2)        (1 is the earlier segment)
+
+with A a per-key-dim ([H, K, 1]) or per-head ([H, 1, 1]) multiplier of the [H, K, V] state.
+
+- chain:     receive from the predecessor, send ``A S_in + S`` on; latency grows with the chain.
+- allgather: one all-gather of every rank's summary on the world group, then a local
+             prefix combine over this chain's earlier ranks (LASP-2 style).
+- logscan:   recursive doubling, ceil(log2 n) point-to-point rounds of one summary each.
+
+Only point-to-point messages and the fixed world group are used: chains change every
+step, and creating process groups per step would be far too slow on NCCL.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.autograd import Function
+
+STRATEGIES = ("chain", "allgather", "logscan")
+
+
+@dataclass
+class CommStats:
+    """Bytes this rank sent and received, per op name, since the last reset."""
+
+    sent: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    received: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def add(self, name: str, sent: int = 0, received: int = 0) -> None:
+        self.sent[name] += sent
+        self.received[name] += received
+
+    def reset(self) -> None:
+        self.sent.clear()
+        self.received.clear()
+
+    def to_dict(self) -> dict:
+        return {"sent": dict(self.sent), "received": dict(self.received)}
+
+
+@dataclass
+class RelayLink:
+    """This rank's place in its chain for the current step (plain data, no process groups)."""
+
+    rank: int
+    world_size: int
+    chain: list[int]
+    stats: CommStats
+    name: str = ""  # the op's name in the stats (e.g. "layer3.scan")
+    tag: int = 0  # distinguishes concurrent point-to-point messages of different ops
+
+    @property
+    def position(self) -> int:
+        return self.chain.index(self.rank)
+
+    @property
+    def prev(self) -> int | None:
+        return self.chain[self.position - 1] if len(self.chain) > 1 and self.position > 0 else None
+
+    @property
+    def next(self) -> int | None:
+        i = self.position if len(self.chain) > 1 else -1
+        return self.chain[i + 1] if 0 <= i < len(self.chain) - 1 else None
+
+
+def p2p(send: Tensor | None, dst: int | None, recv_like: Tensor | None, src: int | None, tag: int) -> Tensor | None:
+    """Post a send and a receive together, then wait for both (no ordering deadlocks)."""
+    ops, received = [], None
+    if send is not None and dst is not None:
+        ops.append(dist.isend(send.contiguous(), dst, tag=tag))
+    if recv_like is not None and src is not None:
+        received = torch.empty_like(recv_like)
+        ops.append(dist.irecv(received, src, tag=tag))
+    for op in ops:
+        op.wait()
+    return received
+
+
+def nbytes(t: Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+class _ChainRelay(Function):
+    @staticmethod
+    def forward(ctx, A: Tensor, S: Tensor, link: RelayLink) -> Tensor:
+        prev, nxt = link.prev, link.next
+        S_in = p2p(None, None, S, prev, link.tag) if prev is not None else torch.zeros_like(S)
+        if nxt is not None:
+            p2p(A * S_in + S, nxt, None, None, link.tag)
+        link.stats.add(link.name, sent=nbytes(S) * (nxt is not None), received=nbytes(S) * (prev is not None))
+        ctx.save_for_backward(A, S_in)
+        ctx.link = link
+        return S_in
+
+    @staticmethod
+    def backward(ctx, dS_in: Tensor):
+        A, S_in = ctx.saved_tensors
+        link = ctx.link
+        dS_out = p2p(None, None, S_in, link.next, link.tag) if link.next is not None else torch.zeros_like(S_in)
+        if link.prev is not None:
+            p2p(dS_in + A * dS_out, link.prev, None, None, link.tag)
+        n = nbytes(S_in)
+        link.stats.add(link.name + ".grad", sent=n * (link.prev is not None), received=n * (link.next is not None))
+        return (dS_out * S_in).sum_to_size(A.shape), dS_out, None
+
+
+class _AllGather(Function):
+    """All-gather on the world group; the backward sums every rank's gradient (gloo has no
+    reduce-scatter, so an all-reduce of the stacked gradients, then this rank's slice)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, link: RelayLink) -> Tensor:
+        parts = [torch.empty_like(x) for _ in range(link.world_size)]
+        dist.all_gather(parts, x.contiguous())
+        n, P = nbytes(x), link.world_size
+        link.stats.add(link.name, sent=n * (P - 1), received=n * (P - 1))  # ring all-gather
+        ctx.link = link
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        link = ctx.link
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        n, P = nbytes(grad), link.world_size
+        link.stats.add(link.name + ".grad", sent=2 * n * (P - 1) // P, received=2 * n * (P - 1) // P)  # ring all-reduce
+        return grad[link.rank], None
+
+
+class _Exchange(Function):
+    """One recursive-doubling round: send ``x`` ``distance`` ranks down the chain, receive
+    from ``distance`` ranks up (the identity summary where there is none)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, identity: Tensor, link: RelayLink, distance: int) -> Tensor:
+        pos, chain = link.position, link.chain
+        dst = chain[pos + distance] if pos + distance < len(chain) else None
+        src = chain[pos - distance] if pos - distance >= 0 else None
+        received = p2p(x, dst, x, src, link.tag + distance)
+        link.stats.add(link.name, sent=nbytes(x) * (dst is not None), received=nbytes(x) * (src is not None))
+        ctx.link, ctx.dst, ctx.src, ctx.distance = link, dst, src, distance
+        return received if received is not None else identity.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        link = ctx.link
+        dx = p2p(grad if ctx.src is not None else None, ctx.src, grad, ctx.dst, link.tag + ctx.distance)
+        n = nbytes(grad)
+        link.stats.add(link.name + ".grad", sent=n * (ctx.src is not None), received=n * (ctx.dst is not None))
+        return (dx if dx is not None else torch.zeros_like(grad)), None, None, None
+
+
+def _flat(A: Tensor, S: Tensor) -> Tensor:
+    return torch.cat([A.reshape(-1), S.reshape(-1)])
+
+
+def _unflat(x: Tensor, A_shape: torch.Size, S_shape: torch.Size) -> tuple[Tensor, Tensor]:
+    nA = A_shape.numel()
+    return x[..., :nA].reshape(*x.shape[:-1], *A_shape), x[..., nA:].reshape(*x.shape[:-1], *S_shape)
+
+
+def relay_chain(A: Tensor, S: Tensor, link: RelayLink) -> Tensor:
+    return _ChainRelay.apply(A, S, link)
+
+
+def relay_allgather(A: Tensor, S: Tensor, link: RelayLink) -> Tensor:
+    all_A, all_S = _unflat(_AllGather.apply(_flat(A, S), link), A.shape, S.shape)
+    # Start from a zero that is still connected to the gather, so that every rank runs the
+    # gather's backward (a collective) even if nothing flows into its own piece.
+    S_in = all_S[link.rank] * 0
+    for r in link.chain[: link.position] if len(link.chain) > 1 else []:
+        S_in = all_A[r] * S_in + all_S[r]
+    return S_in
+
+
+def relay_logscan(A: Tensor, S: Tensor, link: RelayLink) -> Tensor:
+    """Exclusive scan by recursive doubling. After round d, X covers the 2^(d+1) summaries
+    ending at this rank and E the 2^(d+1) - 1 before it; E's state is S_in at the end."""
+    identity = _flat(torch.ones_like(A), torch.zeros_like(S))
+    X_A, X_S = A, S
+    E_A, E_S = torch.ones_like(A), torch.zeros_like(S)
+    distance = 1
+    while distance < len(link.chain):
+        R_A, R_S = _unflat(_Exchange.apply(_flat(X_A, X_S), identity, link, distance), A.shape, S.shape)
+        E_A, E_S = E_A * R_A, E_A * R_S + E_S
+        X_A, X_S = X_A * R_A, X_A * R_S + X_S
+        distance *= 2
+    return E_S
+
+
+RELAYS = {"chain": relay_chain, "allgather": relay_allgather, "logscan": relay_logscan}
+
+
+class _SendTail(Function):
+    """Identity on ``x``; sends ``tail`` to the next rank, and in backward adds the gradient
+    the next rank returns for it."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, tail: Tensor, link: RelayLink) -> Tensor:
+        p2p(tail, link.next, None, None, link.tag)
+        link.stats.add(link.name, sent=nbytes(tail))
+        ctx.link, ctx.tail_shape = link, tail.shape
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad_x: Tensor):
+        link = ctx.link
+        grad_tail = p2p(None, None, grad_x.new_empty(ctx.tail_shape), link.next, link.tag)
+        link.stats.add(link.name + ".grad", received=nbytes(grad_tail))
+        return grad_x, grad_tail, None
+
+
+class _RecvHead(Function):
+    """Receives the previous rank's tail; in backward sends its gradient back. ``anchor``
+    (this rank's input, which requires grad) puts the op into the autograd graph."""
+
+    @staticmethod
+    def forward(ctx, anchor: Tensor, shape: tuple[int, ...], link: RelayLink) -> Tensor:
+        received = p2p(None, None, anchor.new_empty(shape), link.prev, link.tag)
+        link.stats.add(link.name, received=nbytes(received))
+        ctx.link = link
+        return received
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        p2p(grad, ctx.link.prev, None, None, ctx.link.tag)
+        ctx.link.stats.add(ctx.link.name + ".grad", sent=nbytes(grad))
+        return None, None, None
+
+
+def send_tail(x: Tensor, tail: Tensor, link: RelayLink) -> Tensor:
+    """``tail`` must be computed from ``x`` (its gradient is added into x's)."""
+    return _SendTail.apply(x, tail, link)
+
+
+def recv_head(anchor: Tensor, shape: tuple[int, ...], link: RelayLink) -> Tensor:
+    return _RecvHead.apply(anchor, shape, link)

@@ -1,0 +1,125 @@
+"""Sequence parallelism applied to a plain model from outside, as torchtitan applies FSDP.
+
+``apply_sequence_parallel`` swaps every token mixer's ``scan`` (and the SSD mixer's
+``conv``) for a relaying version. Each step the trainer hands the plan to
+:meth:`SequenceParallel.set_step`; every rank then scans its piece from a zero state:
+
+1. summary of its last segment (cheap, one pass over that segment),
+2. relay: the state entering the piece, from the chain's earlier ranks,
+3. the local chunked scan (the bulk of the work),
+4. correction of the first segment's outputs with the incoming state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from baton.kernels.relay_ops import segment_summary, state_correction
+from baton.parallel.plan import LocalBatch, StepPlan
+from baton.parallel.relay import RELAYS, CommStats, RelayLink, recv_head, send_tail
+
+TAG_STRIDE = 4096  # point-to-point tag space per op; > any recursive-doubling distance
+
+
+class SequenceParallel:
+    """This rank's view of the current step's plan, shared by every relaying op."""
+
+    def __init__(self, rank: int, world_size: int, relay: str) -> None:
+        if relay not in RELAYS:
+            raise ValueError(f"parallel.sp.relay must be one of {', '.join(RELAYS)}, got {relay!r}")
+        self.rank, self.world_size, self.relay = rank, world_size, relay
+        self.stats = CommStats()
+        self.chain: list[int] = []
+        self.any_chain = False
+        self.continues_from_prev = self.continues_to_next = False
+
+    def set_step(self, plan: StepPlan, local: LocalBatch) -> None:
+        self.chain = plan.pieces[self.rank].chain
+        self.any_chain = any(len(p.chain) > 1 for p in plan.pieces)
+        self.continues_from_prev = local.continues_from_prev
+        self.continues_to_next = local.continues_to_next
+        self.stats.reset()
+
+    def link(self, name: str, tag: int) -> RelayLink:
+        chain = self.chain if len(self.chain) > 1 else [self.rank]
+        return RelayLink(self.rank, self.world_size, chain, self.stats, name, tag)
+
+
+class RelayedScan:
+    """Drop-in for a chunked-scan op (same call signature) on one rank's piece."""
+
+    def __init__(self, local_scan: Callable, sp: SequenceParallel, name: str, tag: int) -> None:
+        self.local_scan, self.sp, self.name, self.tag = local_scan, sp, name, tag
+
+    def __call__(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        g: Tensor,
+        scale: float | None = None,
+        cu_seqlens: Tensor | None = None,
+        chunk_size: int = 64,
+    ) -> tuple[Tensor, None]:
+        sp = self.sp
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        bounds = cu_seqlens.tolist()
+        if not (sp.any_chain and (len(sp.chain) > 1 or sp.relay == "allgather")):
+            return self.local_scan(q, k, v, g, scale=scale, cu_seqlens=cu_seqlens, chunk_size=chunk_size)[0], None
+
+        log_A, S = segment_summary(k, v, g, bounds[-2])
+        # The state at the piece's end depends on the incoming state only when the piece is
+        # a single segment continuing a document; any document start inside is a reset.
+        carries = sp.continues_from_prev and len(bounds) == 2
+        A = (log_A.exp() * carries)[..., None]
+        S_in = RELAYS[sp.relay](A, S, sp.link(self.name, self.tag))
+
+        o, _ = self.local_scan(q, k, v, g, scale=scale, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
+        first = bounds[1] if sp.continues_from_prev else 0
+        # Applied even when empty so that every rank runs the relay's backward.
+        fix = state_correction(q, g, S_in, first, scale).to(o.dtype)
+        return torch.cat([o[:, :first] + fix, o[:, first:]], dim=1), None
+
+
+class RelayedConv:
+    """Drop-in for ``causal_conv1d``: the first document continues through a halo of the
+    previous rank's last ``W - 1`` inputs."""
+
+    def __init__(self, local_conv: Callable, sp: SequenceParallel, name: str, tag: int) -> None:
+        self.local_conv, self.sp, self.name, self.tag = local_conv, sp, name, tag
+
+    def __call__(
+        self, x: Tensor, weight: Tensor, bias: Tensor | None = None, cu_seqlens: Tensor | None = None
+    ) -> Tensor:
+        sp, W = self.sp, weight.shape[1]
+        link = sp.link(self.name, self.tag)
+        bounds = cu_seqlens.tolist()
+        halo = None
+        if sp.continues_to_next:
+            last = bounds[-1] - bounds[-2]
+            if last < W - 1 and len(bounds) == 2 and sp.continues_from_prev:
+                raise ValueError(
+                    f"rank {sp.rank} holds {last} tokens of a document it relays on; pieces inside a "
+                    f"document need at least conv_size - 1 = {W - 1} tokens"
+                )
+            tail = x[:, -(W - 1) :]
+            if tail.shape[1] < W - 1:
+                tail = nn.functional.pad(tail, (0, 0, W - 1 - tail.shape[1], 0))
+            keep = torch.arange(W - 1, device=x.device) >= W - 1 - last  # zero tokens of earlier documents
+            x = send_tail(x, tail * keep[None, :, None], link)
+        if sp.continues_from_prev:
+            halo = recv_head(x, (x.shape[0], W - 1, x.shape[2]), link)
+        return self.local_conv(x, weight, bias, cu_seqlens, left_context=halo)
+
+
+def apply_sequence_parallel(model: nn.Module, sp: SequenceParallel) -> nn.Module:
+    """Make every token mixer of ``model`` relay through ``sp`` (in place; returns the model)."""
+    for i, block in enumerate(model.blocks):
+        mixer = block.mixer
+        mixer.scan = RelayedScan(mixer.scan, sp, f"layer{i}.scan", tag=(2 * i) * TAG_STRIDE)
+        if hasattr(mixer, "conv"):
+            mixer.conv = RelayedConv(mixer.conv, sp, f"layer{i}.conv", tag=(2 * i + 1) * TAG_STRIDE)
+    return model
