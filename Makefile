@@ -1,0 +1,15 @@
+# The two commands: `make train` (set up, then run the default job) and `make test`.
+.PHONY: train test lint bench
+
+train:
+	@scripts/setup-env.sh
+	.venv/bin/baton train $(ARGS)
+
+test:
+	@scripts/setup-env.sh dev
+	.venv/bin/ruff check baton tests bench
+	OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q $(ARGS)
+
+bench:
+	@scripts/setup-env.sh dev
+	.venv/bin/python bench/scan_ref.py

@@ -1,0 +1,57 @@
+"""Parameter counts and FLOPs per token against the real model."""
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from baton.launch.config import load_config
+from baton.models.config import ModelConfig
+from baton.models.flops import count_parameters, flops_per_token, scan_shape
+from baton.models.lm import RecurrentLM
+from tests.conftest import CONFIGS
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_parameter_count_of_every_preset(path):
+    cfg = load_config(str(path)).model
+    with torch.device("meta"):
+        model = RecurrentLM(cfg)
+    assert count_parameters(cfg) == sum(p.numel() for p in model.parameters())
+
+
+def test_presets_have_the_advertised_sizes():
+    sizes = {p.stem: count_parameters(load_config(str(p)).model) for p in CONFIGS.glob("*.yaml")}
+    assert 100e6 < sizes["125m"] < 160e6
+    assert 1.2e9 < sizes["1b"] < 1.5e9
+    assert 6.5e9 < sizes["7b"] < 7.5e9
+
+
+@pytest.mark.parametrize("mixer", ["gla", "ssd"])
+@pytest.mark.parametrize("tie", [True, False])
+def test_matmul_flops_match_flop_counter(mixer, tie):
+    """Count the model's matmuls with torch's FLOP counter, with the scan swapped for one
+    without matmuls; then count the scan alone (SSD reference performs exactly the terms
+    of the formula)."""
+    cfg = ModelConfig(mixer=mixer, tie_embeddings=tie, chunk_size=16)
+    model = RecurrentLM(cfg)
+    for block in model.blocks:
+        block.mixer.scan = lambda q, k, v, g, **kw: (v * 1.0, None)
+    T = 64
+    tokens = torch.randint(0, 257, (1, T))
+    with FlopCounterMode(display=False) as counter:
+        model(tokens)
+    assert counter.get_total_flops() == flops_per_token(cfg).matmul * T
+
+
+def test_recurrence_flops_match_flop_counter_for_ssd_scan():
+    from baton.kernels import chunk_ssd_ref
+
+    cfg = ModelConfig(mixer="ssd", n_layers=1, chunk_size=16, conv_size=1)
+    H, K, V = scan_shape(cfg)
+    T = 64
+    q, k = torch.randn(1, T, H, K), torch.randn(1, T, H, K)
+    v, g = torch.randn(1, T, H, V), -torch.rand(1, T, H)
+    with FlopCounterMode(display=False) as counter:
+        chunk_ssd_ref(q, k, v, g, chunk_size=16)
+    conv = 2 * cfg.conv_size * (cfg.ssd_inner + 2 * cfg.ssd_state_dim)
+    assert counter.get_total_flops() == (flops_per_token(cfg).recurrence - conv) * T
