@@ -41,10 +41,10 @@ def main() -> None:
                 -torch.rand(g_shape) * 0.1,
             ]
             inputs = [x.requires_grad_() for x in inputs]
-            t_chunk = time_it(lambda: fwd_bwd(chunked, inputs))
+            t_chunk = time_it(lambda f=chunked, x=inputs: fwd_bwd(f, x))
             row = {"gate": gate, "T": T, "chunked_s": round(t_chunk, 4)}
             if T <= args.naive_max:
-                t_naive = time_it(lambda: fwd_bwd(naive_recurrence, inputs), repeat=1, warmup=0)
+                t_naive = time_it(lambda x=inputs: fwd_bwd(naive_recurrence, x), repeat=1, warmup=0)
                 row |= {"naive_s": round(t_naive, 3), "speedup": round(t_naive / t_chunk, 1)}
             rows.append(row)
             print_table(rows[-1:], list(row))
