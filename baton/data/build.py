@@ -7,8 +7,8 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -31,23 +31,27 @@ def input_files(inputs: Iterable[str | Path]) -> list[Path]:
     return files
 
 
+def _jsonl_texts(path: Path) -> Iterator[str]:
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line)["text"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise CorpusError(f"{path}:{line_no}: expected a JSON object with a 'text' field ({exc})") from exc
+            if not isinstance(text, str):
+                raise CorpusError(f"{path}:{line_no}: 'text' must be a string, got {type(text).__name__}")
+            yield text
+
+
 def read_documents(files: list[Path]) -> Iterator[str]:
     for path in files:
         try:
-            if path.suffix != ".jsonl":
+            if path.suffix == ".jsonl":
+                yield from _jsonl_texts(path)
+            else:
                 yield path.read_text(encoding="utf-8")
-                continue
-            with open(path, encoding="utf-8") as f:
-                for line_no, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        text = json.loads(line)["text"]
-                    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                        raise CorpusError(f"{path}:{line_no}: expected a JSON object with a 'text' field ({exc})") from exc
-                    if not isinstance(text, str):
-                        raise CorpusError(f"{path}:{line_no}: 'text' must be a string, got {type(text).__name__}")
-                    yield text
         except UnicodeDecodeError as exc:
             raise CorpusError(f"{path}: not UTF-8 text ({exc})") from exc
 

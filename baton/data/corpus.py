@@ -14,8 +14,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -104,8 +104,15 @@ def write_corpus(
                 f.write(np.asarray(doc, dtype=dtype).tobytes())
                 offsets.append(offsets[-1] + len(doc))
         np.save(tmp / "offsets.npy", np.asarray(offsets, dtype=np.int64))
-        meta = dict(format=FORMAT_VERSION, dtype=np.dtype(dtype).name, n_docs=len(offsets) - 1,
-                    n_tokens=offsets[-1], vocab_size=vocab_size, tokenizer=tokenizer, **extra)
+        meta = dict(
+            format=FORMAT_VERSION,
+            dtype=np.dtype(dtype).name,
+            n_docs=len(offsets) - 1,
+            n_tokens=offsets[-1],
+            vocab_size=vocab_size,
+            tokenizer=tokenizer,
+            **extra,
+        )
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         for f in attach:
             shutil.copy(f, tmp / Path(f).name)

@@ -15,7 +15,7 @@ documents are short and a few are very long, as in real pretraining corpora.
 from __future__ import annotations
 
 import string
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

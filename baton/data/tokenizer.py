@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -44,7 +45,7 @@ class BPETokenizer:
         self.eos_id = self._tok.token_to_id(self.EOS)
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int, out: Path) -> "BPETokenizer":
+    def train(cls, texts: Iterable[str], vocab_size: int, out: Path) -> BPETokenizer:
         try:
             from tokenizers import ByteLevelBPETokenizer
         except ImportError as exc:
