@@ -49,5 +49,8 @@ def init_distributed(device: torch.device, timeout_s: float = 300.0) -> DistEnv:
 
 
 def shutdown() -> None:
+    """Leave the process group together: a rank tearing down gloo while a peer still talks
+    to it aborts the peer ("terminate called without an active exception")."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

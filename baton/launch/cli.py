@@ -17,10 +17,8 @@ def _train(args: argparse.Namespace) -> None:
     if config is not None and "=" in config:  # `baton train key=value ...` with no file
         config, overrides = None, [config, *overrides]
     cfg = load_config(config, overrides)
-    try:
-        Trainer(cfg).fit()
-    finally:
-        shutdown()
+    Trainer(cfg).fit()
+    shutdown()
 
 
 def _data_build(args: argparse.Namespace) -> None:

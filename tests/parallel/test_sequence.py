@@ -15,11 +15,11 @@ import torch
 import torch.distributed as dist
 
 from baton.data.loader import Batch, pack
+from baton.dist.local import run_local
 from baton.models.config import ModelConfig
 from baton.models.lm import RecurrentLM, token_losses
 from baton.parallel.plan import RankPiece, StepPlan, local_batch
 from baton.parallel.sequence import SequenceParallel, apply_sequence_parallel
-from tests.distributed import run_distributed
 
 MIXERS = ("gla", "ssd")
 RELAYS = ("chain", "allgather", "logscan")
@@ -135,7 +135,7 @@ def world_results(request):
             for relay in RELAYS:
                 cases.append((mixer, relay, lengths, plan.to_dict()))
                 keys.append((name, mixer, relay, lengths, plan))
-    per_rank = run_distributed(world, sp_worker, cases)
+    per_rank = run_local(world, sp_worker, cases)
     return world, keys, per_rank
 
 
@@ -168,7 +168,7 @@ def test_skipped_correction_is_detected():
     exactness test above has teeth."""
     lengths, plan = scenarios(2)["spanning"]
     cases = [("gla", "chain", lengths, plan.to_dict())]
-    per_rank = run_distributed(2, sp_worker, cases, True)
+    per_rank = run_local(2, sp_worker, cases, True)
     ref = reference("gla", lengths)
     assert rel(per_rank[0][0]["logits"], piece_of(ref["logits"], plan, 0)) < TOLERANCE  # nothing flows in
     assert rel(per_rank[1][0]["logits"], piece_of(ref["logits"], plan, 1)) > 1e-3
@@ -198,7 +198,7 @@ def test_no_state_leaks_across_a_document_boundary(mixer):
     lengths = [20, 50, 30]
     for edges in ([0, 35, 70, 100], [0, 20, 70, 100]):
         plan = StepPlan([RankPiece([(a, b)], [0, 1, 2]) for a, b in zip(edges[:-1], edges[1:])])
-        per_rank = run_distributed(3, leak_worker, lengths, plan.to_dict(), mixer)
+        per_rank = run_local(3, leak_worker, lengths, plan.to_dict(), mixer)
         for rank, (base, changed) in enumerate(per_rank):
             start = max(0, 20 - edges[rank])
             assert torch.equal(base[start:], changed[start:]), f"rank {rank}, cuts {edges}"

@@ -1,4 +1,5 @@
-"""Run a function on N real processes joined by torch.distributed (gloo on CPU)."""
+"""Run a function on N local processes joined by torch.distributed over gloo: what the
+multi-process tests and CPU benchmarks use (torchrun and SLURM launch real jobs)."""
 
 from __future__ import annotations
 
@@ -28,13 +29,14 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, ou
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
         result = fn(rank, world_size, *args)
         torch.save(result, Path(out) / f"{rank}.pt")
+        dist.barrier()  # leave together: gloo aborts a peer still talking to a closed rank
         dist.destroy_process_group()
     except BaseException:
         (Path(out) / f"{rank}.err").write_text(traceback.format_exc())
         raise
 
 
-def run_distributed(world_size: int, fn: Callable, *args: Any, timeout: float = 300.0) -> list[Any]:
+def run_local(world_size: int, fn: Callable, *args: Any, timeout: float = 300.0) -> list[Any]:
     """``fn(rank, world_size, *args)`` on ``world_size`` fresh processes; each rank's result.
 
     A rank that raises fails the call with its traceback; a hang past ``timeout`` kills all.
