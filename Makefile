@@ -13,3 +13,4 @@ test:
 bench:
 	@scripts/setup-env.sh dev
 	.venv/bin/python bench/scan_ref.py
+	.venv/bin/python bench/sp_relay.py
