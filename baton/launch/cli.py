@@ -35,6 +35,12 @@ def _data_synth(args: argparse.Namespace) -> None:
     print(f"{corpus.path}: {corpus.n_docs} documents, {corpus.n_tokens} tokens")
 
 
+def _report(args: argparse.Namespace) -> None:
+    from baton.profile.report import report
+
+    print(report(args.run_dir))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="baton", description="Distributed training of recurrent language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -58,17 +64,21 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--docs", type=int, default=20000)
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=_data_synth)
+    rep = sub.add_parser("report", help="per-rank throughput table and plots of a run: baton report RUN_DIR")
+    rep.add_argument("run_dir")
+    rep.set_defaults(func=_report)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from baton.launch.config import ConfigError
     from baton.parallel.plan import PlanError
+    from baton.profile.report import ReportError
 
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, CorpusError, PlanError) as exc:
+    except (ConfigError, CorpusError, PlanError, ReportError) as exc:
         print(f"baton: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -51,6 +51,17 @@ class ParallelConfig:
 
 
 @dataclass
+class ProfileConfig:
+    enabled: bool = True  # per-rank step records and the cross-rank summary (RUN_DIR/profile)
+    peak_tflops: float = 0.0  # for MFU; 0: look the GPU up (unknown on CPU: no MFU)
+    straggler_threshold: float = 1.25  # compute / predicted, relative to the median rank
+    trace_ranks: list[int] = field(default_factory=list)  # torch.profiler traces for these ranks...
+    trace_steps: list[int] = field(default_factory=list)  # ...over these steps (first to last)
+    slow_rank: int = -1  # testing aid: this rank sleeps slow_seconds_per_ktoken per 1000 tokens
+    slow_seconds_per_ktoken: float = 0.0
+
+
+@dataclass
 class TrainConfig:
     steps: int = 300
     seed: int = 0
@@ -67,6 +78,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 

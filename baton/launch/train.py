@@ -26,8 +26,9 @@ from baton.launch.progress import Progress
 from baton.launch.schedule import build_optimizer, build_scheduler
 from baton.models.flops import count_parameters, flops_per_token
 from baton.models.lm import RecurrentLM, token_losses
-from baton.parallel.plan import fixed_degree_plan, local_batch
+from baton.parallel.plan import LocalBatch, StepPlan, fixed_degree_plan, local_batch
 from baton.parallel.sequence import SequenceParallel, apply_sequence_parallel
+from baton.profile.recorder import NullProfiler, RankProfiler
 
 
 def open_corpus(cfg: Config) -> Corpus:
@@ -90,6 +91,17 @@ class Trainer:
         if self.env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+        if cfg.profile.enabled:
+            self.profiler = RankProfiler(
+                self.run_dir,
+                self.env,
+                self.device,
+                flops_per_token(cfg.model).training,
+                cfg.profile.peak_tflops,
+                cfg.profile.straggler_threshold,
+            )
+        else:
+            self.profiler = NullProfiler()
 
     def _broadcast_parameters(self) -> None:
         for p in self.model.parameters():
@@ -107,40 +119,61 @@ class Trainer:
         dist.all_reduce(t)
         return t.tolist()
 
-    def _all_reduce_grads(self) -> None:
+    def _all_reduce_grads_and(self, loss: torch.Tensor) -> float:
+        """Sum gradients over ranks, and the loss with them (one collective); the global loss."""
+        if not self.env.distributed:
+            return loss.item()
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        flat = torch.cat([g.reshape(-1) for g in grads] + [loss.detach().reshape(1).to(grads[0].dtype)])
         dist.all_reduce(flat)
         offset = 0
         for g in grads:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
+        return flat[-1].item()
 
-    def loss_on(self, batch) -> tuple[torch.Tensor, dict]:
-        """This rank's summed loss on its piece of ``batch``, divided by the global target count."""
+    def plan_step(self, batch) -> tuple[StepPlan, LocalBatch]:
         plan = fixed_degree_plan(batch, self.env.world_size, self.cfg.parallel.sp.size)
         plan.validate(batch.n_tokens)
         local = local_batch(plan, self.env.rank, batch)
         self.sp.set_step(plan, local)
+        return plan, local
+
+    def local_loss(self, batch, local: LocalBatch) -> torch.Tensor:
+        """This rank's summed loss on its piece, divided by the global target count."""
         with self._autocast():
             logits = self.model(local.tokens[None].to(self.device), local.cu_seqlens)
         loss_sum, _ = token_losses(logits, local.labels[None].to(self.device))
-        return loss_sum / batch.n_targets, plan.to_dict()
+        return loss_sum / batch.n_targets
+
+    def _slow_down(self, tokens: int) -> None:
+        """Testing aid: make one rank a straggler, in proportion to its load."""
+        p = self.cfg.profile
+        if p.slow_rank == self.env.rank and p.slow_seconds_per_ktoken > 0:
+            time.sleep(p.slow_seconds_per_ktoken * tokens / 1000)
 
     def train_step(self) -> StepResult:
         self.model.train()
-        batch = self.loader.next_batch()
-        loss, plan = self.loss_on(batch)
-        loss.backward()
-        if self.env.distributed:
-            self._all_reduce_grads()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        prof = self.profiler
+        with prof.phase("data"):
+            batch = self.loader.next_batch()
+            plan, local = self.plan_step(batch)
+        with prof.phase("forward"):
+            loss = self.local_loss(batch, local)
+            self._slow_down(local.tokens.numel())
+        with prof.phase("backward"):
+            loss.backward()
+        with prof.phase("grad_comm"):
+            total = self._all_reduce_grads_and(loss)
+        with prof.phase("optimizer"):
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        (total,) = self._all_reduce_sum([loss.item()])
-        return StepResult(total, batch.n_tokens, plan, self.sp.stats.to_dict())
+        comm = self.sp.stats.to_dict()
+        prof.record(self.step, local.tokens.numel(), comm)
+        return StepResult(total, batch.n_tokens, plan.to_dict(), comm)
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -149,7 +182,7 @@ class Trainer:
         loss_sum = targets = 0.0
         for _ in range(self.cfg.data.eval_batches):
             batch = loader.next_batch()
-            loss, _ = self.loss_on(batch)
+            loss = self.local_loss(batch, self.plan_step(batch)[1])
             loss_sum += loss.item() * batch.n_targets
             targets += batch.n_targets
         (loss_sum,) = self._all_reduce_sum([loss_sum])
@@ -187,6 +220,7 @@ class Trainer:
             if self.step % cfg.train.eval_every == 0 or self.step == cfg.train.steps:
                 eval_loss = record["eval_loss"] = self.evaluate()
             if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
+                summary = self.profiler.end_interval()
                 now = time.perf_counter()
                 rate = window_tokens / (now - window_start)
                 record["tokens_per_s"] = rate
@@ -194,11 +228,18 @@ class Trainer:
                 text = f"loss {result.loss:.4f} | {rate / 1e3:.1f}k tok/s"
                 if "eval_loss" in record:
                     text += f" | eval {record['eval_loss']:.4f}"
+                if summary and self.env.distributed:
+                    text += (
+                        f" | rank compute min/med/max {summary['compute_s_min']:.2f}/"
+                        f"{summary['compute_s_median']:.2f}/{summary['compute_s_max']:.2f}s "
+                        f"(slowest {summary['slowest_rank']})"
+                    )
                 progress.update(self.step, text)
             if metrics:
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
         progress.close()
+        self.profiler.close()
         elapsed = time.perf_counter() - start
         summary = {
             "steps": self.step,

@@ -18,7 +18,9 @@ step, and creating process groups per step would be far too slow on NCCL.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -31,21 +33,32 @@ STRATEGIES = ("chain", "allgather", "logscan")
 
 @dataclass
 class CommStats:
-    """Bytes this rank sent and received, per op name, since the last reset."""
+    """Bytes this rank sent and received per op name, and seconds spent communicating
+    (waiting included), since the last reset."""
 
     sent: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     received: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    seconds: float = 0.0
 
     def add(self, name: str, sent: int = 0, received: int = 0) -> None:
         self.sent[name] += sent
         self.received[name] += received
 
+    @contextmanager
+    def timed(self):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - start
+
     def reset(self) -> None:
         self.sent.clear()
         self.received.clear()
+        self.seconds = 0.0
 
     def to_dict(self) -> dict:
-        return {"sent": dict(self.sent), "received": dict(self.received)}
+        return {"sent": dict(self.sent), "received": dict(self.received), "seconds": self.seconds}
 
 
 @dataclass
@@ -73,16 +86,24 @@ class RelayLink:
         return self.chain[i + 1] if 0 <= i < len(self.chain) - 1 else None
 
 
-def p2p(send: Tensor | None, dst: int | None, recv_like: Tensor | None, src: int | None, tag: int) -> Tensor | None:
+def p2p(
+    link: RelayLink,
+    send: Tensor | None,
+    dst: int | None,
+    recv_like: Tensor | None,
+    src: int | None,
+    tag_offset: int = 0,
+) -> Tensor | None:
     """Post a send and a receive together, then wait for both (no ordering deadlocks)."""
     ops, received = [], None
-    if send is not None and dst is not None:
-        ops.append(dist.isend(send.contiguous(), dst, tag=tag))
-    if recv_like is not None and src is not None:
-        received = torch.empty_like(recv_like)
-        ops.append(dist.irecv(received, src, tag=tag))
-    for op in ops:
-        op.wait()
+    with link.stats.timed():
+        if send is not None and dst is not None:
+            ops.append(dist.isend(send.contiguous(), dst, tag=link.tag + tag_offset))
+        if recv_like is not None and src is not None:
+            received = torch.empty_like(recv_like)
+            ops.append(dist.irecv(received, src, tag=link.tag + tag_offset))
+        for op in ops:
+            op.wait()
     return received
 
 
@@ -94,9 +115,9 @@ class _ChainRelay(Function):
     @staticmethod
     def forward(ctx, A: Tensor, S: Tensor, link: RelayLink) -> Tensor:
         prev, nxt = link.prev, link.next
-        S_in = p2p(None, None, S, prev, link.tag) if prev is not None else torch.zeros_like(S)
+        S_in = p2p(link, None, None, S, prev) if prev is not None else torch.zeros_like(S)
         if nxt is not None:
-            p2p(A * S_in + S, nxt, None, None, link.tag)
+            p2p(link, A * S_in + S, nxt, None, None)
         link.stats.add(link.name, sent=nbytes(S) * (nxt is not None), received=nbytes(S) * (prev is not None))
         ctx.save_for_backward(A, S_in)
         ctx.link = link
@@ -106,9 +127,9 @@ class _ChainRelay(Function):
     def backward(ctx, dS_in: Tensor):
         A, S_in = ctx.saved_tensors
         link = ctx.link
-        dS_out = p2p(None, None, S_in, link.next, link.tag) if link.next is not None else torch.zeros_like(S_in)
+        dS_out = p2p(link, None, None, S_in, link.next) if link.next is not None else torch.zeros_like(S_in)
         if link.prev is not None:
-            p2p(dS_in + A * dS_out, link.prev, None, None, link.tag)
+            p2p(link, dS_in + A * dS_out, link.prev, None, None)
         n = nbytes(S_in)
         link.stats.add(link.name + ".grad", sent=n * (link.prev is not None), received=n * (link.next is not None))
         return (dS_out * S_in).sum_to_size(A.shape), dS_out, None
@@ -121,7 +142,8 @@ class _AllGather(Function):
     @staticmethod
     def forward(ctx, x: Tensor, link: RelayLink) -> Tensor:
         parts = [torch.empty_like(x) for _ in range(link.world_size)]
-        dist.all_gather(parts, x.contiguous())
+        with link.stats.timed():
+            dist.all_gather(parts, x.contiguous())
         n, P = nbytes(x), link.world_size
         link.stats.add(link.name, sent=n * (P - 1), received=n * (P - 1))  # ring all-gather
         ctx.link = link
@@ -131,7 +153,8 @@ class _AllGather(Function):
     def backward(ctx, grad: Tensor):
         link = ctx.link
         grad = grad.contiguous().clone()
-        dist.all_reduce(grad)
+        with link.stats.timed():
+            dist.all_reduce(grad)
         n, P = nbytes(grad), link.world_size
         link.stats.add(link.name + ".grad", sent=2 * n * (P - 1) // P, received=2 * n * (P - 1) // P)  # ring all-reduce
         return grad[link.rank], None
@@ -146,7 +169,7 @@ class _Exchange(Function):
         pos, chain = link.position, link.chain
         dst = chain[pos + distance] if pos + distance < len(chain) else None
         src = chain[pos - distance] if pos - distance >= 0 else None
-        received = p2p(x, dst, x, src, link.tag + distance)
+        received = p2p(link, x, dst, x, src, distance)
         link.stats.add(link.name, sent=nbytes(x) * (dst is not None), received=nbytes(x) * (src is not None))
         ctx.link, ctx.dst, ctx.src, ctx.distance = link, dst, src, distance
         return received if received is not None else identity.clone()
@@ -154,7 +177,7 @@ class _Exchange(Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         link = ctx.link
-        dx = p2p(grad if ctx.src is not None else None, ctx.src, grad, ctx.dst, link.tag + ctx.distance)
+        dx = p2p(link, grad if ctx.src is not None else None, ctx.src, grad, ctx.dst, ctx.distance)
         n = nbytes(grad)
         link.stats.add(link.name + ".grad", sent=n * (ctx.src is not None), received=n * (ctx.dst is not None))
         return (dx if dx is not None else torch.zeros_like(grad)), None, None, None
@@ -207,7 +230,7 @@ class _SendTail(Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, tail: Tensor, link: RelayLink) -> Tensor:
-        p2p(tail, link.next, None, None, link.tag)
+        p2p(link, tail, link.next, None, None)
         link.stats.add(link.name, sent=nbytes(tail))
         ctx.link, ctx.tail_shape = link, tail.shape
         return x.view_as(x)
@@ -215,7 +238,7 @@ class _SendTail(Function):
     @staticmethod
     def backward(ctx, grad_x: Tensor):
         link = ctx.link
-        grad_tail = p2p(None, None, grad_x.new_empty(ctx.tail_shape), link.next, link.tag)
+        grad_tail = p2p(link, None, None, grad_x.new_empty(ctx.tail_shape), link.next)
         link.stats.add(link.name + ".grad", received=nbytes(grad_tail))
         return grad_x, grad_tail, None
 
@@ -226,14 +249,14 @@ class _RecvHead(Function):
 
     @staticmethod
     def forward(ctx, anchor: Tensor, shape: tuple[int, ...], link: RelayLink) -> Tensor:
-        received = p2p(None, None, anchor.new_empty(shape), link.prev, link.tag)
+        received = p2p(link, None, None, anchor.new_empty(shape), link.prev)
         link.stats.add(link.name, received=nbytes(received))
         ctx.link = link
         return received
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        p2p(grad, ctx.link.prev, None, None, ctx.link.tag)
+        p2p(ctx.link, grad, ctx.link.prev, None, None)
         ctx.link.stats.add(ctx.link.name + ".grad", sent=nbytes(grad))
         return None, None, None
 

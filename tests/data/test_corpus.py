@@ -7,7 +7,7 @@ import pytest
 
 from baton.data.build import build_corpus, synthetic_corpus
 from baton.data.corpus import Corpus, CorpusError, write_corpus
-from baton.data.tokenizer import ByteTokenizer
+from baton.data.tokenizer import ByteTokenizer, load_tokenizer
 
 
 def test_text_and_jsonl_round_trip(tmp_path):
@@ -59,3 +59,14 @@ def test_synthetic_corpus_is_deterministic_and_long_tailed(tmp_path):
     text = ByteTokenizer().decode(a.doc(0))
     name = text.split("\n")[0].removeprefix("doc ")
     assert text.rstrip("\n").endswith(f"end {name}")
+
+
+def test_bpe_corpus_round_trip(tmp_path):
+    pytest.importorskip("tokenizers")
+    texts = [f"document {i}: the quick brown fox jumps over the lazy dog {i % 7}" for i in range(60)]
+    (tmp_path / "in.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in texts) + "\n")
+    corpus = build_corpus([str(tmp_path / "in.jsonl")], str(tmp_path / "c"), tokenizer="bpe", vocab_size=300)
+    tok = load_tokenizer(corpus.path)
+    assert corpus.n_docs == 60 and corpus.vocab_size == tok.vocab_size <= 300
+    assert tok.decode(corpus.doc(5)[:-1]) == texts[5] and corpus.doc(5)[-1] == tok.eos_id
+    assert corpus.doc_len(5) < len(texts[5])  # merges learned: fewer tokens than bytes
