@@ -175,6 +175,25 @@ class Trainer:
         prof.record(self.step, local.tokens.numel(), comm)
         return StepResult(total, batch.n_tokens, plan.to_dict(), comm)
 
+    def _trace(self, starting: bool) -> None:
+        """torch.profiler trace of steps trace_steps[0]..trace_steps[-1] on trace_ranks."""
+        p = self.cfg.profile
+        if not p.trace_steps or self.env.rank not in p.trace_ranks:
+            return
+        first, last = min(p.trace_steps), max(p.trace_steps)
+        if starting and self.step + 1 == first:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if self.device.type == "cuda":
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self._tracer = torch.profiler.profile(activities=activities, record_shapes=True)
+            self._tracer.__enter__()
+        elif not starting and self.step == last and getattr(self, "_tracer", None):
+            self._tracer.__exit__(None, None, None)
+            path = self.run_dir / "profile" / f"trace_rank{self.env.rank}_steps{first}-{last}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._tracer.export_chrome_trace(str(path))
+            self._tracer = None
+
     @torch.no_grad()
     def evaluate(self) -> float:
         self.model.eval()
@@ -204,7 +223,9 @@ class Trainer:
         start, tokens, window_start, window_tokens = time.perf_counter(), 0, time.perf_counter(), 0
         first_loss = last_loss = eval_loss = None
         while self.step < cfg.train.steps:
+            self._trace(starting=True)
             result = self.train_step()
+            self._trace(starting=False)
             tokens += result.tokens
             window_tokens += result.tokens
             first_loss = result.loss if first_loss is None else first_loss

@@ -49,3 +49,20 @@ def test_missing_corpus_exits_2(tmp_path):
         text=True,
     )
     assert proc.returncode == 2 and "none/meta.json: not found" in proc.stderr
+
+
+def test_torch_profiler_trace_of_chosen_steps(tmp_path):
+    run = tmp_path / "run"
+    overrides = [
+        "train.steps=3",
+        "data.synthetic_docs=200",
+        "data.eval_docs=20",
+        "data.tokens_per_batch=512",
+        f"data.cache_dir={tmp_path}",
+        f"train.run_dir={run}",
+        "profile.trace_ranks=[0]",
+        "profile.trace_steps=[2,3]",
+    ]
+    assert main(["train", *overrides]) == 0
+    trace = json.loads((run / "profile" / "trace_rank0_steps2-3.json").read_text())
+    assert any("aten::" in e.get("name", "") for e in trace["traceEvents"])
