@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -24,7 +25,7 @@ class PlanError(ValueError):
 
 @dataclass
 class RankPiece:
-    spans: list[tuple[int, int]]  # [start, end) ranges of the global packed stream, in stream order
+    spans: list[tuple[int, int]]  # [start, end) ranges of the global packed stream, in the order held
     chain: list[int] = field(default_factory=list)  # ranks of this rank's chain in relay order
 
     @property
@@ -56,28 +57,39 @@ class StepPlan:
 
     def validate(self, n_tokens: int) -> None:
         """Every token held exactly once; chains agree across their ranks and join end to start."""
-        covered = sorted(s for p in self.pieces for s in p.spans)
-        position = 0
-        for start, end in covered:
-            if start != position or end <= start:
-                raise PlanError(f"spans must tile [0, {n_tokens}) exactly once; gap or overlap at token {position}")
-            position = end
-        if position != n_tokens:
-            raise PlanError(f"spans cover {position} of {n_tokens} tokens")
+        spans = np.array([s for p in self.pieces for s in p.spans], dtype=np.int64).reshape(-1, 2)
+        spans = spans[np.argsort(spans[:, 0], kind="stable")]
+        expected_starts = np.concatenate([[0], spans[:-1, 1]])
+        bad = np.flatnonzero((spans[:, 0] != expected_starts) | (spans[:, 1] <= spans[:, 0]))
+        if len(bad):
+            raise PlanError(
+                f"spans must tile [0, {n_tokens}) exactly once; gap or overlap at token {expected_starts[bad[0]]}"
+            )
+        covered = int(spans[-1, 1]) if len(spans) else 0
+        if covered != n_tokens:
+            raise PlanError(f"spans cover {covered} of {n_tokens} tokens")
+        chains = [tuple(p.chain) for p in self.pieces]
+        for chain in set(chains):  # each distinct chain once: linear even for very long chains
+            for position, rank in enumerate(chain):
+                if not 0 <= rank < len(chains) or chains[rank] != chain:
+                    other = next(r for r, c in enumerate(chains) if c == chain)
+                    raise PlanError(f"ranks {other} and {rank} disagree on their chain")
+                nxt = chain[position + 1] if position + 1 < len(chain) else None
+                if (
+                    nxt is not None
+                    and self.pieces[rank].spans
+                    and self.pieces[nxt].spans
+                    and (self.pieces[rank].spans[-1][1] != self.pieces[nxt].spans[0][0])
+                ):
+                    raise PlanError(
+                        f"rank {rank} ends at token {self.pieces[rank].spans[-1][1]} but its successor {nxt} "
+                        f"starts at {self.pieces[nxt].spans[0][0]}"
+                    )
         for rank, piece in enumerate(self.pieces):
             if not piece.spans:
                 raise PlanError(f"rank {rank} holds no tokens")
-            if piece.chain and rank not in piece.chain:
+            if piece.chain and rank not in chains[rank]:
                 raise PlanError(f"rank {rank}'s chain {piece.chain} does not include it")
-            for other in piece.chain:
-                if self.pieces[other].chain != piece.chain:
-                    raise PlanError(f"ranks {rank} and {other} disagree on their chain")
-            _, nxt = self.neighbours(rank)
-            if nxt is not None and piece.spans[-1][1] != self.pieces[nxt].spans[0][0]:
-                raise PlanError(
-                    f"rank {rank} ends at token {piece.spans[-1][1]} but its successor {nxt} "
-                    f"starts at {self.pieces[nxt].spans[0][0]}"
-                )
 
 
 @dataclass
