@@ -14,3 +14,5 @@ bench:
 	@scripts/setup-env.sh dev
 	.venv/bin/python bench/scan_ref.py
 	.venv/bin/python bench/sp_relay.py
+	.venv/bin/python bench/planner_sim.py
+	.venv/bin/python bench/profile_overhead.py

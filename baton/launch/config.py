@@ -46,8 +46,17 @@ class SequenceParallelConfig:
 
 
 @dataclass
+class PlannerConfig:
+    kind: str = "fixed"  # fixed: parallel.sp.size chains, even cuts | balanced: adaptive | concat: equal cuts, no relay
+    ranks_per_node: int = 8  # chains prefer ranks of one node
+    hop_seconds: float = 50e-6  # relay cost per hop inside a node (forward + backward)
+    inter_node_hop_seconds: float = 200e-6
+
+
+@dataclass
 class ParallelConfig:
     sp: SequenceParallelConfig = field(default_factory=SequenceParallelConfig)
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
 
 
 @dataclass
@@ -86,6 +95,7 @@ CHOICES = {
     "train.device": ("auto", "cpu", "cuda"),
     "train.dtype": ("auto", "fp32", "bf16"),
     "parallel.sp.relay": ("chain", "allgather", "logscan"),
+    "parallel.planner.kind": ("fixed", "balanced", "concat"),
 }
 POSITIVE = ("data.tokens_per_batch", "train.steps", "train.log_every", "train.eval_every", "parallel.sp.size")
 

@@ -27,6 +27,7 @@ from baton.launch.schedule import build_optimizer, build_scheduler
 from baton.models.flops import count_parameters, flops_per_token
 from baton.models.lm import RecurrentLM, token_losses
 from baton.parallel.plan import LocalBatch, StepPlan, fixed_degree_plan, local_batch
+from baton.parallel.planner import CostModel, balanced_plan, concat_chunk_plan
 from baton.parallel.sequence import SequenceParallel, apply_sequence_parallel
 from baton.profile.recorder import NullProfiler, RankProfiler
 
@@ -91,6 +92,14 @@ class Trainer:
         if self.env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+        p = cfg.parallel.planner
+        self.cost = CostModel(
+            [1.0] * self.env.world_size,
+            hop_seconds=p.hop_seconds,
+            inter_node_hop_seconds=p.inter_node_hop_seconds,
+            ranks_per_node=p.ranks_per_node,
+        )
+        self.plan_info: dict = {}
         if cfg.profile.enabled:
             self.profiler = RankProfiler(
                 self.run_dir,
@@ -133,11 +142,31 @@ class Trainer:
         return flat[-1].item()
 
     def plan_step(self, batch) -> tuple[StepPlan, LocalBatch]:
-        plan = fixed_degree_plan(batch, self.env.world_size, self.cfg.parallel.sp.size)
-        plan.validate(batch.n_tokens)
+        """Every rank plans the same step from the same inputs (deterministic planners)."""
+        kind, bounds = self.cfg.parallel.planner.kind, batch.cu_seqlens.tolist()
+        if kind == "balanced":
+            result = balanced_plan(bounds, self.cost, min_piece=max(4, self.cfg.model.conv_size))
+        elif kind == "concat":
+            result = concat_chunk_plan(bounds, self.cost)
+        else:
+            plan = fixed_degree_plan(batch, self.env.world_size, self.cfg.parallel.sp.size)
+            plan.validate(batch.n_tokens)
+            result = None
+        if result is not None:
+            plan = result.plan
+            self.plan_info = {k: v for k, v in result.to_dict().items() if k != "plan"}
         local = local_batch(plan, self.env.rank, batch)
         self.sp.set_step(plan, local)
         return plan, local
+
+    def calibrate(self, summary: dict | None) -> None:
+        """Feed the measured per-rank speed (rank 0's interval summary) to the cost model."""
+        if self.cfg.parallel.planner.kind != "balanced" or not self.env.distributed:
+            return
+        speeds = torch.tensor(summary["tokens_per_s"] if summary else [0.0] * self.env.world_size, dtype=torch.float64)
+        dist.broadcast(speeds, 0)
+        if (speeds > 0).all():
+            self.cost.seconds_per_token = (1.0 / speeds).tolist()
 
     def local_loss(self, batch, local: LocalBatch) -> torch.Tensor:
         """This rank's summed loss on its piece, divided by the global target count."""
@@ -173,7 +202,7 @@ class Trainer:
         self.step += 1
         comm = self.sp.stats.to_dict()
         prof.record(self.step, local.tokens.numel(), comm)
-        return StepResult(total, batch.n_tokens, plan.to_dict(), comm)
+        return StepResult(total, batch.n_tokens, plan.to_dict() | self.plan_info, comm)
 
     def _trace(self, starting: bool) -> None:
         """torch.profiler trace of steps trace_steps[0]..trace_steps[-1] on trace_ranks."""
@@ -242,6 +271,7 @@ class Trainer:
                 eval_loss = record["eval_loss"] = self.evaluate()
             if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
                 summary = self.profiler.end_interval()
+                self.calibrate(summary)
                 now = time.perf_counter()
                 rate = window_tokens / (now - window_start)
                 record["tokens_per_s"] = rate

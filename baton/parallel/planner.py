@@ -9,8 +9,8 @@ tokens proportional to its measured speed (water-filled under per-rank memory ca
 one stream of documents at those shares. What remains are small integer effects, handled
 greedily:
 
-- documents are laid out longest first, so the long ones are the ones cut and short ones
-  stay whole on one rank;
+- documents are laid out longest first, so a long document runs through consecutive ranks
+  (one chain) and the many short ones fill the rest;
 - a cut moves onto a nearby document end when the work it shifts costs less than the relay
   hop it saves (at most 2% of a share);
 - ranks are visited in node order, so chains stay inside a node where they can.
@@ -84,7 +84,9 @@ def water_fill(work: float, speeds: np.ndarray, caps: np.ndarray | None, busy: n
         share[over] = caps[over]
         free &= ~over
         if not free.any():
-            raise PlanError(f"the batch ({int(work)} tokens) exceeds the ranks' memory caps ({int(caps.sum())} tokens)")
+            raise PlanError(
+                f"the batch ({int(work)} tokens of work) exceeds the ranks' memory caps ({int(caps.sum())})"
+            )
 
 
 @dataclass
@@ -135,7 +137,9 @@ def balanced_plan(boundaries: list[int], cost: CostModel, min_piece: int = 4) ->
     overhead = cost.segment_overhead_tokens
     work_ends = np.cumsum(lengths + overhead)
     speeds = 1.0 / np.asarray(cost.seconds_per_token, dtype=float)
-    caps = None if cost.memory_cap_tokens is None else np.asarray(cost.memory_cap_tokens, dtype=float)
+    caps = None
+    if cost.memory_cap_tokens is not None:  # token caps, in work units (tokens + tail overhead)
+        caps = np.asarray(cost.memory_cap_tokens, dtype=float) * work_ends[-1] / total
     per_token = float(np.median(cost.seconds_per_token))
     share = total / R
 
@@ -198,12 +202,11 @@ def balanced_plan(boundaries: list[int], cost: CostModel, min_piece: int = 4) ->
             anchors[n], anchors[n + 1], speeds[ranks], None if caps is None else caps[ranks], busy, intra_tolerance
         )[1:]
 
+    if cost.memory_cap_tokens is not None:
+        cuts = _enforce_caps(cuts, [cost.memory_cap_tokens[r] for r in order])
     pieces: list[RankPiece] = [RankPiece([]) for _ in range(R)]
     for i, spans in enumerate(_layout_spans(layout, np.asarray(ends), cuts)):
-        rank = order[i]
-        pieces[rank].spans = spans
-        if caps is not None and pieces[rank].n_tokens > caps[rank]:
-            raise PlanError(f"rank {rank} would hold {pieces[rank].n_tokens} tokens, over its cap of {int(caps[rank])}")
+        pieces[order[i]].spans = spans
     # Chains: runs of consecutive ranks (in layout order) whose shared cut is inside a document.
     chain = [order[0]]
     for i in range(1, R):
@@ -215,6 +218,19 @@ def balanced_plan(boundaries: list[int], cost: CostModel, min_piece: int = 4) ->
     plan = StepPlan(pieces)
     plan.validate(total)
     return PlanResult(plan, cost.predict(plan, boundaries), "proportional-cut", time.perf_counter() - start_time)
+
+
+def _enforce_caps(cuts: list[int], caps: list[int]) -> list[int]:
+    """Move cuts so that no piece exceeds its token cap (snapping and the tail overhead
+    can push a piece a little past the share its cap allowed)."""
+    cuts = list(cuts)
+    for i in range(len(caps) - 1):  # forward: push excess onto later pieces
+        cuts[i + 1] = min(cuts[i + 1], cuts[i] + caps[i])
+    for i in range(len(caps) - 1, 0, -1):  # backward: and back onto earlier ones
+        cuts[i] = max(cuts[i], cuts[i + 1] - caps[i])
+    if any(b - a > c or b <= a for a, b, c in zip(cuts[:-1], cuts[1:], caps)):
+        raise PlanError(f"the batch ({cuts[-1]} tokens) does not fit the ranks' memory caps ({sum(caps)} tokens)")
+    return cuts
 
 
 def _layout_spans(layout: np.ndarray, ends: np.ndarray, cuts: list[int]) -> list[list[tuple[int, int]]]:

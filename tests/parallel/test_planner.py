@@ -1,0 +1,131 @@
+"""The adaptive planner and its baselines: exact coverage, consistent chains, caps,
+determinism, speed-proportional loads, and exact execution on real processes."""
+
+import numpy as np
+import pytest
+
+from baton.data.loader import pack
+from baton.dist.local import run_local
+from baton.parallel.plan import PlanError, StepPlan
+from baton.parallel.planner import CostModel, attention_cost_plan, balanced_plan, concat_chunk_plan, fixed_sp_plan
+from tests.parallel.test_sequence import TOLERANCE, reference, rel, sp_worker
+
+
+def boundaries(n_docs, seed, giant=False):
+    rng = np.random.default_rng(seed)
+    lengths = np.maximum(1, rng.lognormal(5, 1.4, size=n_docs).astype(int))
+    if giant:
+        lengths[rng.integers(n_docs)] = 50 * int(lengths.mean())
+    return [0, *np.cumsum(lengths).tolist()]
+
+
+def check_exact_cover(plan: StepPlan, bounds):
+    plan.validate(bounds[-1])
+    tokens = np.zeros(bounds[-1], dtype=int)
+    for piece in plan.pieces:
+        for a, b in piece.spans:
+            tokens[a:b] += 1
+    assert (tokens == 1).all()
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3, 8, 16, 64])
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("giant", [False, True])
+def test_balanced_plan_covers_every_token_once(ranks, seed, giant):
+    bounds = boundaries(40 * ranks, seed, giant)
+    result = balanced_plan(bounds, CostModel([1e-6] * ranks, ranks_per_node=4))
+    check_exact_cover(result.plan, bounds)
+    for rank, piece in enumerate(result.plan.pieces):
+        prev, nxt = result.plan.neighbours(rank)
+        if nxt is not None:  # a relay only where a document really continues
+            assert piece.spans[-1][1] not in set(bounds)
+
+
+def test_loads_follow_measured_speed():
+    bounds = boundaries(400, 2)
+    per_token = [1e-6] * 8
+    per_token[3] = 2e-6  # half as fast
+    result = balanced_plan(bounds, CostModel(per_token, hop_seconds=0, inter_node_hop_seconds=0))
+    tokens = [p.n_tokens for p in result.plan.pieces]
+    others = np.mean([t for r, t in enumerate(tokens) if r != 3])
+    assert abs(tokens[3] / others - 0.5) < 0.03
+    assert result.imbalance < 1.02
+
+
+def cut_documents(plan, bounds):
+    cut = set()
+    for piece in plan.pieces:
+        for a, b in piece.spans:
+            d = int(np.searchsorted(bounds, a, "right") - 1)
+            if (a, b) != (bounds[d], bounds[d + 1]):
+                cut.add(d)
+    return cut
+
+
+def test_cuts_move_to_document_ends_when_relays_cost_more():
+    bounds = boundaries(600, 3, giant=True)
+    free = cut_documents(balanced_plan(bounds, CostModel([1e-6] * 16, hop_seconds=0)).plan, bounds)
+    costly = balanced_plan(bounds, CostModel([1e-6] * 16, hop_seconds=100e-6, ranks_per_node=16))
+    assert len(free) <= 15
+    assert len(cut_documents(costly.plan, bounds)) < len(free)
+    assert costly.imbalance < 1.05
+
+
+def test_memory_caps_are_respected_or_refused():
+    bounds = boundaries(200, 4)
+    total = bounds[-1]
+    caps = [int(total / 4 * 1.3)] * 4
+    caps[0] = int(total / 10)
+    result = balanced_plan(bounds, CostModel([1e-6, 1e-6, 1e-6, 1e-6], memory_cap_tokens=caps))
+    assert all(p.n_tokens <= c for p, c in zip(result.plan.pieces, caps))
+    assert result.plan.pieces[0].n_tokens < total / 6
+    with pytest.raises(PlanError, match="memory caps"):
+        balanced_plan(bounds, CostModel([1e-6] * 4, memory_cap_tokens=[total // 5] * 4))
+
+
+def test_deterministic():
+    bounds = boundaries(300, 5, giant=True)
+    cost = CostModel([1e-6, 1.3e-6, 1e-6, 0.9e-6, 1e-6, 1e-6], ranks_per_node=2)
+    assert balanced_plan(bounds, cost).plan.to_dict() == balanced_plan(bounds, cost).plan.to_dict()
+
+
+@pytest.mark.parametrize("make", [concat_chunk_plan, lambda b, c: fixed_sp_plan(b, c, 2), attention_cost_plan])
+def test_baselines_are_valid_plans(make):
+    bounds = boundaries(100, 6)
+    result = make(bounds, CostModel([1e-6] * 4))
+    check_exact_cover(result.plan, bounds)
+    assert len(result.predicted_s) == 4
+
+
+def test_adaptive_beats_baselines_with_a_slow_rank():
+    bounds = boundaries(2000, 7, giant=True)
+    per_token = [1e-6] * 16
+    per_token[5] = 1.2e-6
+    cost = CostModel(per_token)
+    ours = max(balanced_plan(bounds, cost).predicted_s)
+    for make in (concat_chunk_plan, lambda b, c: fixed_sp_plan(b, c, 4), attention_cost_plan):
+        assert ours < 0.95 * max(make(bounds, cost).predicted_s)
+
+
+@pytest.mark.parametrize("world", [3, 4])
+def test_executing_a_balanced_plan_is_exact(world):
+    """The planner's plan (documents reordered, cuts anywhere, a slow rank) run on real
+    processes gives the single-process outputs, loss and gradients."""
+    rng = np.random.default_rng(world)
+    lengths = [int(x) for x in rng.integers(5, 80, size=12)] + [150]
+    batch = pack([np.zeros(n, dtype=np.int64) for n in lengths], list(range(len(lengths))))
+    per_token = [1e-6] * world
+    per_token[1] = 1.5e-6
+    plan = balanced_plan(batch.cu_seqlens.tolist(), CostModel(per_token, ranks_per_node=2)).plan
+    assert any(len(p.chain) > 1 for p in plan.pieces)
+    cases = [(mixer, "logscan", lengths, plan.to_dict()) for mixer in ("gla", "ssd")]
+    per_rank = run_local(world, sp_worker, cases)
+    for i, (mixer, *_rest) in enumerate(cases):
+        ref = reference(mixer, lengths)
+        for rank in range(world):
+            got = per_rank[rank][i]
+            expected = np.concatenate([ref["logits"][a:b].numpy() for a, b in plan.pieces[rank].spans])
+            assert rel(got["logits"], type(got["logits"])(expected)) < TOLERANCE
+            assert abs(got["loss"].item() - ref["loss"].item()) / ref["loss"].item() < TOLERANCE
+            for g, g_ref in zip(got["grads"], ref["grads"]):
+                assert rel(g, g_ref) < TOLERANCE
