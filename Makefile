@@ -1,5 +1,5 @@
 # The two commands: `make train` (set up, then run the default job) and `make test`.
-.PHONY: train test lint bench
+.PHONY: train test bench
 
 train:
 	@scripts/setup-env.sh
