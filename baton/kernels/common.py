@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from baton.kernels.layout import ChunkLayout, build_layout, to_chunks
+
 
 def compute_dtype(x: Tensor) -> torch.dtype:
     """State and accumulation precision: fp32, or fp64 when the inputs are fp64 (tests)."""
@@ -30,3 +32,24 @@ def flatten_batch(q: Tensor, cu_seqlens: Tensor | None, initial_state: Tensor | 
     if initial_state is not None and initial_state.shape[0] != n_seqs:
         raise ValueError(f"initial_state has {initial_state.shape[0]} states for {n_seqs} sequences")
     return cu_seqlens, n_seqs
+
+
+def chunked_inputs(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    scale: float | None,
+    initial_state: Tensor | None,
+    cu_seqlens: Tensor | None,
+    chunk_size: int,
+) -> tuple[list[Tensor], ChunkLayout]:
+    """q (scaled), k, v, g in the compute dtype, laid out as document-aligned chunks
+    [n_chunks, chunk_size, H, ...]; and the layout (to map outputs back)."""
+    B, T = q.shape[:2]
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    cu, _ = flatten_batch(q, cu_seqlens, initial_state)
+    dt = compute_dtype(q)
+    layout = build_layout(cu, chunk_size, q.device)
+    qc, kc, vc, gc = (to_chunks(x.reshape(B * T, *x.shape[2:]).to(dt), layout) for x in (q, k, v, g))
+    return [qc * scale, kc, vc, gc], layout

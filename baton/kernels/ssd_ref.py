@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from baton.kernels.common import compute_dtype, flatten_batch
-from baton.kernels.layout import build_layout, chunk_state_recurrence, from_chunks, to_chunks
+from baton.kernels.common import chunked_inputs
+from baton.kernels.layout import chunk_state_recurrence, from_chunks
 
 
 def chunk_ssd_ref(
@@ -28,13 +28,8 @@ def chunk_ssd_ref(
 
     Same contract as :func:`baton.kernels.gla_ref.chunk_gla_ref`.
     """
-    B, T, H, K = q.shape
-    scale = K**-0.5 if scale is None else scale
-    cu, _ = flatten_batch(q, cu_seqlens, initial_state)
-    dt = compute_dtype(q)
-    layout = build_layout(cu, chunk_size, q.device)
-    qc, kc, vc, gc = (to_chunks(x.reshape(B * T, *x.shape[2:]).to(dt), layout) for x in (q, k, v, g))
-    qc = qc * scale
+    B, T = q.shape[:2]
+    (qc, kc, vc, gc), layout = chunked_inputs(q, k, v, g, scale, initial_state, cu_seqlens, chunk_size)
 
     b = gc.cumsum(1)  # [N, C, H]
     b_last = b[:, -1]
@@ -46,4 +41,4 @@ def chunk_ssd_ref(
     update = torch.einsum("nchk,nchv->nhkv", kc * (b_last[:, None] - b).exp()[..., None], vc)
     states_in, final = chunk_state_recurrence(b_last.exp()[..., None, None], update, layout, initial_state)
     o = o + torch.einsum("nchk,nhkv->nchv", qc * b.exp()[..., None], states_in)
-    return from_chunks(o, layout).reshape(B, T, H, -1).to(v.dtype), final
+    return from_chunks(o, layout).reshape(B, T, *v.shape[2:]).to(v.dtype), final

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch.distributed as dist
 
 from baton.data.build import synthetic_corpus
 from baton.data.corpus import Corpus
-from baton.data.loader import PackedLoader
+from baton.data.loader import Batch, PackedLoader
 from baton.dist.env import DistEnv, init_distributed
 from baton.launch.config import Config, ConfigError, to_yaml
 from baton.launch.progress import Progress
@@ -99,7 +100,8 @@ class Trainer:
             inter_node_hop_seconds=p.inter_node_hop_seconds,
             ranks_per_node=p.ranks_per_node,
         )
-        self.plan_info: dict = {}
+        self._planner_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baton-planner")
+        self._ahead: Future | None = None
         if cfg.profile.enabled:
             self.profiler = RankProfiler(
                 self.run_dir,
@@ -141,23 +143,28 @@ class Trainer:
             offset += g.numel()
         return flat[-1].item()
 
-    def plan_step(self, batch) -> tuple[StepPlan, LocalBatch]:
-        """Every rank plans the same step from the same inputs (deterministic planners)."""
+    def make_plan(self, batch: Batch, cost: CostModel) -> tuple[StepPlan, dict]:
+        """The step's plan and what the planner says of it. Every rank computes the same
+        plan from the same inputs (the planners are deterministic)."""
         kind, bounds = self.cfg.parallel.planner.kind, batch.cu_seqlens.tolist()
-        if kind == "balanced":
-            result = balanced_plan(bounds, self.cost, min_piece=max(4, self.cfg.model.conv_size))
-        elif kind == "concat":
-            result = concat_chunk_plan(bounds, self.cost)
-        else:
+        if kind == "fixed":
             plan = fixed_degree_plan(batch, self.env.world_size, self.cfg.parallel.sp.size)
             plan.validate(batch.n_tokens)
-            result = None
-        if result is not None:
-            plan = result.plan
-            self.plan_info = {k: v for k, v in result.to_dict().items() if k != "plan"}
+            return plan, {}
+        if kind == "balanced":
+            result = balanced_plan(bounds, cost, min_piece=max(4, self.cfg.model.conv_size))
+        else:
+            result = concat_chunk_plan(bounds, cost)
+        return result.plan, {k: v for k, v in result.to_dict().items() if k != "plan"}
+
+    def _next_batch_and_plan(self, cost: CostModel) -> tuple[Batch, StepPlan, dict]:
+        batch = self.loader.next_batch()
+        return (batch, *self.make_plan(batch, cost))
+
+    def enter_step(self, plan: StepPlan, batch: Batch) -> LocalBatch:
         local = local_batch(plan, self.env.rank, batch)
         self.sp.set_step(plan, local)
-        return plan, local
+        return local
 
     def calibrate(self, summary: dict | None) -> None:
         """Feed the measured per-rank speed (rank 0's interval summary) to the cost model."""
@@ -185,8 +192,14 @@ class Trainer:
         self.model.train()
         prof = self.profiler
         with prof.phase("data"):
-            batch = self.loader.next_batch()
-            plan, local = self.plan_step(batch)
+            # Load and plan one step ahead, on a worker thread, so that planning overlaps
+            # this step's compute. The cost model is copied when the work is handed over:
+            # the same point of the loop on every rank, so every rank plans alike.
+            if self._ahead is None:
+                self._ahead = self._planner_thread.submit(self._next_batch_and_plan, replace(self.cost))
+            batch, plan, plan_info = self._ahead.result()
+            self._ahead = self._planner_thread.submit(self._next_batch_and_plan, replace(self.cost))
+            local = self.enter_step(plan, batch)
         with prof.phase("forward"):
             loss = self.local_loss(batch, local)
             self._slow_down(local.tokens.numel())
@@ -202,7 +215,7 @@ class Trainer:
         self.step += 1
         comm = self.sp.stats.to_dict()
         prof.record(self.step, local.tokens.numel(), comm)
-        return StepResult(total, batch.n_tokens, plan.to_dict() | self.plan_info, comm)
+        return StepResult(total, batch.n_tokens, plan.to_dict() | plan_info, comm)
 
     def _trace(self, starting: bool) -> None:
         """torch.profiler trace of steps trace_steps[0]..trace_steps[-1] on trace_ranks."""
@@ -230,7 +243,7 @@ class Trainer:
         loss_sum = targets = 0.0
         for _ in range(self.cfg.data.eval_batches):
             batch = loader.next_batch()
-            loss = self.local_loss(batch, self.plan_step(batch)[1])
+            loss = self.local_loss(batch, self.enter_step(self.make_plan(batch, self.cost)[0], batch))
             loss_sum += loss.item() * batch.n_targets
             targets += batch.n_targets
         (loss_sum,) = self._all_reduce_sum([loss_sum])
@@ -291,6 +304,7 @@ class Trainer:
                 metrics.flush()
         progress.close()
         self.profiler.close()
+        self._planner_thread.shutdown(wait=True)
         elapsed = time.perf_counter() - start
         summary = {
             "steps": self.step,

@@ -2,45 +2,17 @@
 planner, calibrated online from the profiler's per-rank speeds, shifts tokens away from it
 and the measured step time drops against the fixed plan; the losses stay the same."""
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
+
+from tests.launch.runs import baton_train, jsonl
 
 
 def run(tmp_path, kind):
-    run_dir = tmp_path / kind
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "baton.launch.cli",
-        "train",
-        "train.steps=12",
-        "train.log_every=2",
-        "train.eval_every=12",
-        "data.synthetic_docs=300",
-        "data.eval_docs=20",
-        "data.tokens_per_batch=2048",
-        f"data.cache_dir={tmp_path / 'data'}",
-        f"train.run_dir={run_dir}",
-        f"parallel.planner.kind={kind}",
-        "profile.slow_rank=1",
-        "profile.slow_seconds_per_ktoken=0.4",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [
-        [json.loads(line) for line in (run_dir / "profile" / f"rank{r}.jsonl").read_text().splitlines()]
-        for r in range(2)
-    ]
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return ranks, metrics
+    steps = ["train.steps=12", "train.log_every=2", "train.eval_every=12", "data.tokens_per_batch=2048"]
+    slow = ["profile.slow_rank=1", "profile.slow_seconds_per_ktoken=0.4"]
+    run_dir = baton_train(tmp_path / kind, tmp_path / "data", 2, *steps, *slow, f"parallel.planner.kind={kind}")
+    ranks = [jsonl(run_dir / "profile" / f"rank{r}.jsonl") for r in range(2)]
+    return ranks, jsonl(run_dir / "metrics.jsonl")
 
 
 def test_balanced_planner_moves_work_off_a_slow_rank(tmp_path):

@@ -1,47 +1,23 @@
 """A real 2-process run writes per-rank profile records that agree with its plans, and
 `baton report` renders a table and PNG plots from the run directory."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
 from baton.launch.cli import main
+from tests.launch.runs import baton_train, jsonl
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "baton.launch.cli",
-        "train",
-        "train.steps=8",
-        "train.log_every=4",
-        "train.eval_every=8",
-        "data.synthetic_docs=300",
-        "data.eval_docs=20",
-        "data.tokens_per_batch=1024",
-        "parallel.sp.size=2",
-        f"data.cache_dir={tmp / 'data'}",
-        f"train.run_dir={tmp / 'run'}",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return tmp / "run"
+    steps = ["train.steps=8", "train.log_every=4", "train.eval_every=8", "data.tokens_per_batch=1024"]
+    return baton_train(tmp / "run", tmp / "data", 2, *steps, "parallel.sp.size=2")
 
 
 def test_records_per_rank_match_the_plans(run_dir):
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    metrics = jsonl(run_dir / "metrics.jsonl")
     for rank in range(2):
-        records = [json.loads(line) for line in (run_dir / "profile" / f"rank{rank}.jsonl").read_text().splitlines()]
+        records = jsonl(run_dir / "profile" / f"rank{rank}.jsonl")
         assert len(records) == len(metrics) == 8
         for rec, m in zip(records, metrics):
             planned = sum(b - a for a, b in m["plan"]["pieces"][rank]["spans"])
@@ -60,7 +36,7 @@ def test_records_per_rank_match_the_plans(run_dir):
                 "peak_mem_gb",
                 "mfu",
             }
-    summaries = [json.loads(line) for line in (run_dir / "profile" / "summary.jsonl").read_text().splitlines()]
+    summaries = jsonl(run_dir / "profile" / "summary.jsonl")
     assert [s["steps"] for s in summaries] == [[1, 4], [5, 8]]
 
 
