@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -36,11 +37,27 @@ def discover() -> DistEnv:
     return DistEnv()
 
 
+class DistSetupError(RuntimeError):
+    """The job cannot form its process group; the message says which setting is wrong."""
+
+
+def check_master_address(environ: dict | os._Environ = os.environ) -> None:
+    """Fail fast (instead of hanging in the rendezvous) when MASTER_ADDR does not resolve."""
+    addr, port = environ.get("MASTER_ADDR"), environ.get("MASTER_PORT", "29500")
+    if not addr:
+        raise DistSetupError("MASTER_ADDR is not set (launch with torchrun, or set MASTER_ADDR and MASTER_PORT)")
+    try:
+        socket.getaddrinfo(addr, int(port))
+    except (socket.gaierror, ValueError) as exc:
+        raise DistSetupError(f"MASTER_ADDR={addr!r} MASTER_PORT={port!r} does not resolve: {exc}") from None
+
+
 def init_distributed(device: torch.device, timeout_s: float = 300.0) -> DistEnv:
     """Discover the job layout and, for more than one process, join the default group
     (NCCL on CUDA, gloo on CPU)."""
     env = discover()
     if env.distributed and not dist.is_initialized():
+        check_master_address()
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(env.local_rank)

@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from baton.dist.env import DistSetupError
     from baton.launch.config import ConfigError
     from baton.parallel.plan import PlanError
     from baton.profile.report import ReportError
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, CorpusError, PlanError, ReportError) as exc:
+    except (ConfigError, CorpusError, DistSetupError, PlanError, ReportError) as exc:
         print(f"baton: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
