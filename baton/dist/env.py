@@ -1,7 +1,9 @@
 """Where this process sits in the job, and process-group setup.
 
-Reads the torchrun variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT);
-a process started without them is a single-process job.
+Launchers: torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), and MPI
+(`mpirun -np N baton train ...`: Open MPI's OMPI_COMM_WORLD_* or MPICH's PMI_* variables;
+rank 0's address and a free port reach the others through mpi4py). A process started by
+neither is a single-process job.
 """
 
 from __future__ import annotations
@@ -30,11 +32,38 @@ class DistEnv:
         return self.world_size > 1
 
 
-def discover() -> DistEnv:
-    env = os.environ
+MPI_VARIABLES = (  # (rank, size, local rank) as Open MPI and MPICH (Hydra) name them
+    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
+    ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
+)
+
+
+def discover(environ=None) -> DistEnv:
+    env = os.environ if environ is None else environ
     if "RANK" in env and "WORLD_SIZE" in env:
         return DistEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
+    for rank, size, local in MPI_VARIABLES:
+        if rank in env and size in env:
+            return DistEnv(int(env[rank]), int(env[size]), int(env.get(local, 0)))
     return DistEnv()
+
+
+def _mpi_rendezvous(env: DistEnv) -> None:
+    """Under MPI, agree on MASTER_ADDR/MASTER_PORT (rank 0's address, a free port of its)
+    and export the torchrun-style variables for torch.distributed's env:// init."""
+    if "MASTER_ADDR" not in os.environ:
+        try:
+            from mpi4py import MPI
+        except ImportError:
+            raise DistSetupError("launched by MPI without MASTER_ADDR: install mpi4py (pip install mpi4py)") from None
+        address = None
+        if env.rank == 0:
+            with socket.socket() as s:
+                s.bind(("", 0))
+                address = (socket.gethostbyname(socket.gethostname()), s.getsockname()[1])
+        os.environ["MASTER_ADDR"], port = MPI.COMM_WORLD.bcast(address, root=0)
+        os.environ["MASTER_PORT"] = str(port)
+    os.environ.update(RANK=str(env.rank), WORLD_SIZE=str(env.world_size), LOCAL_RANK=str(env.local_rank))
 
 
 class DistSetupError(RuntimeError):
@@ -57,6 +86,8 @@ def init_distributed(device: torch.device, timeout_s: float = 300.0) -> DistEnv:
     (NCCL on CUDA, gloo on CPU)."""
     env = discover()
     if env.distributed and not dist.is_initialized():
+        if "RANK" not in os.environ:
+            _mpi_rendezvous(env)
         check_master_address()
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":

