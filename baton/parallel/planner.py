@@ -12,7 +12,7 @@ greedily:
 - documents are laid out longest first, so a long document runs through consecutive ranks
   (one chain) and the many short ones fill the rest;
 - a cut moves onto a nearby document end when the work it shifts costs less than the relay
-  hop it saves (at most 2% of a share);
+  hop it saves (by at most 1% of a share);
 - ranks are visited in node order, so chains stay inside a node where they can.
 
 The result is deterministic given the same inputs, and costs O(documents + ranks).
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -95,7 +95,6 @@ class PlanResult:
     predicted_s: list[float]
     solver: str
     solver_seconds: float
-    extra: dict = field(default_factory=dict)
 
     @property
     def imbalance(self) -> float:
@@ -157,10 +156,12 @@ def balanced_plan(boundaries: list[int], cost: CostModel, min_piece: int = 4) ->
         near = ends[bisect.bisect_left(ends, cut - tolerance) : bisect.bisect_right(ends, cut + tolerance)]
         return min(near, key=lambda e: (abs(e - cut), e)) if near else cut
 
-    def divide(lo: int, hi: int, unit_speeds: np.ndarray, unit_caps, busy: np.ndarray, tolerance: float) -> list[int]:
+    def divide(
+        lo: int, hi: int, unit_speeds: np.ndarray, unit_caps, busy: np.ndarray, tolerance: float, hop: float
+    ) -> list[int]:
         """Cut layout positions [lo, hi) among units (ranks or whole nodes) finishing together,
-        twice: the second pass prices in the relays the first pass's cuts need (``busy``
-        seconds per unit per relay, split over the unit) and keeps which cuts sit on ends."""
+        twice: the second pass charges each unit ``hop`` seconds for every relay the first
+        pass's cuts need, and keeps which cuts sit on document ends."""
         n = len(unit_speeds)
         tolerances = [tolerance] * (n - 1)
         for attempt in range(2):
@@ -173,7 +174,7 @@ def balanced_plan(boundaries: list[int], cost: CostModel, min_piece: int = 4) ->
             cuts.append(hi)
             if attempt == 0:
                 relays = np.array([c not in doc_ends for c in cuts[1:-1]], dtype=float)
-                busy = busy + np.concatenate([relays, [0]]) * unit_hop + np.concatenate([[0], relays]) * unit_hop
+                busy = busy + (np.concatenate([relays, [0]]) + np.concatenate([[0], relays])) * hop
                 tolerances = [t if c in doc_ends else 0.0 for t, c in zip(tolerances, cuts[1:-1])]
         return cuts
 
@@ -185,12 +186,11 @@ def balanced_plan(boundaries: list[int], cost: CostModel, min_piece: int = 4) ->
     # makes up by giving them less work: it costs the node hop / (ranks in node).
     node_speed = np.array([speeds[ranks].sum() for ranks in node_ranks])
     node_caps = None if caps is None else np.array([caps[ranks].sum() for ranks in node_ranks])
-    unit_hop = cost.inter_node_hop_seconds / cost.ranks_per_node
     inter_tolerance = min(2 * cost.inter_node_hop_seconds / per_token, 0.01 * share * cost.ranks_per_node)
-    anchors = divide(0, total, node_speed, node_caps, np.zeros(len(node_ranks)), inter_tolerance)
+    node_hop = cost.inter_node_hop_seconds / cost.ranks_per_node
+    anchors = divide(0, total, node_speed, node_caps, np.zeros(len(node_ranks)), inter_tolerance, node_hop)
 
     # Level 2: ranks inside each node, with the relays they will do priced in.
-    unit_hop = cost.hop_seconds
     intra_tolerance = min(cost.hop_seconds / per_token, 0.01 * share)
     order, cuts = [], [0]
     for n, ranks in enumerate(node_ranks):
@@ -198,9 +198,10 @@ def balanced_plan(boundaries: list[int], cost: CostModel, min_piece: int = 4) ->
         busy[0] += cost.inter_node_hop_seconds * (anchors[n] not in doc_ends)
         busy[-1] += cost.inter_node_hop_seconds * (anchors[n + 1] not in doc_ends)
         order += ranks
-        cuts += divide(
-            anchors[n], anchors[n + 1], speeds[ranks], None if caps is None else caps[ranks], busy, intra_tolerance
-        )[1:]
+        rank_caps = None if caps is None else caps[ranks]
+        cuts += divide(anchors[n], anchors[n + 1], speeds[ranks], rank_caps, busy, intra_tolerance, cost.hop_seconds)[
+            1:
+        ]
 
     if cost.memory_cap_tokens is not None:
         cuts = _enforce_caps(cuts, [cost.memory_cap_tokens[r] for r in order])
