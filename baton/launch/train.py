@@ -303,6 +303,8 @@ class Trainer:
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
         progress.close()
+        if metrics:
+            metrics.close()
         self.profiler.close()
         self._planner_thread.shutdown(wait=True)
         elapsed = time.perf_counter() - start
