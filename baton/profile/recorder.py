@@ -2,7 +2,8 @@
 
 RUN_DIR/profile/rank{R}.jsonl   one record per step: tokens, phase times, tokens/s, MFU,
                                 relay bytes and time, peak memory, GPU telemetry
-RUN_DIR/profile/summary.jsonl   per interval: min / median / max step time across ranks,
+RUN_DIR/profile/summary.jsonl   per interval: min / median / max compute time across ranks
+                                (steps are synchronous, so step time is the same everywhere),
                                 the slowest rank, stragglers, the cost-model calibration
 """
 

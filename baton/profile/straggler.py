@@ -10,7 +10,7 @@ is slow hardware; a step where all ranks miss the prediction together is a cost-
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,7 +34,6 @@ class StragglerDetector:
     persistence: float = 0.6  # fraction of the window's steps a rank must be slow in
     cost_model_tolerance: float = 0.25
     seconds_per_token: float | None = None  # calibration carried from the previous window
-    history: list[StragglerReport] = field(default_factory=list)
 
     def update(self, steps: list[int], compute_s: np.ndarray, tokens: np.ndarray) -> StragglerReport:
         """``compute_s``, ``tokens``: [n_steps, n_ranks] for one window."""
@@ -58,5 +57,4 @@ class StragglerDetector:
             (tokens.sum(axis=0) / np.maximum(compute_s.sum(axis=0), 1e-12)).tolist(),
             self.threshold,
         )
-        self.history.append(report)
         return report
