@@ -208,14 +208,7 @@ def balanced_plan(boundaries: list[int], cost: CostModel, min_piece: int = 4) ->
     pieces: list[RankPiece] = [RankPiece([]) for _ in range(R)]
     for i, spans in enumerate(_layout_spans(layout, np.asarray(ends), cuts)):
         pieces[order[i]].spans = spans
-    # Chains: runs of consecutive ranks (in layout order) whose shared cut is inside a document.
-    chain = [order[0]]
-    for i in range(1, R):
-        if cuts[i] in doc_ends:
-            _set_chain(pieces, chain)
-            chain = []
-        chain.append(order[i])
-    _set_chain(pieces, chain)
+    _link_chains(pieces, order, cuts, doc_ends)
     plan = StepPlan(pieces)
     plan.validate(total)
     return PlanResult(plan, cost.predict(plan, boundaries), "proportional-cut", time.perf_counter() - start_time)
@@ -250,9 +243,17 @@ def _layout_spans(layout: np.ndarray, ends: np.ndarray, cuts: list[int]) -> list
     return out
 
 
-def _set_chain(pieces: list[RankPiece], chain: list[int]) -> None:
-    for r in chain:
-        pieces[r].chain = list(chain) if len(chain) > 1 else []
+def _link_chains(pieces: list[RankPiece], ranks: list[int], cuts: list[int], doc_ends: set[int]) -> None:
+    """Chains: runs of consecutive ``ranks`` (holding [cuts[i], cuts[i+1])) whose shared cut
+    falls inside a document; a cut on a document end starts a new chain."""
+    runs = [[ranks[0]]]
+    for i in range(1, len(ranks)):
+        if cuts[i] in doc_ends:
+            runs.append([])
+        runs[-1].append(ranks[i])
+    for run in runs:
+        for r in run:
+            pieces[r].chain = list(run) if len(run) > 1 else []
 
 
 # Baselines, in the same code path (each returns a PlanResult the trainer can execute).
@@ -299,13 +300,7 @@ def fixed_sp_plan(boundaries: list[int], cost: CostModel, sp_size: int) -> PlanR
         cuts = [size * i // sp_size for i in range(sp_size + 1)]
         spans = _layout_spans(np.asarray(layout, dtype=np.int64).reshape(-1, 2), np.asarray(ends), cuts)
         pieces += [RankPiece(s) for s in spans]
-        doc_ends, run = set(ends), [g * sp_size]
-        for i in range(1, sp_size):  # the group's chain breaks where a cut falls on a document end
-            if cuts[i] in doc_ends:
-                _set_chain(pieces, run)
-                run = []
-            run.append(g * sp_size + i)
-        _set_chain(pieces, run)
+        _link_chains(pieces, list(range(g * sp_size, (g + 1) * sp_size)), cuts, set(ends))
     plan = StepPlan(pieces)
     plan.validate(total)
     return PlanResult(
