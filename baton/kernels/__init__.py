@@ -2,11 +2,17 @@
 plain PyTorch reference elsewhere (the reference is also the ground truth in tests)."""
 
 from baton.kernels.conv import causal_conv1d
+from baton.kernels.dispatch import chunk_gla, chunk_ssd, set_backend
 from baton.kernels.gla_ref import chunk_gla_ref
 from baton.kernels.naive import naive_recurrence
 from baton.kernels.ssd_ref import chunk_ssd_ref
 
-chunk_gla = chunk_gla_ref
-chunk_ssd = chunk_ssd_ref
-
-__all__ = ["causal_conv1d", "chunk_gla", "chunk_gla_ref", "chunk_ssd", "chunk_ssd_ref", "naive_recurrence"]
+__all__ = [
+    "causal_conv1d",
+    "chunk_gla",
+    "chunk_gla_ref",
+    "chunk_ssd",
+    "chunk_ssd_ref",
+    "naive_recurrence",
+    "set_backend",
+]

@@ -43,7 +43,10 @@ def build_layout(cu_seqlens: Tensor, chunk_size: int, device: torch.device) -> C
 
 
 def to_chunks(x: Tensor, layout: ChunkLayout) -> Tensor:
-    """[T, *rest] packed tokens -> [n_chunks, chunk_size, *rest], zero padded."""
+    """[T, *rest] packed tokens -> [n_chunks, chunk_size, *rest], zero padded (a view when
+    no sequence needs padding)."""
+    if layout.n_chunks * layout.chunk_size == x.shape[0]:
+        return x.view(layout.n_chunks, layout.chunk_size, *x.shape[1:])
     padded = x.new_zeros(layout.n_chunks * layout.chunk_size, *x.shape[1:])
     padded = padded.index_copy(0, layout.token_index, x)
     return padded.view(layout.n_chunks, layout.chunk_size, *x.shape[1:])
@@ -51,6 +54,8 @@ def to_chunks(x: Tensor, layout: ChunkLayout) -> Tensor:
 
 def from_chunks(y: Tensor, layout: ChunkLayout) -> Tensor:
     """Inverse of :func:`to_chunks`: drop the padding, back to [T, *rest]."""
+    if layout.n_chunks * layout.chunk_size == layout.token_index.numel():
+        return y.reshape(-1, *y.shape[2:])
     return y.reshape(layout.n_chunks * layout.chunk_size, *y.shape[2:])[layout.token_index]
 
 

@@ -1,0 +1,457 @@
+"""Chunked GLA / SSD scans in Triton, forward and backward (the GPU path).
+
+Same math and layout as the references in ``gla_ref.py`` / ``ssd_ref.py``: document-aligned
+chunks [N, C, H, *], per-key-dim log gates cumulated within each chunk (an SSD gate is a GLA
+gate equal across key dims). The work splits into passes, as in flash-linear-attention:
+
+forward   1. intra-chunk scores A [N, H, C, C] (tensor cores across 16-token sub-blocks,
+             explicit pairwise decay inside one; every ``exp`` has a non-positive argument)
+          2. state pass: the state entering each chunk, one program per (sequence, head,
+             key block, value block) walking that sequence's chunks
+          3. output: ``scale (q ∘ exp(b)) S_in + A v``
+backward  1. state-gradient pass (the same walk in reverse), giving dS leaving each chunk
+          2. dA = scale · do vᵀ;  dv = Aᵀ do + (k ∘ exp(b_last − b)) dS
+          3. intra-chunk dq, dk from dA (sub-blocks as in forward 1)
+          4. inter-chunk dq, dk, and the gate gradient as a reverse cumulative sum
+
+States and accumulation are fp32; bf16/fp16 operands feed the tensor cores in their own
+dtype, fp32 operands use exact (IEEE) products.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from baton.kernels.common import flatten_batch
+from baton.kernels.layout import build_layout, from_chunks, to_chunks
+
+SUB_BLOCK = 16
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _tile(base, rows, cols, stride_r, stride_c, r0, c0, BR: tl.constexpr, BCOL: tl.constexpr):
+    """Pointers and bounds mask of the [BR, BCOL] tile at (r0, c0) of a rows × cols matrix."""
+    r = r0 + tl.arange(0, BR)
+    c = c0 + tl.arange(0, BCOL)
+    return base + r[:, None] * stride_r + c[None, :] * stride_c, (r[:, None] < rows) & (c[None, :] < cols)
+
+
+@triton.jit
+def _load(base, rows, cols, stride_r, stride_c, r0, c0, BR: tl.constexpr, BCOL: tl.constexpr):
+    ptrs, mask = _tile(base, rows, cols, stride_r, stride_c, r0, c0, BR, BCOL)
+    return tl.load(ptrs, mask=mask, other=0.0)
+
+
+@triton.jit
+def _store(base, rows, cols, stride_r, stride_c, r0, c0, BR: tl.constexpr, BCOL: tl.constexpr, value):
+    ptrs, mask = _tile(base, rows, cols, stride_r, stride_c, r0, c0, BR, BCOL)
+    tl.store(ptrs, value.to(base.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _intra_scores_kernel(
+    q, k, gc, A, scale,
+    H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SCALAR: tl.constexpr, PRECISION: tl.constexpr, OP: tl.constexpr,
+):  # fmt: skip
+    """A[n, h, i, j] = scale · Σ_k q_ik k_jk exp(b_ik − b_jk) for j ≤ i, one 16×16 block."""
+    i_nh, i_i, i_j = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
+    i_n, i_h = i_nh // H, i_nh % H
+    if i_j <= i_i:
+        base = (i_n * C * H + i_h) * K
+        rows = tl.arange(0, BC)
+        acc = tl.zeros([BC, BC], dtype=tl.float32)
+        if SCALAR:
+            # One gate per token: A = (q kᵀ) ∘ exp(b_i − b_j), the decay a plain [16, 16] matrix.
+            for i_k in range(tl.cdiv(K, BK)):
+                b_q = _load(q + base, C, K, H * K, 1, i_i * BC, i_k * BK, BC, BK)
+                b_kt = _load(k + base, K, C, 1, H * K, i_k * BK, i_j * BC, BK, BC)
+                acc += tl.dot(b_q.to(OP), b_kt.to(OP), input_precision=PRECISION)
+            g_i = tl.load(gc + base + (i_i * BC + rows) * H * K)
+            g_j = tl.load(gc + base + (i_j * BC + rows) * H * K)
+            causal = i_i * BC + rows[:, None] >= i_j * BC + rows[None, :]
+            acc *= tl.exp(tl.where(causal, g_i[:, None] - g_j[None, :], float("-inf")))
+        else:
+            for i_k in range(tl.cdiv(K, BK)):
+                cols = i_k * BK + tl.arange(0, BK)
+                b_q = _load(q + base, C, K, H * K, 1, i_i * BC, i_k * BK, BC, BK).to(tl.float32)
+                b_gq = _load(gc + base, C, K, H * K, 1, i_i * BC, i_k * BK, BC, BK)
+                if i_j < i_i:
+                    # exp(b_i − b_j) = exp(b_i − b_ref) · exp(b_ref − b_j), ref = first row of block i.
+                    g_ref = tl.load(gc + base + i_i * BC * H * K + cols, mask=cols < K, other=0.0)
+                    b_kt = _load(k + base, K, C, 1, H * K, i_k * BK, i_j * BC, BK, BC).to(tl.float32)
+                    b_gkt = _load(gc + base, K, C, 1, H * K, i_k * BK, i_j * BC, BK, BC)
+                    b_qg = (b_q * tl.exp(b_gq - g_ref[None, :])).to(OP)
+                    b_kg = (b_kt * tl.exp(g_ref[:, None] - b_gkt)).to(OP)
+                    acc += tl.dot(b_qg, b_kg, input_precision=PRECISION)
+                else:
+                    # Diagonal block: one key row at a time, the pairwise decay masked before exp.
+                    for j in range(BC):
+                        row = base + (i_i * BC + j) * H * K + cols
+                        k_j = tl.load(k + row, mask=cols < K, other=0.0).to(tl.float32)
+                        g_j = tl.load(gc + row, mask=cols < K, other=0.0)
+                        decay = tl.exp(tl.where(rows[:, None] >= j, b_gq - g_j[None, :], float("-inf")))
+                        col = tl.sum(b_q * k_j[None, :] * decay, axis=1)
+                        acc += tl.where(rows[None, :] == j, col[:, None], 0.0)
+        _store(A + i_nh * C * C, C, C, C, 1, i_i * BC, i_j * BC, BC, BC, acc * scale)
+
+
+@triton.jit
+def _state_forward_kernel(
+    k, v, gc, chunk_offsets, h0, states_in, final,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    HAS_H0: tl.constexpr, PRECISION: tl.constexpr, OP: tl.constexpr,
+):  # fmt: skip
+    """Walk one sequence's chunks: record the entering state, then
+    S ← exp(b_last) S + Σ_t (k_t exp(b_last − b_t)) v_tᵀ."""
+    i_k, i_v, i_sh = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
+    i_s, i_h = i_sh // H, i_sh % H
+    c_first, c_end = tl.load(chunk_offsets + i_s), tl.load(chunk_offsets + i_s + 1)
+    cols = i_k * BK + tl.arange(0, BK)
+    p_state = (i_sh * K) * V  # [S, H, K, V] offset of this (sequence, head)
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_H0:
+        b_h += _load(h0 + p_state, K, V, V, 1, i_k * BK, i_v * BV, BK, BV)
+    for c in range(c_first, c_end):
+        _store(states_in + (c * H + i_h) * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, b_h)
+        base_k = (c * C * H + i_h) * K
+        g_last = tl.load(gc + base_k + (C - 1) * H * K + cols, mask=cols < K, other=0.0)
+        b_kt = _load(k + base_k, K, C, 1, H * K, i_k * BK, 0, BK, C).to(tl.float32)
+        b_gt = _load(gc + base_k, K, C, 1, H * K, i_k * BK, 0, BK, C)
+        b_v = _load(v + (c * C * H + i_h) * V, C, V, H * V, 1, 0, i_v * BV, C, BV)
+        b_kg = (b_kt * tl.exp(g_last[:, None] - b_gt)).to(OP)
+        b_h = b_h * tl.exp(g_last)[:, None] + tl.dot(b_kg, b_v.to(OP), input_precision=PRECISION)
+    _store(final + p_state, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, b_h)
+
+
+@triton.jit
+def _output_kernel(
+    q, v, gc, states_in, A, o, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    PRECISION: tl.constexpr, OP: tl.constexpr,
+):  # fmt: skip
+    """o = scale · (q ∘ exp(b)) S_in + A v for one chunk, head and value block."""
+    i_v, i_nh = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    i_n, i_h = i_nh // H, i_nh % H
+    acc = tl.zeros([C, BV], dtype=tl.float32)
+    for i_k in range(tl.cdiv(K, BK)):
+        base_k = (i_n * C * H + i_h) * K
+        b_q = _load(q + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK)
+        b_g = _load(gc + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK)
+        b_qg = (b_q.to(tl.float32) * tl.exp(b_g) * scale).to(OP)
+        b_h = _load(states_in + i_nh * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV).to(OP)
+        acc += tl.dot(b_qg, b_h, input_precision=PRECISION)
+    b_v = _load(v + (i_n * C * H + i_h) * V, C, V, H * V, 1, 0, i_v * BV, C, BV)
+    acc += tl.dot(_load(A + i_nh * C * C, C, C, C, 1, 0, 0, C, C).to(OP), b_v.to(OP), input_precision=PRECISION)
+    _store(o + (i_n * C * H + i_h) * V, C, V, H * V, 1, 0, i_v * BV, C, BV, acc)
+
+
+@triton.jit
+def _state_backward_kernel(
+    q, do, gc, chunk_offsets, d_final, d_out, d_h0, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    HAS_DFINAL: tl.constexpr, PRECISION: tl.constexpr, OP: tl.constexpr,
+):  # fmt: skip
+    """Walk one sequence's chunks backwards: record dS leaving each chunk, then
+    dS ← exp(b_last) dS + scale · (q ∘ exp(b))ᵀ do. What is left is the initial state's gradient."""
+    i_k, i_v, i_sh = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
+    i_s, i_h = i_sh // H, i_sh % H
+    c_first, c_end = tl.load(chunk_offsets + i_s), tl.load(chunk_offsets + i_s + 1)
+    cols = i_k * BK + tl.arange(0, BK)
+    p_state = (i_sh * K) * V
+    b_dh = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_DFINAL:
+        b_dh += _load(d_final + p_state, K, V, V, 1, i_k * BK, i_v * BV, BK, BV)
+    for step in range(c_end - c_first):
+        c = c_end - 1 - step
+        _store(d_out + (c * H + i_h) * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, b_dh)
+        base_k = (c * C * H + i_h) * K
+        g_last = tl.load(gc + base_k + (C - 1) * H * K + cols, mask=cols < K, other=0.0)
+        b_do = _load(do + (c * C * H + i_h) * V, C, V, H * V, 1, 0, i_v * BV, C, BV)
+        b_qt = _load(q + base_k, K, C, 1, H * K, i_k * BK, 0, BK, C).to(tl.float32)
+        b_qg = (b_qt * tl.exp(_load(gc + base_k, K, C, 1, H * K, i_k * BK, 0, BK, C)) * scale).to(OP)
+        b_dh = b_dh * tl.exp(g_last)[:, None] + tl.dot(b_qg, b_do.to(OP), input_precision=PRECISION)
+    _store(d_h0 + p_state, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, b_dh)
+
+
+@triton.jit
+def _score_grad_kernel(
+    do, v, dA, scale,
+    H: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr, OP: tl.constexpr,
+):  # fmt: skip
+    """dA = scale · do vᵀ, causal (the scale folded in so that dq = dA (k ∘ decay))."""
+    i_nh = tl.program_id(0).to(tl.int64)
+    i_n, i_h = i_nh // H, i_nh % H
+    rows = tl.arange(0, C)
+    acc = tl.zeros([C, C], dtype=tl.float32)
+    for i_v in range(tl.cdiv(V, BV)):
+        base_v = (i_n * C * H + i_h) * V
+        b_do = _load(do + base_v, C, V, H * V, 1, 0, i_v * BV, C, BV)
+        b_vt = _load(v + base_v, V, C, 1, H * V, i_v * BV, 0, BV, C).to(OP)
+        acc += tl.dot(b_do.to(OP), b_vt, input_precision=PRECISION)
+    acc = tl.where(rows[:, None] >= rows[None, :], acc * scale, 0.0)
+    _store(dA + i_nh * C * C, C, C, C, 1, 0, 0, C, C, acc)
+
+
+@triton.jit
+def _value_grad_kernel(
+    k, gc, do, A, d_out, dv,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    PRECISION: tl.constexpr, OP: tl.constexpr,
+):  # fmt: skip
+    """dv = Aᵀ do + (k ∘ exp(b_last − b)) dS_out."""
+    i_v, i_nh = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    i_n, i_h = i_nh // H, i_nh % H
+    base_v = (i_n * C * H + i_h) * V
+    b_do = _load(do + base_v, C, V, H * V, 1, 0, i_v * BV, C, BV)
+    acc = tl.dot(_load(A + i_nh * C * C, C, C, 1, C, 0, 0, C, C).to(OP), b_do.to(OP), input_precision=PRECISION)
+    for i_k in range(tl.cdiv(K, BK)):
+        cols = i_k * BK + tl.arange(0, BK)
+        base_k = (i_n * C * H + i_h) * K
+        g_last = tl.load(gc + base_k + (C - 1) * H * K + cols, mask=cols < K, other=0.0)
+        b_k = _load(k + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK).to(tl.float32)
+        b_g = _load(gc + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK)
+        b_kg = (b_k * tl.exp(g_last[None, :] - b_g)).to(OP)
+        b_dh = _load(d_out + i_nh * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV).to(OP)
+        acc += tl.dot(b_kg, b_dh, input_precision=PRECISION)
+    _store(dv + base_v, C, V, H * V, 1, 0, i_v * BV, C, BV, acc)
+
+
+@triton.jit
+def _intra_grad_kernel(
+    q, k, gc, dA, dq, dk,
+    H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SCALAR: tl.constexpr, PRECISION: tl.constexpr, OP: tl.constexpr,
+):  # fmt: skip
+    """Intra-chunk dq (rows of sub-block i) and dk (sub-block i as the key side) from dA.
+
+    dq_i = Σ_{j≤i} dA_ij k_j exp(b_i − b_j); dk_j = Σ_{i≥j} dA_ij q_i exp(b_i − b_j). Across
+    sub-blocks the decay factors through the first row of the query-side block (dq) or the
+    last row of the key-side block (dk), so both factors stay <= 1.
+    """
+    i_nh, i_i, i_k = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
+    i_n, i_h = i_nh // H, i_nh % H
+    base = (i_n * C * H + i_h) * K
+    p_dA = dA + i_nh * C * C
+    rows = tl.arange(0, BC)
+    cols = i_k * BK + tl.arange(0, BK)
+    n_blocks = tl.cdiv(C, BC)
+    b_g = _load(gc + base, C, K, H * K, 1, i_i * BC, i_k * BK, BC, BK)
+    b_dq = tl.zeros([BC, BK], dtype=tl.float32)
+    b_dk = tl.zeros([BC, BK], dtype=tl.float32)
+    if SCALAR:
+        # dq = (dA ∘ D) k and dk = (dA ∘ D)ᵀ q with D_ij = exp(b_i − b_j): plain matrix products.
+        g_here = tl.load(gc + base + (i_i * BC + rows) * H * K)
+        for i_j in range(i_i + 1):
+            g_there = tl.load(gc + base + (i_j * BC + rows) * H * K)
+            causal = i_i * BC + rows[:, None] >= i_j * BC + rows[None, :]
+            decay = tl.exp(tl.where(causal, g_here[:, None] - g_there[None, :], float("-inf")))
+            b_w = _load(p_dA, C, C, C, 1, i_i * BC, i_j * BC, BC, BC) * decay
+            b_kj = _load(k + base, C, K, H * K, 1, i_j * BC, i_k * BK, BC, BK)
+            b_dq += tl.dot(b_w.to(OP), b_kj.to(OP), input_precision=PRECISION)
+        for i_j in range(i_i, n_blocks):
+            g_there = tl.load(gc + base + (i_j * BC + rows) * H * K)
+            causal = i_j * BC + rows[None, :] >= i_i * BC + rows[:, None]
+            decay = tl.exp(tl.where(causal, g_there[None, :] - g_here[:, None], float("-inf")))
+            b_wt = _load(p_dA, C, C, 1, C, i_i * BC, i_j * BC, BC, BC) * decay  # [j, i]
+            b_qj = _load(q + base, C, K, H * K, 1, i_j * BC, i_k * BK, BC, BK)
+            b_dk += tl.dot(b_wt.to(OP), b_qj.to(OP), input_precision=PRECISION)
+    else:
+        g_first = tl.load(gc + base + i_i * BC * H * K + cols, mask=cols < K, other=0.0)
+        for i_j in range(i_i):
+            b_kj = _load(k + base, C, K, H * K, 1, i_j * BC, i_k * BK, BC, BK).to(tl.float32)
+            b_gj = _load(gc + base, C, K, H * K, 1, i_j * BC, i_k * BK, BC, BK)
+            b_kg = (b_kj * tl.exp(g_first[None, :] - b_gj)).to(OP)
+            b_da = _load(p_dA, C, C, C, 1, i_i * BC, i_j * BC, BC, BC).to(OP)
+            b_dq += tl.dot(b_da, b_kg, input_precision=PRECISION)
+        b_dq *= tl.exp(b_g - g_first[None, :])
+        g_last = tl.load(gc + base + (i_i * BC + BC - 1) * H * K + cols, mask=cols < K, other=0.0)
+        for i_j in range(i_i + 1, n_blocks):
+            b_qj = _load(q + base, C, K, H * K, 1, i_j * BC, i_k * BK, BC, BK).to(tl.float32)
+            b_gj = _load(gc + base, C, K, H * K, 1, i_j * BC, i_k * BK, BC, BK)
+            b_qg = (b_qj * tl.exp(b_gj - g_last[None, :])).to(OP)
+            b_dat = _load(p_dA, C, C, 1, C, i_i * BC, i_j * BC, BC, BC).to(OP)  # dA[j, i]
+            b_dk += tl.dot(b_dat, b_qg, input_precision=PRECISION)
+        b_dk *= tl.exp(g_last[None, :] - b_g)
+        # Diagonal block, one row t at a time: t as the key side of dq, as the query side of dk.
+        for t in range(BC):
+            row = base + (i_i * BC + t) * H * K + cols
+            k_t = tl.load(k + row, mask=cols < K, other=0.0).to(tl.float32)
+            q_t = tl.load(q + row, mask=cols < K, other=0.0).to(tl.float32)
+            g_t = tl.load(gc + row, mask=cols < K, other=0.0)
+            dA_col = tl.load(p_dA + (i_i * BC + rows) * C + i_i * BC + t)  # dA[i, t]
+            dA_row = tl.load(p_dA + (i_i * BC + t) * C + i_i * BC + rows)  # dA[t, j]
+            to_q = tl.exp(tl.where(rows[:, None] >= t, b_g - g_t[None, :], float("-inf")))
+            to_k = tl.exp(tl.where(rows[:, None] <= t, g_t[None, :] - b_g, float("-inf")))
+            b_dq += dA_col[:, None] * k_t[None, :] * to_q
+            b_dk += dA_row[:, None] * q_t[None, :] * to_k
+    _store(dq + base, C, K, H * K, 1, i_i * BC, i_k * BK, BC, BK, b_dq)
+    _store(dk + base, C, K, H * K, 1, i_i * BC, i_k * BK, BC, BK, b_dk)
+
+
+@triton.jit
+def _inter_grad_kernel(
+    q, k, v, gc, do, states_in, d_out, dq, dk, dg, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    PRECISION: tl.constexpr, OP: tl.constexpr,
+):  # fmt: skip
+    """Add the inter-chunk parts to dq, dk (which hold the intra-chunk parts, fp32) and write
+    the gate gradient: dg = reverse cumsum over the chunk of (q dq − k dk), where the chunk's
+    last row also carries Σ_v S_out ∘ dS_out through b_last."""
+    i_k, i_nh = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    i_n, i_h = i_nh // H, i_nh % H
+    base_k = (i_n * C * H + i_h) * K
+    rows = tl.arange(0, C)
+    cols = i_k * BK + tl.arange(0, BK)
+    b_dq_inter = tl.zeros([C, BK], dtype=tl.float32)
+    b_dk_inter = tl.zeros([C, BK], dtype=tl.float32)
+    b_h_dh = tl.zeros([BK], dtype=tl.float32)
+    for i_v in range(tl.cdiv(V, BV)):
+        base_v = (i_n * C * H + i_h) * V
+        b_do = _load(do + base_v, C, V, H * V, 1, 0, i_v * BV, C, BV)
+        b_ht = _load(states_in + i_nh * K * V, V, K, 1, V, i_v * BV, i_k * BK, BV, BK)
+        b_dht = _load(d_out + i_nh * K * V, V, K, 1, V, i_v * BV, i_k * BK, BV, BK)
+        b_dq_inter += tl.dot(b_do.to(OP), b_ht.to(OP), input_precision=PRECISION)
+        b_v = _load(v + base_v, C, V, H * V, 1, 0, i_v * BV, C, BV)
+        b_dk_inter += tl.dot(b_v.to(OP), b_dht.to(OP), input_precision=PRECISION)
+        b_h_dh += tl.sum(b_ht * b_dht, axis=0)
+    b_q = _load(q + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK).to(tl.float32)
+    b_k = _load(k + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK).to(tl.float32)
+    b_g = _load(gc + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK)
+    g_last = tl.load(gc + base_k + (C - 1) * H * K + cols, mask=cols < K, other=0.0)
+    b_dk_inter *= tl.exp(g_last[None, :] - b_g)
+    b_dq = _load(dq + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK) + b_dq_inter * scale * tl.exp(b_g)
+    b_dk = _load(dk + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK) + b_dk_inter
+    # Through b_last: the carried state exp(b_last) S_in and the chunk's update.
+    last = b_h_dh * tl.exp(g_last) + tl.sum(b_k * b_dk_inter, axis=0)
+    b_dgc = b_q * b_dq - b_k * b_dk + tl.where(rows[:, None] == C - 1, last[None, :], 0.0)
+    b_dg = tl.cumsum(b_dgc, axis=0, reverse=True)
+    _store(dq + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK, b_dq)
+    _store(dk + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK, b_dk)
+    _store(dg + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK, b_dg)
+
+
+def _block(dim: int, cap: int = 64) -> int:
+    return max(16, min(cap, triton.next_power_of_2(dim)))
+
+
+def _operands(x: Tensor) -> tuple[str, tl.dtype]:
+    """Tensor-core operand dtype and the product precision: bf16/fp16 operands as given, fp32
+    ones exact (not tf32). The interpreter's bf16 products are wrong (Triton 3.9), so there
+    the operands are fp32; compiled kernels on a GPU use the real bf16 path."""
+    if x.dtype == torch.float32 or INTERPRET:
+        return "ieee", tl.float32
+    return "tf32", {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[x.dtype]
+
+
+def _forward(q, k, v, gc, scale, chunk_offsets, h0, scalar):
+    N, C, H, K = q.shape
+    V = v.shape[-1]
+    S = chunk_offsets.numel() - 1
+    BK, BV, (prec, op) = _block(K), _block(V), _operands(q)
+    A = q.new_zeros(N, H, C, C, dtype=torch.float32)
+    BKI = _block(K, 64 if scalar else 32)  # the row loops of per-key-dim gates want narrower tiles
+    _intra_scores_kernel[(N * H, C // SUB_BLOCK, C // SUB_BLOCK)](
+        q, k, gc, A, scale, H=H, K=K, C=C, BC=SUB_BLOCK, BK=BKI, SCALAR=scalar, PRECISION=prec, OP=op
+    )
+    states_in = q.new_empty(N, H, K, V, dtype=torch.float32)
+    final = q.new_empty(S, H, K, V, dtype=torch.float32)
+    grid = (triton.cdiv(K, BK), triton.cdiv(V, BV), S * H)
+    _state_forward_kernel[grid](
+        k, v, gc, chunk_offsets, h0, states_in, final,
+        H=H, K=K, V=V, C=C, BK=BK, BV=BV, HAS_H0=h0 is not None, PRECISION=prec, OP=op,
+    )  # fmt: skip
+    o = torch.empty_like(v)
+    _output_kernel[(triton.cdiv(V, BV), N * H)](
+        q, v, gc, states_in, A, o, scale, H=H, K=K, V=V, C=C, BK=BK, BV=BV, PRECISION=prec, OP=op
+    )
+    return o, final, states_in, A
+
+
+def _backward(q, k, v, gc, do, d_final, scale, chunk_offsets, states_in, A, scalar):
+    N, C, H, K = q.shape
+    V = v.shape[-1]
+    S = chunk_offsets.numel() - 1
+    BK, BV, (prec, op) = _block(K), _block(V), _operands(q)
+    d_out = q.new_empty(N, H, K, V, dtype=torch.float32)
+    d_h0 = q.new_empty(S, H, K, V, dtype=torch.float32)
+    _state_backward_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), S * H)](
+        q, do, gc, chunk_offsets, d_final, d_out, d_h0, scale,
+        H=H, K=K, V=V, C=C, BK=BK, BV=BV, HAS_DFINAL=d_final is not None, PRECISION=prec, OP=op,
+    )  # fmt: skip
+    dA = q.new_empty(N, H, C, C, dtype=torch.float32)
+    _score_grad_kernel[(N * H,)](do, v, dA, scale, H=H, V=V, C=C, BV=BV, PRECISION=prec, OP=op)
+    dv = torch.empty_like(v)
+    _value_grad_kernel[(triton.cdiv(V, BV), N * H)](
+        k, gc, do, A, d_out, dv, H=H, K=K, V=V, C=C, BK=BK, BV=BV, PRECISION=prec, OP=op
+    )
+    dq = q.new_empty(q.shape, dtype=torch.float32)
+    dk = q.new_empty(q.shape, dtype=torch.float32)
+    BKI = _block(K, 64 if scalar else 32)
+    _intra_grad_kernel[(N * H, C // SUB_BLOCK, triton.cdiv(K, BKI))](
+        q, k, gc, dA, dq, dk, H=H, K=K, C=C, BC=SUB_BLOCK, BK=BKI, SCALAR=scalar, PRECISION=prec, OP=op
+    )
+    dg = torch.empty_like(gc)
+    _inter_grad_kernel[(triton.cdiv(K, BK), N * H)](
+        q, k, v, gc, do, states_in, d_out, dq, dk, dg, scale, H=H, K=K, V=V, C=C, BK=BK, BV=BV, PRECISION=prec, OP=op
+    )
+    return dq, dk, dv, dg, d_h0
+
+
+class _ChunkScan(torch.autograd.Function):
+    """Autograd over the chunked layout: q, k, v in the input dtype, g (log gates) fp32, all
+    [N, C, H, *]; returns o [N, C, H, V] and final states [S, H, K, V]."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, h0, scale, chunk_offsets, scalar):
+        gc = g.cumsum(1).contiguous()
+        o, final, states_in, A = _forward(q, k, v, gc, scale, chunk_offsets, h0, scalar)
+        ctx.save_for_backward(q, k, v, gc, states_in, A, chunk_offsets)
+        ctx.scale, ctx.has_h0, ctx.scalar = scale, h0 is not None, scalar
+        return o, final
+
+    @staticmethod
+    def backward(ctx, do, d_final):
+        q, k, v, gc, states_in, A, chunk_offsets = ctx.saved_tensors
+        d_final = d_final.contiguous() if d_final is not None else None
+        dq, dk, dv, dg, d_h0 = _backward(
+            q, k, v, gc, do.contiguous(), d_final, ctx.scale, chunk_offsets, states_in, A, ctx.scalar
+        )
+        return dq.to(q.dtype), dk.to(k.dtype), dv, dg, d_h0 if ctx.has_h0 else None, None, None, None
+
+
+def chunk_scan_triton(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    scale: float | None = None,
+    initial_state: Tensor | None = None,
+    cu_seqlens: Tensor | None = None,
+    chunk_size: int = 64,
+) -> tuple[Tensor, Tensor]:
+    """GLA (g [B, T, H, K]) or SSD (g [B, T, H]) chunked scan; the contract of
+    :func:`baton.kernels.gla_ref.chunk_gla_ref`. Needs ``chunk_size`` in 16, 32, 64, 128."""
+    if chunk_size not in (16, 32, 64, 128):
+        raise ValueError(f"the Triton scans need chunk_size 16, 32, 64 or 128, got {chunk_size}")
+    if q.dtype == torch.float64:
+        raise ValueError("the Triton scans take fp32, bf16 or fp16 inputs, not fp64")
+    B, T, H, K = q.shape
+    scale = K**-0.5 if scale is None else scale
+    cu, _ = flatten_batch(q, cu_seqlens, initial_state)
+    layout = build_layout(cu, chunk_size, q.device)
+    q_c, k_c, v_c = (to_chunks(x.reshape(B * T, *x.shape[2:]), layout).contiguous() for x in (q, k, v))
+    scalar = g.dim() == 3
+    if scalar:  # SSD: one gate per head, stored across key dims for the state passes
+        g = g[..., None].expand(B, T, H, K)
+    g_c = to_chunks(g.reshape(B * T, H, K).float(), layout)
+    offsets = torch.tensor(layout.chunk_offsets, dtype=torch.int64, device=q.device)
+    h0 = initial_state.float().contiguous() if initial_state is not None else None
+    o, final = _ChunkScan.apply(q_c, k_c, v_c, g_c, h0, float(scale), offsets, scalar)
+    return from_chunks(o, layout).reshape(B, T, H, v.shape[-1]), final

@@ -1,0 +1,173 @@
+"""Chunked-scan kernels, forward + backward: baton's Triton kernels against the PyTorch
+reference and, when importable, flash-linear-attention's chunk_gla / chunk_simple_gla.
+
+python bench/kernels.py [--lengths 2048 8192 32768 65536] [--tokens 65536] [--heads 16] [--dim 128]
+
+Shapes are those of a 1.3B model's mixer (hidden 2048 = 16 heads × 128), a fixed number of
+tokens per batch (batch = tokens / T). TFLOP/s counts the chunked algorithm's dense matrix
+products, per token and head: forward 2C(K+V) (intra-chunk scores and their product with v)
++ 4KV (state update and inter-chunk output); backward counted as twice the forward. Memory
+is the peak allocated during forward + backward beyond the inputs. Needs a GPU; on CPU it
+times the reference only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import print_table, time_it, write_json  # noqa: E402
+
+from baton.kernels import chunk_gla_ref, chunk_ssd_ref  # noqa: E402
+
+CHUNK = 64
+
+
+def contenders(gate: str, cuda: bool) -> dict:
+    ours = {"torch-ref": chunk_gla_ref if gate == "gla" else chunk_ssd_ref}
+    if cuda:
+        from baton.kernels.scan_triton import chunk_scan_triton
+
+        ours["baton-triton"] = chunk_scan_triton
+        try:
+            from fla.ops.gla import chunk_gla
+            from fla.ops.simple_gla import chunk_simple_gla
+        except ImportError:
+            pass
+        else:
+            fla = chunk_gla if gate == "gla" else chunk_simple_gla
+            ours["fla"] = lambda q, k, v, g, initial_state=None: fla(
+                q, k, v, g, initial_state=initial_state, output_final_state=True
+            )
+    return ours
+
+
+def make_inputs(gate: str, B: int, T: int, H: int, D: int, device: str, dtype: torch.dtype, seed: int = 0):
+    gen = torch.Generator(device=device).manual_seed(seed)
+    q, k, v = (torch.randn(B, T, H, D, device=device, dtype=dtype, generator=gen) for _ in range(3))
+    k = k / D**0.5
+    g_shape = (B, T, H, D) if gate == "gla" else (B, T, H)
+    g = F.logsigmoid(torch.randn(g_shape, device=device, generator=gen)) / 16
+    return [x.requires_grad_() for x in (q, k, v, g.to(dtype))]
+
+
+def fwd_bwd(fn, inputs, do, ds):
+    o, s = fn(*inputs)
+    torch.autograd.backward([o, s], [do, ds])
+
+
+def bench_one(fn, inputs, cuda: bool) -> tuple[float, float]:
+    """Median seconds of forward + backward, and peak extra memory in GiB."""
+    o, s = fn(*inputs)
+    do, ds = torch.randn_like(o), torch.randn_like(s)
+    del o, s
+    run = lambda: fwd_bwd(fn, inputs, do, ds)  # noqa: E731
+    if not cuda:
+        return time_it(run), float("nan")
+    from triton.testing import do_bench
+
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    run()
+    torch.cuda.synchronize()
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**30
+    ms = do_bench(run, warmup=50, rep=300, grad_to_none=inputs, return_mode="median")
+    return ms / 1e3, peak
+
+
+def agreement(gate: str, H: int, D: int, device: str) -> dict:
+    """Relative difference of each contender's output and dq from the reference, bf16, T=1024."""
+    inputs = make_inputs(gate, 1, 1024, H, D, device, torch.bfloat16, seed=1)
+    result = {}
+    ref_o = ref_dq = None
+    for name, fn in contenders(gate, device == "cuda").items():
+        leaves = [x.detach().clone().requires_grad_() for x in inputs]
+        if name == "torch-ref":
+            leaves = [x.detach().float().requires_grad_() for x in inputs]
+        try:
+            o, _ = fn(*leaves)
+            (o.float() * torch.linspace(-1, 1, o.numel(), device=device).view_as(o)).sum().backward()
+        except RuntimeError as err:  # e.g. flash-linear-attention refusing a Triton version
+            result[name] = f"failed: {str(err)[:120]}"
+            continue
+        if ref_o is None:
+            ref_o, ref_dq = o.float().detach(), leaves[0].grad.float()
+            continue
+        rel = lambda a, b: ((a - b).norm() / b.norm()).item()  # noqa: E731
+        result[name] = {"o": rel(o.float(), ref_o), "dq": rel(leaves[0].grad.float(), ref_dq)}
+    return result
+
+
+def profile_kernels(gate: str, B: int, T: int, H: int, D: int) -> None:
+    """Per-kernel CUDA time of baton's forward + backward (torch.profiler), to see where it goes."""
+    from baton.kernels.scan_triton import chunk_scan_triton
+
+    inputs = make_inputs(gate, B, T, H, D, "cuda", torch.bfloat16)
+    o, s = chunk_scan_triton(*inputs)
+    do, ds = torch.randn_like(o), torch.randn_like(s)
+    for _ in range(3):
+        fwd_bwd(chunk_scan_triton, inputs, do, ds)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            fwd_bwd(chunk_scan_triton, inputs, do, ds)
+        torch.cuda.synchronize()
+    print(f"{gate} B={B} T={T}: CUDA time per kernel over 5 forward+backward passes")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 32768, 65536])
+    parser.add_argument("--tokens", type=int, default=65536, help="tokens per batch (batch = tokens / T)")
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--gates", nargs="+", default=["gla", "ssd"])
+    parser.add_argument("--profile", action="store_true", help="print per-kernel CUDA time at the first length")
+    parser.add_argument("--ref-max", type=int, default=8192, help="skip the PyTorch reference above this length")
+    args = parser.parse_args()
+    cuda = torch.cuda.is_available()
+    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
+    H, D = args.heads, args.dim
+    rows, checks = [], {}
+    if args.profile and cuda:
+        for gate in args.gates:
+            profile_kernels(gate, max(1, args.tokens // args.lengths[0]), args.lengths[0], H, D)
+    for gate in args.gates:
+        checks[gate] = agreement(gate, H, D, device)
+        print(f"{gate}: relative difference from the fp32 reference (bf16 inputs, T=1024): {checks[gate]}")
+        for T in args.lengths:
+            B = max(1, args.tokens // T)
+            flops = 3 * B * T * H * (2 * CHUNK * (D + D) + 4 * D * D)
+            for name, fn in contenders(gate, cuda).items():
+                row = {"gate": gate, "B": B, "T": T, "impl": name}
+                if name == "torch-ref" and T > args.ref_max:
+                    continue
+                inputs = make_inputs(gate, B, T, H, D, device, dtype)
+                try:
+                    seconds, mem = bench_one(fn, inputs, cuda)
+                except torch.OutOfMemoryError:
+                    row["ms"] = "oom"
+                except RuntimeError:
+                    row["ms"] = "failed"  # the reason is in the agreement check above
+                else:
+                    row |= {"ms": round(seconds * 1e3, 3), "TFLOP/s": round(flops / seconds / 1e12, 1)}
+                    row["peak_GiB"] = round(mem, 2)
+                rows.append(row)
+                print_table(rows[-1:], list(row))
+                del inputs
+                if cuda:
+                    torch.cuda.empty_cache()
+    print()
+    print_table(rows, ["gate", "B", "T", "impl", "ms", "TFLOP/s", "peak_GiB"])
+    name = torch.cuda.get_device_name() if cuda else "cpu"
+    write_json("kernels", rows, device=name, heads=H, dim=D, chunk=CHUNK, dtype=str(dtype), agreement=checks)
+
+
+if __name__ == "__main__":
+    main()
