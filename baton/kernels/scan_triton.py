@@ -297,12 +297,12 @@ def _intra_grad_kernel(
 
 @triton.jit
 def _inter_grad_kernel(
-    q, k, v, gc, do, states_in, d_out, dq, dk, dg, scale,
+    q, k, v, gc, do, states_in, d_out, dq_intra, dk_intra, dq, dk, dg, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     PRECISION: tl.constexpr, OP: tl.constexpr,
 ):  # fmt: skip
-    """Add the inter-chunk parts to dq, dk (which hold the intra-chunk parts, fp32) and write
-    the gate gradient: dg = reverse cumsum over the chunk of (q dq − k dk), where the chunk's
+    """dq, dk: the intra-chunk parts (fp32) plus the inter-chunk ones; and the gate gradient,
+    dg = reverse cumsum over the chunk of (q dq − k dk), where the chunk's
     last row also carries Σ_v S_out ∘ dS_out through b_last."""
     i_k, i_nh = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
     i_n, i_h = i_nh // H, i_nh % H
@@ -320,14 +320,14 @@ def _inter_grad_kernel(
         b_dq_inter += tl.dot(b_do.to(OP), b_ht.to(OP), input_precision=PRECISION)
         b_v = _load(v + base_v, C, V, H * V, 1, 0, i_v * BV, C, BV)
         b_dk_inter += tl.dot(b_v.to(OP), b_dht.to(OP), input_precision=PRECISION)
-        b_h_dh += tl.sum(b_ht * b_dht, axis=0)
+        b_h_dh += tl.sum(b_ht.to(tl.float32) * b_dht.to(tl.float32), axis=0)
     b_q = _load(q + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK).to(tl.float32)
     b_k = _load(k + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK).to(tl.float32)
     b_g = _load(gc + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK)
     g_last = tl.load(gc + base_k + (C - 1) * H * K + cols, mask=cols < K, other=0.0)
     b_dk_inter *= tl.exp(g_last[None, :] - b_g)
-    b_dq = _load(dq + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK) + b_dq_inter * scale * tl.exp(b_g)
-    b_dk = _load(dk + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK) + b_dk_inter
+    b_dq = _load(dq_intra + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK) + b_dq_inter * scale * tl.exp(b_g)
+    b_dk = _load(dk_intra + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK) + b_dk_inter
     # Through b_last: the carried state exp(b_last) S_in and the chunk's update.
     last = b_h_dh * tl.exp(g_last) + tl.sum(b_k * b_dk_inter, axis=0)
     b_dgc = b_q * b_dq - b_k * b_dk + tl.where(rows[:, None] == C - 1, last[None, :], 0.0)
@@ -360,7 +360,7 @@ def _forward(q, k, v, gc, scale, chunk_offsets, h0, scalar):
     _intra_scores_kernel[(N * H, C // SUB_BLOCK, C // SUB_BLOCK)](
         q, k, gc, A, scale, H=H, K=K, C=C, BC=SUB_BLOCK, BK=BKI, SCALAR=scalar, PRECISION=prec, OP=op
     )
-    states_in = q.new_empty(N, H, K, V, dtype=torch.float32)
+    states_in = q.new_empty(N, H, K, V)  # the matrix products read them as operands anyway
     final = q.new_empty(S, H, K, V, dtype=torch.float32)
     grid = (triton.cdiv(K, BK), triton.cdiv(V, BV), S * H)
     _state_forward_kernel[grid](
@@ -379,7 +379,7 @@ def _backward(q, k, v, gc, do, d_final, scale, chunk_offsets, states_in, A, scal
     V = v.shape[-1]
     S = chunk_offsets.numel() - 1
     BK, BV, (prec, op) = _block(K), _block(V), _operands(q)
-    d_out = q.new_empty(N, H, K, V, dtype=torch.float32)
+    d_out = q.new_empty(N, H, K, V)
     d_h0 = q.new_empty(S, H, K, V, dtype=torch.float32)
     _state_backward_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), S * H)](
         q, do, gc, chunk_offsets, d_final, d_out, d_h0, scale,
@@ -398,22 +398,24 @@ def _backward(q, k, v, gc, do, d_final, scale, chunk_offsets, states_in, A, scal
         q, k, gc, dA, dq, dk, H=H, K=K, C=C, BC=SUB_BLOCK, BK=BKI, SCALAR=scalar, PRECISION=prec, OP=op
     )
     dg = torch.empty_like(gc)
+    dq_intra, dk_intra, dq, dk = dq, dk, torch.empty_like(q), torch.empty_like(k)
     _inter_grad_kernel[(triton.cdiv(K, BK), N * H)](
-        q, k, v, gc, do, states_in, d_out, dq, dk, dg, scale, H=H, K=K, V=V, C=C, BK=BK, BV=BV, PRECISION=prec, OP=op
-    )
+        q, k, v, gc, do, states_in, d_out, dq_intra, dk_intra, dq, dk, dg, scale,
+        H=H, K=K, V=V, C=C, BK=BK, BV=BV, PRECISION=prec, OP=op,
+    )  # fmt: skip
     return dq, dk, dv, dg, d_h0
 
 
 class _ChunkScan(torch.autograd.Function):
-    """Autograd over the chunked layout: q, k, v in the input dtype, g (log gates) fp32, all
-    [N, C, H, *]; returns o [N, C, H, V] and final states [S, H, K, V]."""
+    """Autograd over the chunked layout: q, k, v, g (log gates) all [N, C, H, *]; returns
+    o [N, C, H, V] and final states [S, H, K, V] (fp32)."""
 
     @staticmethod
     def forward(ctx, q, k, v, g, h0, scale, chunk_offsets, scalar):
-        gc = g.cumsum(1).contiguous()
+        gc = g.cumsum(1, dtype=torch.float32)
         o, final, states_in, A = _forward(q, k, v, gc, scale, chunk_offsets, h0, scalar)
         ctx.save_for_backward(q, k, v, gc, states_in, A, chunk_offsets)
-        ctx.scale, ctx.has_h0, ctx.scalar = scale, h0 is not None, scalar
+        ctx.scale, ctx.has_h0, ctx.scalar, ctx.g_dtype = scale, h0 is not None, scalar, g.dtype
         return o, final
 
     @staticmethod
@@ -423,7 +425,7 @@ class _ChunkScan(torch.autograd.Function):
         dq, dk, dv, dg, d_h0 = _backward(
             q, k, v, gc, do.contiguous(), d_final, ctx.scale, chunk_offsets, states_in, A, ctx.scalar
         )
-        return dq.to(q.dtype), dk.to(k.dtype), dv, dg, d_h0 if ctx.has_h0 else None, None, None, None
+        return dq, dk, dv, dg.to(ctx.g_dtype), d_h0 if ctx.has_h0 else None, None, None, None
 
 
 def chunk_scan_triton(
@@ -450,7 +452,7 @@ def chunk_scan_triton(
     scalar = g.dim() == 3
     if scalar:  # SSD: one gate per head, stored across key dims for the state passes
         g = g[..., None].expand(B, T, H, K)
-    g_c = to_chunks(g.reshape(B * T, H, K).float(), layout)
+    g_c = to_chunks(g.reshape(B * T, H, K), layout)
     offsets = torch.tensor(layout.chunk_offsets, dtype=torch.int64, device=q.device)
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     o, final = _ChunkScan.apply(q_c, k_c, v_c, g_c, h0, float(scale), offsets, scalar)
