@@ -1,4 +1,12 @@
+import os
 from pathlib import Path
+
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
+
+# Without a GPU the Triton kernels run on CPU through Triton's interpreter. The variable is
+# read when the kernels are defined, so it is set before any test imports them.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")

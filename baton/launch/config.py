@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from baton.kernels.dispatch import BACKENDS
 from baton.models.config import ModelConfig
 
 
@@ -76,6 +77,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    kernels: str = "auto"  # auto (Triton on CUDA, PyTorch reference on CPU) | triton | torch
     log_every: int = 10
     eval_every: int = 100
     run_dir: str = "runs/default"
@@ -94,6 +96,7 @@ class Config:
 CHOICES = {
     "train.device": ("auto", "cpu", "cuda"),
     "train.dtype": ("auto", "fp32", "bf16"),
+    "train.kernels": BACKENDS,
     "parallel.sp.relay": ("chain", "allgather", "logscan"),
     "parallel.planner.kind": ("fixed", "balanced", "concat"),
 }

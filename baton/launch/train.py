@@ -8,6 +8,7 @@ number of targets, so the result equals one process training on the whole batch.
 from __future__ import annotations
 
 import json
+import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
@@ -22,6 +23,7 @@ from baton.data.build import synthetic_corpus
 from baton.data.corpus import Corpus
 from baton.data.loader import Batch, PackedLoader
 from baton.dist.env import DistEnv, init_distributed
+from baton.kernels import set_backend as set_kernel_backend
 from baton.launch.config import Config, ConfigError, to_yaml
 from baton.launch.progress import Progress
 from baton.launch.schedule import build_optimizer, build_scheduler
@@ -57,6 +59,8 @@ def pick_device(cfg: Config) -> tuple[torch.device, torch.dtype | None]:
         raise ConfigError("train.device: cuda requested but no CUDA device is available")
     cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda") if cuda else torch.device("cpu")
+    if cfg.train.kernels == "triton" and not cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ConfigError("train.kernels: triton needs a CUDA device (or TRITON_INTERPRET=1 to interpret on CPU)")
     bf16 = cfg.train.dtype == "bf16" or (cfg.train.dtype == "auto" and cuda)
     return device, torch.bfloat16 if bf16 else None
 
@@ -76,6 +80,7 @@ class Trainer:
         self.env: DistEnv = init_distributed(self.device)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.env.local_rank)
+        set_kernel_backend(cfg.train.kernels)
         torch.manual_seed(cfg.train.seed)
         self.corpus = open_corpus(cfg)
         n_train = self.corpus.n_docs - cfg.data.eval_docs

@@ -21,6 +21,7 @@ def test_overrides_apply_with_types():
         ("model.d_modle=64", "model.d_modle: Key 'd_modle' not in 'ModelConfig'"),
         ("train.steps=many", "train.steps: Value 'many'"),
         ("train.dtype=fp16", "train.dtype: must be one of auto, fp32, bf16"),
+        ("train.kernels=cuda", "train.kernels: must be one of auto, triton, torch"),
         ("parallel.sp.relay=ring", "parallel.sp.relay: must be one of chain, allgather, logscan"),
         ("data.tokens_per_batch=0", "data.tokens_per_batch: must be >= 1"),
         ("model.n_heads=3", "divisible by model.n_heads=3"),
