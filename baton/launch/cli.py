@@ -1,9 +1,10 @@
-"""The ``baton`` command: ``train``, ``data build``, ``data synth``."""
+"""The ``baton`` command: ``train``, ``data build``, ``data synth``, ``report``, ``export``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from baton.data.corpus import CorpusError
 
@@ -41,6 +42,20 @@ def _report(args: argparse.Namespace) -> None:
     print(report(args.run_dir))
 
 
+def _export(args: argparse.Namespace) -> None:
+    from baton.checkpoint import CheckpointError, latest_checkpoint
+    from baton.checkpoint.export import export_safetensors
+
+    path = Path(args.checkpoint)
+    if (path / "checkpoints").is_dir():  # a run directory: its newest complete checkpoint
+        newest = latest_checkpoint(path / "checkpoints")
+        if newest is None:
+            raise CheckpointError(f"{path / 'checkpoints'}: no complete checkpoint to export")
+        path = newest
+    target = export_safetensors(path, Path(args.out))
+    print(f"{target}: weights of {path} (and config.json beside it)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="baton", description="Distributed training of recurrent language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -67,10 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="per-rank throughput table and plots of a run: baton report RUN_DIR")
     rep.add_argument("run_dir")
     rep.set_defaults(func=_report)
+    exp = sub.add_parser("export", help="consolidate a checkpoint into model.safetensors + config.json")
+    exp.add_argument("checkpoint", help="a checkpoint directory, or a run directory (its newest checkpoint)")
+    exp.add_argument("--out", required=True, help="directory to write into")
+    exp.set_defaults(func=_export)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from baton.checkpoint import CheckpointError
     from baton.dist.env import DistSetupError
     from baton.launch.config import ConfigError
     from baton.parallel.plan import PlanError
@@ -79,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, CorpusError, DistSetupError, PlanError, ReportError) as exc:
+    except (CheckpointError, ConfigError, CorpusError, DistSetupError, PlanError, ReportError) as exc:
         print(f"baton: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -13,6 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from baton.kernels.dispatch import BACKENDS
 from baton.models.config import ModelConfig
+from baton.parallel.zero import ENGINES
 
 
 class ConfigError(ValueError):
@@ -55,9 +56,24 @@ class PlannerConfig:
 
 
 @dataclass
+class ZeroConfig:
+    engine: str = "none"  # none: replicated parameters, all-reduced gradients | fsdp2
+    stage: int = 3  # fsdp2: 3 reshards parameters after forward, 2 keeps them until backward
+
+
+@dataclass
 class ParallelConfig:
     sp: SequenceParallelConfig = field(default_factory=SequenceParallelConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
+    zero: ZeroConfig = field(default_factory=ZeroConfig)
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0  # save every this many steps, and at the end (0: never)
+    keep: int = 3  # complete checkpoints kept (older ones are deleted)
+    async_save: bool = False  # write shards in the background while training continues
+    dir: str = ""  # default: <train.run_dir>/checkpoints
 
 
 @dataclass
@@ -78,6 +94,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     kernels: str = "auto"  # auto (Triton on CUDA, PyTorch reference on CPU) | triton | torch
+    stop_at_step: int = 0  # end this run at this step (checkpointed), the schedule still for `steps`; 0: off
     log_every: int = 10
     eval_every: int = 100
     run_dir: str = "runs/default"
@@ -91,6 +108,8 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: str = "none"  # none | auto (the newest complete checkpoint, if any) | a checkpoint directory
 
 
 CHOICES = {
@@ -99,8 +118,17 @@ CHOICES = {
     "train.kernels": BACKENDS,
     "parallel.sp.relay": ("chain", "allgather", "logscan"),
     "parallel.planner.kind": ("fixed", "balanced", "concat"),
+    "parallel.zero.engine": ENGINES,
+    "parallel.zero.stage": (2, 3),
 }
-POSITIVE = ("data.tokens_per_batch", "train.steps", "train.log_every", "train.eval_every", "parallel.sp.size")
+POSITIVE = (
+    "data.tokens_per_batch",
+    "train.steps",
+    "train.log_every",
+    "train.eval_every",
+    "parallel.sp.size",
+    "checkpoint.keep",
+)
 
 
 def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -134,10 +162,12 @@ def _get(cfg: Config, key: str):
 def validate(cfg: Config) -> None:
     for key, allowed in CHOICES.items():
         if _get(cfg, key) not in allowed:
-            raise ConfigError(f"{key}: must be one of {', '.join(allowed)}, got {_get(cfg, key)!r}")
+            raise ConfigError(f"{key}: must be one of {', '.join(map(str, allowed))}, got {_get(cfg, key)!r}")
     for key in POSITIVE:
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key}: must be >= 1, got {_get(cfg, key)}")
+    if cfg.checkpoint.every < 0:
+        raise ConfigError(f"checkpoint.every: must be >= 0 (0: never), got {cfg.checkpoint.every}")
     try:
         cfg.model.validate()
     except ValueError as exc:

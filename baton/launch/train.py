@@ -12,13 +12,15 @@ import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from baton.checkpoint import latest_checkpoint
+from baton.checkpoint.state import Checkpointer
 from baton.data.build import synthetic_corpus
 from baton.data.corpus import Corpus
 from baton.data.loader import Batch, PackedLoader
@@ -32,6 +34,7 @@ from baton.models.lm import RecurrentLM, token_losses
 from baton.parallel.plan import LocalBatch, StepPlan, fixed_degree_plan, local_batch
 from baton.parallel.planner import CostModel, balanced_plan, concat_chunk_plan
 from baton.parallel.sequence import SequenceParallel, apply_sequence_parallel
+from baton.parallel.zero import apply_fsdp2
 from baton.profile.recorder import NullProfiler, RankProfiler
 
 
@@ -71,6 +74,20 @@ class StepResult:
     tokens: int
     plan: dict
     comm: dict
+    doc_ids: list[int]
+
+
+def resolve_resume(resume: str, root: Path) -> Path | None:
+    """``none``: start fresh; ``auto``: the newest complete checkpoint under ``root``, if
+    any; otherwise a checkpoint directory, which must exist."""
+    if resume == "none":
+        return None
+    if resume == "auto":
+        return latest_checkpoint(root)
+    path = Path(resume)
+    if not path.is_dir():
+        raise ConfigError(f"resume: {resume}: no such checkpoint directory")
+    return path
 
 
 class Trainer:
@@ -88,16 +105,19 @@ class Trainer:
         self.eval_ids = np.arange(n_train, self.corpus.n_docs)
         self.model = RecurrentLM(cfg.model).to(self.device)
         self.sp = SequenceParallel(self.env.rank, self.env.world_size, cfg.parallel.sp.relay)
+        self.sharded = cfg.parallel.zero.engine == "fsdp2" and self.env.distributed
         if self.env.distributed:
             apply_sequence_parallel(self.model, self.sp)
             self._broadcast_parameters()
+        if self.sharded:
+            apply_fsdp2(self.model, cfg.parallel.zero.stage, self.autocast_dtype)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.train.steps, cfg.optim)
         self.step = 0
         self.run_dir = Path(cfg.train.run_dir)
-        if self.env.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+        ckpt = cfg.checkpoint
+        root = Path(ckpt.dir) if ckpt.dir else self.run_dir / "checkpoints"
+        self.checkpointer = Checkpointer(root, self.env, ckpt.keep, ckpt.async_save)
         p = cfg.parallel.planner
         self.cost = CostModel(
             [1.0] * self.env.world_size,
@@ -118,6 +138,12 @@ class Trainer:
             )
         else:
             self.profiler = NullProfiler()
+        resume_from = resolve_resume(cfg.resume, root)
+        if resume_from is not None:
+            self.restore(resume_from)
+        if self.env.is_main:  # only once a resume has succeeded: a failed one changes nothing
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
 
     def _broadcast_parameters(self) -> None:
         for p in self.model.parameters():
@@ -136,9 +162,12 @@ class Trainer:
         return t.tolist()
 
     def _all_reduce_grads_and(self, loss: torch.Tensor) -> float:
-        """Sum gradients over ranks, and the loss with them (one collective); the global loss."""
+        """Sum gradients over ranks, and the loss with them (one collective); the global loss.
+        Sharded, FSDP2 has already reduce-scattered the gradients: only the loss is left."""
         if not self.env.distributed:
             return loss.item()
+        if self.sharded:
+            return self._all_reduce_sum([loss.item()])[0]
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         flat = torch.cat([g.reshape(-1) for g in grads] + [loss.detach().reshape(1).to(grads[0].dtype)])
         dist.all_reduce(flat)
@@ -162,9 +191,12 @@ class Trainer:
             result = concat_chunk_plan(bounds, cost)
         return result.plan, {k: v for k, v in result.to_dict().items() if k != "plan"}
 
-    def _next_batch_and_plan(self, cost: CostModel) -> tuple[Batch, StepPlan, dict]:
+    def _next_batch_and_plan(self, cost: CostModel) -> tuple[Batch, StepPlan, dict, dict]:
+        """The next batch, its plan, and the loader position that produces that batch (what a
+        checkpoint stores: the batch loaded ahead has not been trained on)."""
+        cursor = self.loader.state_dict()
         batch = self.loader.next_batch()
-        return (batch, *self.make_plan(batch, cost))
+        return (batch, *self.make_plan(batch, cost), cursor)
 
     def enter_step(self, plan: StepPlan, batch: Batch) -> LocalBatch:
         local = local_batch(plan, self.env.rank, batch)
@@ -202,7 +234,7 @@ class Trainer:
             # the same point of the loop on every rank, so every rank plans alike.
             if self._ahead is None:
                 self._ahead = self._planner_thread.submit(self._next_batch_and_plan, replace(self.cost))
-            batch, plan, plan_info = self._ahead.result()
+            batch, plan, plan_info, _ = self._ahead.result()
             self._ahead = self._planner_thread.submit(self._next_batch_and_plan, replace(self.cost))
             local = self.enter_step(plan, batch)
         with prof.phase("forward"):
@@ -220,7 +252,37 @@ class Trainer:
         self.step += 1
         comm = self.sp.stats.to_dict()
         prof.record(self.step, local.tokens.numel(), comm)
-        return StepResult(total, batch.n_tokens, plan.to_dict() | plan_info, comm)
+        return StepResult(total, batch.n_tokens, plan.to_dict() | plan_info, comm, batch.doc_ids)
+
+    def save_checkpoint(self) -> None:
+        cursor = self._ahead.result()[3] if self._ahead is not None else self.loader.state_dict()
+        sched = self.scheduler.state_dict()
+        extras = {
+            "step": self.step,
+            "loader": cursor,
+            "scheduler": {k: sched[k] for k in ("last_epoch", "_step_count", "_last_lr", "base_lrs")},
+            "seconds_per_token": self.cost.seconds_per_token,
+            "world_size": self.env.world_size,
+            "engine": self.cfg.parallel.zero.engine,
+            "model": asdict(self.cfg.model),
+        }
+        self.checkpointer.save(self.step, self.model, self.optimizer, extras)
+
+    def restore(self, path: Path) -> None:
+        extras = self.checkpointer.load(path, self.model, self.optimizer, asdict(self.cfg.model))
+        self.step = extras["step"]
+        self.loader.load_state_dict(extras["loader"])
+        self.scheduler.load_state_dict(
+            {**extras["scheduler"], "lr_lambdas": [None] * len(extras["scheduler"]["base_lrs"])}
+        )
+        if extras["world_size"] == self.env.world_size:
+            self.cost.seconds_per_token = extras["seconds_per_token"]
+        if self.env.is_main:
+            print(
+                f"baton: resumed from {path} at step {self.step} "
+                f"(saved on {extras['world_size']} ranks, now {self.env.world_size})",
+                flush=True,
+            )
 
     def _trace(self, starting: bool) -> None:
         """torch.profiler trace of steps trace_steps[0]..trace_steps[-1] on trace_ranks."""
@@ -269,7 +331,8 @@ class Trainer:
         progress = Progress(cfg.train.steps, enabled=main)
         start, tokens, window_start, window_tokens = time.perf_counter(), 0, time.perf_counter(), 0
         first_loss = last_loss = eval_loss = None
-        while self.step < cfg.train.steps:
+        last = min(cfg.train.steps, cfg.train.stop_at_step or cfg.train.steps)
+        while self.step < last:
             self._trace(starting=True)
             result = self.train_step()
             self._trace(starting=False)
@@ -284,10 +347,11 @@ class Trainer:
                 "tokens": result.tokens,
                 "plan": result.plan,
                 "comm": result.comm,
+                "doc_ids": result.doc_ids,
             }
-            if self.step % cfg.train.eval_every == 0 or self.step == cfg.train.steps:
+            if self.step % cfg.train.eval_every == 0 or self.step == last:
                 eval_loss = record["eval_loss"] = self.evaluate()
-            if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
+            if self.step % cfg.train.log_every == 0 or self.step == last:
                 summary = self.profiler.end_interval()
                 self.calibrate(summary)
                 now = time.perf_counter()
@@ -307,6 +371,10 @@ class Trainer:
             if metrics:
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
+            every = cfg.checkpoint.every
+            if every and (self.step % every == 0 or self.step == last):
+                self.save_checkpoint()
+        self.checkpointer.finish()
         progress.close()
         if metrics:
             metrics.close()

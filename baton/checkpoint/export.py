@@ -1,0 +1,45 @@
+"""Consolidate a sharded checkpoint into one ``model.safetensors`` plus ``config.json``,
+for inference or fine-tuning elsewhere (no pickle, no optimizer state)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch.distributed.checkpoint as dcp
+from safetensors.torch import save_file
+from torch import Tensor
+
+from baton.checkpoint.store import CheckpointError, verify
+from baton.models.config import ModelConfig
+from baton.models.lm import RecurrentLM
+
+
+def load_model_state(path: Path) -> tuple[ModelConfig, dict[str, Tensor]]:
+    """The full (unsharded) model weights of a checkpoint, in this single process."""
+    verify(path)
+    extras = json.loads((path / "trainer.json").read_text())
+    config = ModelConfig(**extras["model"])
+    state = RecurrentLM(config).state_dict()
+    try:
+        dcp.load({"model": state}, checkpoint_id=path / "model")
+    except Exception as exc:  # noqa: BLE001 - reported with the checkpoint's name
+        raise CheckpointError(f"{path / 'model'}: could not be read ({type(exc).__name__}: {exc})") from None
+    return config, state
+
+
+def export_safetensors(path: Path, out_dir: Path) -> Path:
+    """Write ``out_dir/model.safetensors`` and ``out_dir/config.json``; return the former."""
+    config, state = load_model_state(path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / "model.safetensors"
+    # Tied weights share storage, which safetensors refuses: each tensor gets its own copy.
+    save_file(
+        {k: v.detach().clone().contiguous() for k, v in state.items()}, str(target), metadata={"source": str(path)}
+    )
+    meta = {
+        "model": json.loads(json.dumps(config.__dict__)),
+        "step": json.loads((path / "trainer.json").read_text())["step"],
+    }
+    (out_dir / "config.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return target

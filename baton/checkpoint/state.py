@@ -1,0 +1,122 @@
+"""Saving and restoring a training state: model and optimizer through
+torch.distributed.checkpoint (each rank writes its own shard; loading reshards to the
+current ranks), the rest (step, data cursor, scheduler, planner, config) as JSON, and each
+rank's RNG state as a tensor file read with ``weights_only=True``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from baton.checkpoint.store import CheckpointError, commit, partial_dir, prune, remove_partials, verify
+from baton.dist.env import DistEnv
+
+# Testing aid: "RANK:STEP" makes that rank SIGKILL itself after writing its shard of that
+# step's checkpoint, before the checkpoint is committed.
+KILL_IN_SAVE = "BATON_TEST_KILL_IN_SAVE"
+
+
+class Checkpointer:
+    def __init__(self, root: Path, env: DistEnv, keep: int, async_save: bool) -> None:
+        self.root, self.env, self.keep, self.async_save = root, env, keep, async_save
+        self._pending: tuple | None = None  # (future or None, partial dir, step)
+        # Async writes coordinate in a background thread: on a group of their own, so that
+        # they never interleave with the training loop's collectives.
+        self._group = dist.new_group(backend="gloo") if async_save and env.distributed else None
+        if env.is_main:
+            root.mkdir(parents=True, exist_ok=True)
+            remove_partials(root)
+        self._barrier()
+
+    def _barrier(self) -> None:
+        if self.env.distributed:
+            dist.barrier()
+
+    def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, extras: dict) -> None:
+        """Write this rank's shard of step ``step``; committed now, or (async) at the next
+        save or :meth:`finish`."""
+        self.finish()
+        partial = partial_dir(self.root, step)
+        if self.env.is_main:
+            shutil.rmtree(partial, ignore_errors=True)
+            (partial / "rng").mkdir(parents=True)
+            (partial / "trainer.json").write_text(json.dumps(extras, indent=1) + "\n")
+        self._barrier()
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        torch.save(_rng_state(), partial / "rng" / f"rank{self.env.rank:05d}.pt")
+        state = {"model": model_sd, "optim": optim_sd}
+        if self.async_save:
+            future = dcp.async_save(state, checkpoint_id=partial / "model", process_group=self._group)
+            self._pending = (future, partial, step)
+        else:
+            dcp.save(state, checkpoint_id=partial / "model")
+            self._pending = (None, partial, step)
+            self.finish()
+
+    def finish(self) -> Path | None:
+        """Wait for the save in flight (if any) on every rank, then commit it."""
+        if self._pending is None:
+            return None
+        future, partial, step = self._pending
+        self._pending = None
+        if future is not None:
+            future.result()
+        if os.environ.get(KILL_IN_SAVE) == f"{self.env.rank}:{step}":
+            os.kill(os.getpid(), signal.SIGKILL)
+        self._barrier()
+        final = None
+        if self.env.is_main:
+            final = commit(partial)
+            prune(self.root, self.keep)
+        self._barrier()
+        return final
+
+    def load(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, model_config: dict) -> dict:
+        """Restore model and optimizer (resharded to the current ranks); return the extras."""
+        verify(path)
+        extras = json.loads((path / "trainer.json").read_text())
+        _check_model(path / "trainer.json", extras.get("model", {}), model_config)
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        try:
+            dcp.load(state, checkpoint_id=path / "model")
+        except Exception as exc:  # noqa: BLE001 - reported with the checkpoint's name, nothing applied
+            raise CheckpointError(f"{path / 'model'}: could not be read ({type(exc).__name__}: {exc})") from None
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        rng = path / "rng" / f"rank{self.env.rank:05d}.pt"
+        if rng.is_file():  # a rank that did not exist when the checkpoint was saved keeps its seed
+            _set_rng_state(torch.load(rng, weights_only=True))
+        return extras
+
+
+def _check_model(source: Path, saved: dict, current: dict) -> None:
+    ignore = {"chunk_size"}  # how the scan is computed, not what the weights are
+    diffs = [
+        f"model.{key}: {saved.get(key)!r} in the checkpoint, {current.get(key)!r} now"
+        for key in sorted(set(saved) | set(current))
+        if key not in ignore and saved.get(key) != current.get(key)
+    ]
+    if diffs:
+        raise CheckpointError(f"{source}: saved for a different model: " + "; ".join(diffs))
+
+
+def _rng_state() -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

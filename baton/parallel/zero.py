@@ -1,0 +1,46 @@
+"""ZeRO-style sharding applied from outside the model (torchtitan style): PyTorch FSDP2.
+
+Every rank is one data-parallel replica's shard, sequence-parallel or not: all ranks form
+one sharding group, as in DeepSpeed-Ulysses and FlexSP. Stage 3 reshards parameters after
+forward (only a shard is kept between layers); stage 2 keeps each block's parameters
+unsharded from its forward to its backward. Gradients and optimizer state are sharded at
+both stages.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+
+ENGINES = ("none", "fsdp2")
+
+
+def apply_fsdp2(model: nn.Module, stage: int, param_dtype: torch.dtype | None) -> nn.Module:
+    """Shard every block, then the root (embeddings, final norm, head), in place.
+
+    Gradients are summed, not averaged, across ranks: the trainer already divides each
+    rank's loss by the global number of targets.
+    """
+    if stage not in (2, 3):
+        raise ValueError(f"fsdp2 implements ZeRO stages 2 and 3, got {stage}")
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
+    for block in model.blocks:
+        fully_shard(block, mp_policy=mp, reshard_after_forward=stage == 3)
+    fully_shard(model, mp_policy=mp, reshard_after_forward=stage == 3)
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)  # plain SUM: what gloo (and NCCL) support
+    return model
+
+
+def local_numel(tensors) -> int:
+    """Elements this rank stores: the local shard of a DTensor, all of a plain tensor."""
+    return sum((t.to_local() if isinstance(t, DTensor) else t).numel() for t in tensors)
+
+
+def optimizer_state_numel(optimizer: torch.optim.Optimizer) -> int:
+    """Elements of per-parameter optimizer state (Adam's moments) this rank stores."""
+    return local_numel(v for state in optimizer.state.values() for v in state.values() if v.dim() > 0)

@@ -1,0 +1,172 @@
+"""Checkpoint, stop and resume through `baton train` on real processes (torchrun, gloo).
+
+Same world size: the losses of 2 + 2 steps with a save/resume in between equal those of 4
+uninterrupted steps bitwise, and so do the final weights (CPU fp32: the same operations in
+the same order). A different world size sums gradients in another order, so the losses
+agree to a relative 1e-5 (fp32 round-off of a different reduction order is ~1e-7), and the
+documents of every step are identical (the data cursor is global).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from baton.checkpoint import complete_checkpoints
+from baton.checkpoint.export import load_model_state
+from tests.launch.runs import SMALL, baton_train, jsonl
+
+ENGINES = {
+    "none": ["parallel.zero.engine=none"],
+    "fsdp2-stage2": ["parallel.zero.engine=fsdp2", "parallel.zero.stage=2"],
+    "fsdp2-stage3": ["parallel.zero.engine=fsdp2", "parallel.zero.stage=3"],
+}
+STEPS = ["train.steps=4", "train.eval_every=100", "checkpoint.every=2"]
+
+
+def losses(run_dir):
+    return [r["loss"] for r in jsonl(run_dir / "metrics.jsonl")]
+
+
+def documents(run_dir):
+    return [r["doc_ids"] for r in jsonl(run_dir / "metrics.jsonl")]
+
+
+def final_weights(run_dir):
+    return load_model_state(complete_checkpoints(run_dir / "checkpoints")[-1])[1]
+
+
+def tree_digest(root):
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        h.update(str(p.relative_to(root)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_dir):
+    """The 4-step run of an engine on a world size, trained once per module."""
+    runs = {}
+
+    def get(engine: str, world: int):
+        if (engine, world) not in runs:
+            run = tmp_path_factory.mktemp(f"whole-{engine}-{world}")
+            runs[engine, world] = baton_train(run, data_dir, world, *STEPS, *ENGINES[engine])
+        return runs[engine, world]
+
+    return get
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_resume_same_world_size_is_bitwise(tmp_path, data_dir, uninterrupted, engine):
+    whole = uninterrupted(engine, 2)
+    split = tmp_path / "split"
+    baton_train(split, data_dir, 2, *STEPS, *ENGINES[engine], "train.stop_at_step=2")
+    assert [p.name for p in complete_checkpoints(split / "checkpoints")] == ["step_00000002"]
+    baton_train(split, data_dir, 2, *STEPS, *ENGINES[engine], "resume=auto")
+    assert losses(split) == losses(whole)
+    assert documents(split) == documents(whole)
+    ours, theirs = final_weights(split), final_weights(whole)
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+@pytest.mark.parametrize("engine", ["none", "fsdp2-stage3"])
+@pytest.mark.parametrize("before,after", [(4, 2), (2, 3)])
+def test_resume_on_another_world_size(tmp_path, data_dir, uninterrupted, engine, before, after):
+    whole = uninterrupted(engine, before)
+    split = tmp_path / "split"
+    baton_train(split, data_dir, before, *STEPS, *ENGINES[engine], "train.stop_at_step=2")
+    baton_train(split, data_dir, after, *STEPS, *ENGINES[engine], "resume=auto")
+    assert documents(split) == documents(whole)
+    ours, theirs = torch.tensor(losses(split)), torch.tensor(losses(whole))
+    assert len(ours) == 4 and torch.allclose(ours, theirs, rtol=1e-5, atol=0)
+
+
+def test_kill_during_save_resumes_from_previous_checkpoint(tmp_path, data_dir, uninterrupted):
+    whole = uninterrupted("fsdp2-stage3", 2)
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
+    cmd += ["baton.launch.cli", "train", *SMALL, f"data.cache_dir={data_dir}", f"train.run_dir={run}"]
+    cmd += [*STEPS, *ENGINES["fsdp2-stage3"]]
+    env = dict(os.environ, OMP_NUM_THREADS="1", BATON_TEST_KILL_IN_SAVE="1:4")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0
+    # Rank 1 died after writing its shard of step 4: that checkpoint never committed.
+    assert [p.name for p in complete_checkpoints(run / "checkpoints")] == ["step_00000002"]
+    assert (run / "checkpoints" / "step_00000004.partial").is_dir()
+    baton_train(run, data_dir, 2, *STEPS, *ENGINES["fsdp2-stage3"], "resume=auto")
+    assert not (run / "checkpoints" / "step_00000004.partial").exists()
+    # Steps 3 and 4 ran twice (before the kill, then after the resume) and give the same losses.
+    assert losses(run)[-2:] == losses(whole)[-2:]
+    assert losses(run)[:4] == losses(whole)
+
+
+def test_async_save_resumes_like_sync(tmp_path, data_dir, uninterrupted):
+    whole = uninterrupted("fsdp2-stage3", 2)
+    split = tmp_path / "split"
+    opts = [*STEPS, *ENGINES["fsdp2-stage3"], "checkpoint.async_save=true"]
+    baton_train(split, data_dir, 2, *opts, "train.stop_at_step=2")
+    baton_train(split, data_dir, 2, *opts, "resume=auto")
+    assert losses(split) == losses(whole)
+
+
+@pytest.fixture
+def saved_run(uninterrupted):
+    return uninterrupted("fsdp2-stage3", 2)
+
+
+def failing_resume(run, data_dir, *overrides):
+    """Resume from the run's checkpoint (copied) and expect a clear error; nothing changes."""
+    ckpt = complete_checkpoints(run / "checkpoints")[-1]
+    before = tree_digest(run)
+    cmd = [sys.executable, "-m", "baton.launch.cli", "train", *SMALL, f"data.cache_dir={data_dir}"]
+    cmd += [f"train.run_dir={run}", *STEPS, f"resume={ckpt}", *overrides]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert tree_digest(run) == before
+    return proc.stderr
+
+
+@pytest.fixture
+def damaged(tmp_path, saved_run):
+    """A copy of the saved run to damage."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(saved_run, copy)
+    ckpt = complete_checkpoints(copy / "checkpoints")[-1]
+    return copy, ckpt
+
+
+def test_truncated_shard_is_refused(damaged, data_dir):
+    run, ckpt = damaged
+    shard = ckpt / "model" / "__1_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:100])
+    err = failing_resume(run, data_dir)
+    assert f"{shard}: truncated or altered shard (100 bytes" in err
+
+
+def test_missing_shard_is_refused(damaged, data_dir):
+    run, ckpt = damaged
+    shard = ckpt / "model" / "__0_0.distcp"
+    shard.unlink()
+    assert f"{shard}: shard missing" in failing_resume(run, data_dir)
+
+
+def test_other_model_config_is_refused(damaged, data_dir):
+    run, ckpt = damaged
+    err = failing_resume(run, data_dir, "model.d_model=64")
+    assert f"{ckpt / 'trainer.json'}: saved for a different model: model.d_model: 128 in the checkpoint, 64 now" in err
