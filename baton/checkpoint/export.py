@@ -4,6 +4,7 @@ for inference or fine-tuning elsewhere (no pickle, no optimizer state)."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch.distributed.checkpoint as dcp
@@ -22,7 +23,9 @@ def load_model_state(path: Path) -> tuple[ModelConfig, dict[str, Tensor]]:
     config = ModelConfig(**extras["model"])
     state = RecurrentLM(config).state_dict()
     try:
-        dcp.load({"model": state}, checkpoint_id=path / "model")
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load({"model": state}, checkpoint_id=path / "model")
     except Exception as exc:  # noqa: BLE001 - reported with the checkpoint's name
         raise CheckpointError(f"{path / 'model'}: could not be read ({type(exc).__name__}: {exc})") from None
     return config, state
