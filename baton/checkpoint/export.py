@@ -11,7 +11,7 @@ import torch.distributed.checkpoint as dcp
 from safetensors.torch import save_file
 from torch import Tensor
 
-from baton.checkpoint.store import CheckpointError, verify
+from baton.checkpoint.store import DEEPSPEED_TAG, CheckpointError, verify
 from baton.models.config import ModelConfig
 from baton.models.lm import RecurrentLM
 
@@ -22,6 +22,11 @@ def load_model_state(path: Path) -> tuple[ModelConfig, dict[str, Tensor]]:
     extras = json.loads((path / "trainer.json").read_text())
     config = ModelConfig(**extras["model"])
     state = RecurrentLM(config).state_dict()
+    if (path / DEEPSPEED_TAG).is_dir():  # files already checked to be plain data by verify()
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        full = get_fp32_state_dict_from_zero_checkpoint(str(path), tag=DEEPSPEED_TAG)
+        return config, {k: full[k] if k in full else full[_tied_source(k, full)] for k in state}
     try:
         with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
             warnings.simplefilter("ignore", UserWarning)
@@ -29,6 +34,13 @@ def load_model_state(path: Path) -> tuple[ModelConfig, dict[str, Tensor]]:
     except Exception as exc:  # noqa: BLE001 - reported with the checkpoint's name
         raise CheckpointError(f"{path / 'model'}: could not be read ({type(exc).__name__}: {exc})") from None
     return config, state
+
+
+def _tied_source(name: str, full: dict) -> str:
+    """DeepSpeed stores a tied weight once: the LM head is the embedding."""
+    if name == "lm_head.weight" and "embed.weight" in full:
+        return "embed.weight"
+    raise CheckpointError(f"parameter {name} is missing from the DeepSpeed checkpoint")
 
 
 def export_safetensors(path: Path, out_dir: Path) -> Path:

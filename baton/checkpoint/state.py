@@ -17,7 +17,15 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from baton.checkpoint.store import CheckpointError, commit, partial_dir, prune, remove_partials, verify
+from baton.checkpoint.store import (
+    DEEPSPEED_TAG,
+    CheckpointError,
+    commit,
+    partial_dir,
+    prune,
+    remove_partials,
+    verify,
+)
 from baton.dist.env import DistEnv
 
 # Testing aid: "RANK:STEP" makes that rank SIGKILL itself after writing its shard of that
@@ -41,9 +49,10 @@ class Checkpointer:
         if self.env.distributed:
             dist.barrier()
 
-    def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, extras: dict) -> None:
+    def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, extras: dict, ds=None) -> None:
         """Write this rank's shard of step ``step``; committed now, or (async) at the next
-        save or :meth:`finish`."""
+        save or :meth:`finish`. With a DeepSpeed engine ``ds``, in DeepSpeed's own format
+        (written synchronously)."""
         self.finish()
         partial = partial_dir(self.root, step)
         if self.env.is_main:
@@ -51,8 +60,13 @@ class Checkpointer:
             (partial / "rng").mkdir(parents=True)
             (partial / "trainer.json").write_text(json.dumps(extras, indent=1) + "\n")
         self._barrier()
-        model_sd, optim_sd = get_state_dict(model, optimizer)
         torch.save(_rng_state(), partial / "rng" / f"rank{self.env.rank:05d}.pt")
+        if ds is not None:
+            ds.save_checkpoint(str(partial), tag=DEEPSPEED_TAG, save_latest=False)
+            self._pending = (None, partial, step)
+            self.finish()
+            return
+        model_sd, optim_sd = get_state_dict(model, optimizer)
         state = {"model": model_sd, "optim": optim_sd}
         if self.async_save:
             future = dcp.async_save(state, checkpoint_id=partial / "model", process_group=self._group)
@@ -80,11 +94,30 @@ class Checkpointer:
         self._barrier()
         return final
 
-    def load(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, model_config: dict) -> dict:
+    def load(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, model_config: dict, ds=None) -> dict:
         """Restore model and optimizer (resharded to the current ranks); return the extras."""
         verify(path)
-        extras = json.loads((path / "trainer.json").read_text())
-        _check_model(path / "trainer.json", extras.get("model", {}), model_config)
+        source = path / "trainer.json"
+        extras = json.loads(source.read_text())
+        _check_model(source, extras.get("model", {}), model_config)
+        saved_ds, now = extras["engine"] == "deepspeed", "deepspeed" if ds is not None else "none or fsdp2"
+        if saved_ds != (ds is not None):
+            raise CheckpointError(
+                f"{source}: written by engine {extras['engine']}, this run uses {now}: DeepSpeed and "
+                "torch.distributed.checkpoint formats do not load into each other"
+            )
+        if ds is not None:
+            if extras["world_size"] != self.env.world_size:
+                raise CheckpointError(
+                    f"{source}: a DeepSpeed checkpoint of {extras['world_size']} ranks cannot resume on "
+                    f"{self.env.world_size} (resharding DeepSpeed checkpoints is not supported yet; "
+                    "parallel.zero.engine=fsdp2 resumes on any number of ranks)"
+                )
+            loaded, _ = ds.load_checkpoint(str(path), tag=DEEPSPEED_TAG, load_module_strict=True)
+            if loaded is None:
+                raise CheckpointError(f"{path / DEEPSPEED_TAG}: DeepSpeed found no checkpoint to load")
+            self._restore_rng(path)
+            return extras
         model_sd, optim_sd = get_state_dict(model, optimizer)
         state = {"model": model_sd, "optim": optim_sd}
         try:
@@ -92,10 +125,13 @@ class Checkpointer:
         except Exception as exc:  # noqa: BLE001 - reported with the checkpoint's name, nothing applied
             raise CheckpointError(f"{path / 'model'}: could not be read ({type(exc).__name__}: {exc})") from None
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        self._restore_rng(path)
+        return extras
+
+    def _restore_rng(self, path: Path) -> None:
         rng = path / "rng" / f"rank{self.env.rank:05d}.pt"
         if rng.is_file():  # a rank that did not exist when the checkpoint was saved keeps its seed
             _set_rng_state(torch.load(rng, weights_only=True))
-        return extras
 
 
 def _check_model(source: Path, saved: dict, current: dict) -> None:

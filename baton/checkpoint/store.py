@@ -21,6 +21,7 @@ import torch
 MARKER = "COMPLETE"
 MANIFEST = "manifest.json"
 PARTIAL = ".partial"
+DEEPSPEED_TAG = "deepspeed"  # DeepSpeed's own files live in this subdirectory
 _NAME = re.compile(r"^step_(\d{8})$")
 
 
@@ -122,7 +123,11 @@ def verify(path: Path) -> dict:
             raise CheckpointError(f"{f}: shard missing from the checkpoint")
         if f.stat().st_size != size:
             raise CheckpointError(f"{f}: truncated or altered shard ({f.stat().st_size} bytes, manifest says {size})")
+    for pt in sorted((path / DEEPSPEED_TAG).glob("*.pt")):
+        _check_deepspeed_file(pt)
     metadata = path / "model" / ".metadata"
+    if not metadata.is_file():
+        return manifest
     try:
         with open(metadata, "rb") as fh:
             _MetadataUnpickler(fh).load()
@@ -131,3 +136,17 @@ def verify(path: Path) -> dict:
     except Exception as exc:  # noqa: BLE001 - any unreadable metadata is reported the same way
         raise CheckpointError(f"{metadata}: unreadable checkpoint metadata ({type(exc).__name__}: {exc})") from None
     return manifest
+
+
+def _check_deepspeed_file(path: Path) -> None:
+    """DeepSpeed reads its files with full unpickling: read each first with
+    ``weights_only=True``, allowing only the three plain DeepSpeed classes they contain."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    try:
+        with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]):
+            torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - anything that is not plain data is refused
+        raise CheckpointError(f"{path}: not a plain-data DeepSpeed file ({str(exc).splitlines()[0][:200]})") from None

@@ -57,8 +57,8 @@ class PlannerConfig:
 
 @dataclass
 class ZeroConfig:
-    engine: str = "none"  # none: replicated parameters, all-reduced gradients | fsdp2
-    stage: int = 3  # fsdp2: 3 reshards parameters after forward, 2 keeps them until backward
+    engine: str = "none"  # none: replicated parameters, all-reduced gradients | fsdp2 | deepspeed
+    stage: int = 3  # 1: optimizer state, 2: + gradients, 3: + parameters sharded (fsdp2: 2 or 3)
 
 
 @dataclass
@@ -119,7 +119,7 @@ CHOICES = {
     "parallel.sp.relay": ("chain", "allgather", "logscan"),
     "parallel.planner.kind": ("fixed", "balanced", "concat"),
     "parallel.zero.engine": ENGINES,
-    "parallel.zero.stage": (2, 3),
+    "parallel.zero.stage": (1, 2, 3),
 }
 POSITIVE = (
     "data.tokens_per_batch",
@@ -166,6 +166,11 @@ def validate(cfg: Config) -> None:
     for key in POSITIVE:
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key}: must be >= 1, got {_get(cfg, key)}")
+    if cfg.parallel.zero.engine == "fsdp2" and cfg.parallel.zero.stage == 1:
+        raise ConfigError(
+            "parallel.zero.stage: fsdp2 shards parameters, gradients and optimizer state (stage 3, or 2 "
+            "keeping parameters unsharded until backward); stage 1 needs parallel.zero.engine=deepspeed"
+        )
     if cfg.checkpoint.every < 0:
         raise ConfigError(f"checkpoint.every: must be >= 0 (0: never), got {cfg.checkpoint.every}")
     try:

@@ -34,7 +34,7 @@ from baton.models.lm import RecurrentLM, token_losses
 from baton.parallel.plan import LocalBatch, StepPlan, fixed_degree_plan, local_batch
 from baton.parallel.planner import CostModel, balanced_plan, concat_chunk_plan
 from baton.parallel.sequence import SequenceParallel, apply_sequence_parallel
-from baton.parallel.zero import apply_fsdp2
+from baton.parallel.zero import apply_fsdp2, deepspeed_engine
 from baton.profile.recorder import NullProfiler, RankProfiler
 
 
@@ -105,14 +105,22 @@ class Trainer:
         self.eval_ids = np.arange(n_train, self.corpus.n_docs)
         self.model = RecurrentLM(cfg.model).to(self.device)
         self.sp = SequenceParallel(self.env.rank, self.env.world_size, cfg.parallel.sp.relay)
-        self.sharded = cfg.parallel.zero.engine == "fsdp2" and self.env.distributed
+        zero = cfg.parallel.zero
+        # One process has nothing to shard with: it runs unsharded whatever the engine.
+        self.engine = zero.engine if self.env.distributed else "none"
         if self.env.distributed:
             apply_sequence_parallel(self.model, self.sp)
             self._broadcast_parameters()
-        if self.sharded:
-            apply_fsdp2(self.model, cfg.parallel.zero.stage, self.autocast_dtype)
+        if self.engine == "fsdp2":
+            apply_fsdp2(self.model, zero.stage, self.autocast_dtype)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.train.steps, cfg.optim)
+        self.deepspeed = None
+        if self.engine == "deepspeed":
+            bf16 = self.autocast_dtype == torch.bfloat16
+            self.deepspeed = deepspeed_engine(
+                self.model, self.optimizer, self.scheduler, zero.stage, cfg.optim.grad_clip, bf16
+            )
         self.step = 0
         self.run_dir = Path(cfg.train.run_dir)
         ckpt = cfg.checkpoint
@@ -163,10 +171,10 @@ class Trainer:
 
     def _all_reduce_grads_and(self, loss: torch.Tensor) -> float:
         """Sum gradients over ranks, and the loss with them (one collective); the global loss.
-        Sharded, FSDP2 has already reduce-scattered the gradients: only the loss is left."""
+        Sharded, the engine reduces the gradients itself: only the loss is left."""
         if not self.env.distributed:
             return loss.item()
-        if self.sharded:
+        if self.engine != "none":
             return self._all_reduce_sum([loss.item()])[0]
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         flat = torch.cat([g.reshape(-1) for g in grads] + [loss.detach().reshape(1).to(grads[0].dtype)])
@@ -241,14 +249,20 @@ class Trainer:
             loss = self.local_loss(batch, local)
             self._slow_down(local.tokens.numel())
         with prof.phase("backward"):
-            loss.backward()
+            if self.deepspeed is not None:  # DeepSpeed averages over ranks; we want the sum
+                self.deepspeed.backward(loss * self.env.world_size)
+            else:
+                loss.backward()
         with prof.phase("grad_comm"):
             total = self._all_reduce_grads_and(loss)
         with prof.phase("optimizer"):
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            if self.deepspeed is not None:  # clips, steps optimizer and schedule, zeroes grads
+                self.deepspeed.step()
+            else:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         comm = self.sp.stats.to_dict()
         prof.record(self.step, local.tokens.numel(), comm)
@@ -263,13 +277,13 @@ class Trainer:
             "scheduler": {k: sched[k] for k in ("last_epoch", "_step_count", "_last_lr", "base_lrs")},
             "seconds_per_token": self.cost.seconds_per_token,
             "world_size": self.env.world_size,
-            "engine": self.cfg.parallel.zero.engine,
+            "engine": self.engine,
             "model": asdict(self.cfg.model),
         }
-        self.checkpointer.save(self.step, self.model, self.optimizer, extras)
+        self.checkpointer.save(self.step, self.model, self.optimizer, extras, self.deepspeed)
 
     def restore(self, path: Path) -> None:
-        extras = self.checkpointer.load(path, self.model, self.optimizer, asdict(self.cfg.model))
+        extras = self.checkpointer.load(path, self.model, self.optimizer, asdict(self.cfg.model), self.deepspeed)
         self.step = extras["step"]
         self.loader.load_state_dict(extras["loader"])
         self.scheduler.load_state_dict(

@@ -1,20 +1,23 @@
-"""ZeRO-style sharding applied from outside the model (torchtitan style): PyTorch FSDP2.
+"""ZeRO-style sharding applied from outside the model (torchtitan style): PyTorch FSDP2 or
+DeepSpeed ZeRO 1-3.
 
 Every rank is one data-parallel replica's shard, sequence-parallel or not: all ranks form
 one sharding group, as in DeepSpeed-Ulysses and FlexSP. Stage 3 reshards parameters after
 forward (only a shard is kept between layers); stage 2 keeps each block's parameters
 unsharded from its forward to its backward. Gradients and optimizer state are sharded at
-both stages.
+both stages. DeepSpeed: stage 1 shards optimizer state, 2 also gradients, 3 also parameters.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 from torch import nn
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
-ENGINES = ("none", "fsdp2")
+ENGINES = ("none", "fsdp2", "deepspeed")
 
 
 def apply_fsdp2(model: nn.Module, stage: int, param_dtype: torch.dtype | None) -> nn.Module:
@@ -44,3 +47,41 @@ def local_numel(tensors) -> int:
 def optimizer_state_numel(optimizer: torch.optim.Optimizer) -> int:
     """Elements of per-parameter optimizer state (Adam's moments) this rank stores."""
     return local_numel(v for state in optimizer.state.values() for v in state.values() if v.dim() > 0)
+
+
+def deepspeed_engine(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    stage: int,
+    grad_clip: float,
+    bf16: bool,
+):
+    """Wrap model, optimizer and schedule in a DeepSpeed ZeRO engine (process group already up).
+
+    DeepSpeed averages gradients over ranks; the trainer scales each rank's loss by the world
+    size so that the result is the sum it expects.
+    """
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    config = {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": stage},
+        "gradient_clipping": grad_clip,
+        "bf16": {"enabled": bf16},
+        "zero_allow_untested_optimizer": True,  # our AdamW with its weight-decay groups
+        "steps_per_print": 2**31,
+    }
+    engine, *_ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config, dist_init_required=False
+    )
+    return engine
+
+
+def deepspeed_numel(engine) -> tuple[int, int]:
+    """(parameter elements, optimizer-state elements) this rank stores under DeepSpeed."""
+    params = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in engine.module.parameters())
+    return params, optimizer_state_numel(engine.optimizer.optimizer)

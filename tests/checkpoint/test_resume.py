@@ -25,6 +25,9 @@ ENGINES = {
     "none": ["parallel.zero.engine=none"],
     "fsdp2-stage2": ["parallel.zero.engine=fsdp2", "parallel.zero.stage=2"],
     "fsdp2-stage3": ["parallel.zero.engine=fsdp2", "parallel.zero.stage=3"],
+    "deepspeed-stage1": ["parallel.zero.engine=deepspeed", "parallel.zero.stage=1"],
+    "deepspeed-stage2": ["parallel.zero.engine=deepspeed", "parallel.zero.stage=2"],
+    "deepspeed-stage3": ["parallel.zero.engine=deepspeed", "parallel.zero.stage=3"],
 }
 STEPS = ["train.steps=4", "train.eval_every=100", "checkpoint.every=2"]
 
@@ -92,6 +95,16 @@ def test_resume_on_another_world_size(tmp_path, data_dir, uninterrupted, engine,
     assert documents(split) == documents(whole)
     ours, theirs = torch.tensor(losses(split)), torch.tensor(losses(whole))
     assert len(ours) == 4 and torch.allclose(ours, theirs, rtol=1e-5, atol=0)
+
+
+def test_deepspeed_refuses_another_world_size(tmp_path, data_dir):
+    run = baton_train(tmp_path / "ds", data_dir, 2, *STEPS, *ENGINES["deepspeed-stage2"], "train.stop_at_step=2")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", "-m"]
+    cmd += ["baton.launch.cli", "train", *SMALL, f"data.cache_dir={data_dir}", f"train.run_dir={run}"]
+    cmd += [*STEPS, *ENGINES["deepspeed-stage2"], "resume=auto"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert proc.returncode != 0
+    assert "a DeepSpeed checkpoint of 2 ranks cannot resume on 3" in proc.stderr
 
 
 def test_kill_during_save_resumes_from_previous_checkpoint(tmp_path, data_dir, uninterrupted):
