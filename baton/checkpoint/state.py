@@ -9,6 +9,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -62,7 +64,9 @@ class Checkpointer:
         self._barrier()
         torch.save(_rng_state(), partial / "rng" / f"rank{self.env.rank:05d}.pt")
         if ds is not None:
-            ds.save_checkpoint(str(partial), tag=DEEPSPEED_TAG, save_latest=False)
+            # The (empty) universal-checkpoint info lets ds_to_universal reshard it later.
+            info = {"universal_checkpoint_info": {"universal_checkpoint_version": 0.2}}
+            ds.save_checkpoint(str(partial), tag=DEEPSPEED_TAG, client_state=info, save_latest=False)
             self._pending = (None, partial, step)
             self.finish()
             return
@@ -107,15 +111,19 @@ class Checkpointer:
                 "torch.distributed.checkpoint formats do not load into each other"
             )
         if ds is not None:
-            if extras["world_size"] != self.env.world_size:
-                raise CheckpointError(
-                    f"{source}: a DeepSpeed checkpoint of {extras['world_size']} ranks cannot resume on "
-                    f"{self.env.world_size} (resharding DeepSpeed checkpoints is not supported yet; "
-                    "parallel.zero.engine=fsdp2 resumes on any number of ranks)"
-                )
-            loaded, _ = ds.load_checkpoint(str(path), tag=DEEPSPEED_TAG, load_module_strict=True)
-            if loaded is None:
-                raise CheckpointError(f"{path / DEEPSPEED_TAG}: DeepSpeed found no checkpoint to load")
+            if extras["world_size"] == self.env.world_size:
+                self._load_deepspeed(ds, path)
+            else:  # resharded through DeepSpeed's universal format, in a scratch directory
+                universal = self.root / f"{path.name}.universal"
+                if self.env.is_main:
+                    _to_universal(path / DEEPSPEED_TAG, universal / DEEPSPEED_TAG)
+                self._barrier()
+                try:
+                    self._load_deepspeed(ds, universal)
+                finally:
+                    self._barrier()
+                    if self.env.is_main:
+                        shutil.rmtree(universal, ignore_errors=True)
             self._restore_rng(path)
             return extras
         model_sd, optim_sd = get_state_dict(model, optimizer)
@@ -128,10 +136,33 @@ class Checkpointer:
         self._restore_rng(path)
         return extras
 
+    def _load_deepspeed(self, ds, path: Path) -> None:
+        loaded, _ = ds.load_checkpoint(str(path), tag=DEEPSPEED_TAG, load_module_strict=True)
+        if loaded is None:
+            raise CheckpointError(f"{path / DEEPSPEED_TAG}: DeepSpeed found no checkpoint to load")
+
     def _restore_rng(self, path: Path) -> None:
         rng = path / "rng" / f"rank{self.env.rank:05d}.pt"
         if rng.is_file():  # a rank that did not exist when the checkpoint was saved keeps its seed
             _set_rng_state(torch.load(rng, weights_only=True))
+
+
+def saved_world_size(path: Path) -> int | None:
+    """How many ranks wrote the checkpoint (None if that cannot be read: load() will say why)."""
+    try:
+        return int(json.loads((path / "trainer.json").read_text())["world_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _to_universal(source: Path, target: Path) -> None:
+    """DeepSpeed's ds_to_universal: per-parameter files any number of ranks can load."""
+    shutil.rmtree(target.parent, ignore_errors=True)
+    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(source)]
+    cmd += ["--output_folder", str(target), "--num_extract_workers", "1", "--num_merge_workers", "1", "--no_strict"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise CheckpointError(f"{source}: conversion to DeepSpeed's universal format failed:\n{proc.stderr[-2000:]}")
 
 
 def _check_model(source: Path, saved: dict, current: dict) -> None:

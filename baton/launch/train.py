@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from baton.checkpoint import latest_checkpoint
-from baton.checkpoint.state import Checkpointer
+from baton.checkpoint.state import Checkpointer, saved_world_size
 from baton.data.build import synthetic_corpus
 from baton.data.corpus import Corpus
 from baton.data.loader import Batch, PackedLoader
@@ -115,16 +115,18 @@ class Trainer:
             apply_fsdp2(self.model, zero.stage, self.autocast_dtype)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.train.steps, cfg.optim)
-        self.deepspeed = None
-        if self.engine == "deepspeed":
-            bf16 = self.autocast_dtype == torch.bfloat16
-            self.deepspeed = deepspeed_engine(
-                self.model, self.optimizer, self.scheduler, zero.stage, cfg.optim.grad_clip, bf16
-            )
         self.step = 0
         self.run_dir = Path(cfg.train.run_dir)
         ckpt = cfg.checkpoint
         root = Path(ckpt.dir) if ckpt.dir else self.run_dir / "checkpoints"
+        resume_from = resolve_resume(cfg.resume, root)
+        self.deepspeed = None
+        if self.engine == "deepspeed":
+            bf16 = self.autocast_dtype == torch.bfloat16
+            universal = resume_from is not None and saved_world_size(resume_from) != self.env.world_size
+            self.deepspeed = deepspeed_engine(
+                self.model, self.optimizer, self.scheduler, zero.stage, cfg.optim.grad_clip, bf16, universal
+            )
         self.checkpointer = Checkpointer(root, self.env, ckpt.keep, ckpt.async_save)
         p = cfg.parallel.planner
         self.cost = CostModel(
@@ -146,7 +148,6 @@ class Trainer:
             )
         else:
             self.profiler = NullProfiler()
-        resume_from = resolve_resume(cfg.resume, root)
         if resume_from is not None:
             self.restore(resume_from)
         if self.env.is_main:  # only once a resume has succeeded: a failed one changes nothing

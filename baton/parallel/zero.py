@@ -56,11 +56,13 @@ def deepspeed_engine(
     stage: int,
     grad_clip: float,
     bf16: bool,
+    load_universal: bool = False,
 ):
     """Wrap model, optimizer and schedule in a DeepSpeed ZeRO engine (process group already up).
 
     DeepSpeed averages gradients over ranks; the trainer scales each rank's loss by the world
-    size so that the result is the sum it expects.
+    size so that the result is the sum it expects. ``load_universal``: the checkpoint to be
+    loaded comes from another number of ranks, through DeepSpeed's universal format.
     """
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -74,6 +76,7 @@ def deepspeed_engine(
         "bf16": {"enabled": bf16},
         "zero_allow_untested_optimizer": True,  # our AdamW with its weight-decay groups
         "steps_per_print": 2**31,
+        "checkpoint": {"load_universal": load_universal},
     }
     engine, *_ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config, dist_init_required=False

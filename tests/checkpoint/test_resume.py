@@ -4,7 +4,8 @@ Same world size: the losses of 2 + 2 steps with a save/resume in between equal t
 uninterrupted steps bitwise, and so do the final weights (CPU fp32: the same operations in
 the same order). A different world size sums gradients in another order, so the losses
 agree to a relative 1e-5 (fp32 round-off of a different reduction order is ~1e-7), and the
-documents of every step are identical (the data cursor is global).
+documents of every step are identical (the data cursor is global). DeepSpeed reshards
+through its universal checkpoint format.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def test_resume_same_world_size_is_bitwise(tmp_path, data_dir, uninterrupted, en
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
-@pytest.mark.parametrize("engine", ["none", "fsdp2-stage3"])
+@pytest.mark.parametrize("engine", ["none", "fsdp2-stage3", "deepspeed-stage2"])
 @pytest.mark.parametrize("before,after", [(4, 2), (2, 3)])
 def test_resume_on_another_world_size(tmp_path, data_dir, uninterrupted, engine, before, after):
     whole = uninterrupted(engine, before)
@@ -95,16 +96,6 @@ def test_resume_on_another_world_size(tmp_path, data_dir, uninterrupted, engine,
     assert documents(split) == documents(whole)
     ours, theirs = torch.tensor(losses(split)), torch.tensor(losses(whole))
     assert len(ours) == 4 and torch.allclose(ours, theirs, rtol=1e-5, atol=0)
-
-
-def test_deepspeed_refuses_another_world_size(tmp_path, data_dir):
-    run = baton_train(tmp_path / "ds", data_dir, 2, *STEPS, *ENGINES["deepspeed-stage2"], "train.stop_at_step=2")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", "-m"]
-    cmd += ["baton.launch.cli", "train", *SMALL, f"data.cache_dir={data_dir}", f"train.run_dir={run}"]
-    cmd += [*STEPS, *ENGINES["deepspeed-stage2"], "resume=auto"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
-    assert proc.returncode != 0
-    assert "a DeepSpeed checkpoint of 2 ranks cannot resume on 3" in proc.stderr
 
 
 def test_kill_during_save_resumes_from_previous_checkpoint(tmp_path, data_dir, uninterrupted):
