@@ -11,6 +11,9 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import subprocess
+import sys
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -39,13 +42,40 @@ MPI_VARIABLES = (  # (rank, size, local rank) as Open MPI and MPICH (Hydra) name
 
 
 def discover(environ=None) -> DistEnv:
+    """Rank, world size and local rank from torchrun, a SLURM job step (srun) or MPI."""
     env = os.environ if environ is None else environ
     if "RANK" in env and "WORLD_SIZE" in env:
         return DistEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
+    if "SLURM_PROCID" in env and "SLURM_STEP_NUM_TASKS" in env:  # a task of `srun` (not the batch shell)
+        return DistEnv(int(env["SLURM_PROCID"]), int(env["SLURM_STEP_NUM_TASKS"]), int(env.get("SLURM_LOCALID", 0)))
     for rank, size, local in MPI_VARIABLES:
         if rank in env and size in env:
             return DistEnv(int(env[rank]), int(env[size]), int(env.get(local, 0)))
     return DistEnv()
+
+
+def slurm_hostnames(nodelist: str) -> list[str]:
+    """Expand a SLURM node list (``n[1-3],gpu7``) with ``scontrol show hostnames``."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise DistSetupError(f"cannot expand SLURM node list {nodelist!r} with scontrol: {exc}") from None
+    if out.returncode != 0:
+        raise DistSetupError(f"scontrol show hostnames {nodelist!r} failed: {out.stderr.strip()}")
+    return out.stdout.split()
+
+
+def _slurm_rendezvous(env: DistEnv, environ=os.environ) -> None:
+    """Under srun: the first node of the step is the master; the port derives from the job
+    id (the same on every task, different for concurrent jobs). Checks the node count."""
+    nodelist = environ.get("SLURM_STEP_NODELIST") or environ["SLURM_JOB_NODELIST"]
+    hosts = slurm_hostnames(nodelist)
+    expected = int(environ.get("SLURM_STEP_NUM_NODES") or environ.get("SLURM_NNODES") or len(hosts))
+    if len(hosts) != expected:
+        raise DistSetupError(f"SLURM node list {nodelist!r} has {len(hosts)} nodes, the step expects {expected}")
+    environ.setdefault("MASTER_ADDR", hosts[0])
+    environ.setdefault("MASTER_PORT", str(20000 + int(environ.get("SLURM_JOB_ID", 0)) % 20000))
+    environ.update(RANK=str(env.rank), WORLD_SIZE=str(env.world_size), LOCAL_RANK=str(env.local_rank))
 
 
 def _mpi_rendezvous(env: DistEnv) -> None:
@@ -81,19 +111,53 @@ def check_master_address(environ: dict | os._Environ = os.environ) -> None:
         raise DistSetupError(f"MASTER_ADDR={addr!r} MASTER_PORT={port!r} does not resolve: {exc}") from None
 
 
-def init_distributed(device: torch.device, timeout_s: float = 300.0) -> DistEnv:
+def init_distributed(device: torch.device, init_timeout_s: float = 120.0, timeout_s: float = 600.0) -> DistEnv:
     """Discover the job layout and, for more than one process, join the default group
-    (NCCL on CUDA, gloo on CPU)."""
+    (NCCL on CUDA, gloo on CPU), then check it with a tiny all-reduce.
+
+    ``init_timeout_s`` bounds forming the group and the check (a missing or unreachable
+    rank ends the process with a message instead of a hang); ``timeout_s`` bounds every
+    collective afterwards (a rank that died mid-step).
+    """
     env = discover()
     if env.distributed and not dist.is_initialized():
         if "RANK" not in os.environ:
-            _mpi_rendezvous(env)
+            if "SLURM_PROCID" in os.environ and "SLURM_STEP_NUM_TASKS" in os.environ:
+                _slurm_rendezvous(env)
+            else:
+                _mpi_rendezvous(env)
         check_master_address()
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(env.local_rank)
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        where = f"MASTER_ADDR={os.environ['MASTER_ADDR']} MASTER_PORT={os.environ.get('MASTER_PORT')}"
+        watchdog = threading.Timer(init_timeout_s, _give_up, (env, where, init_timeout_s))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+            _preflight(env, device, init_timeout_s)
+        finally:
+            watchdog.cancel()
     return env
+
+
+def _give_up(env: DistEnv, where: str, seconds: float) -> None:
+    print(
+        f"baton: error: rank {env.rank}: the {env.world_size}-rank process group did not form within "
+        f"{seconds:.0f} s ({where}): a rank is missing, or cannot reach the master (dist.init_timeout_s)",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(3)
+
+
+def _preflight(env: DistEnv, device: torch.device, timeout_s: float) -> None:
+    """A tiny all-reduce: every rank is there and the links carry data."""
+    ones = torch.ones(1, device=device)
+    dist.all_reduce(ones, async_op=True).wait(datetime.timedelta(seconds=timeout_s))
+    if int(ones.item()) != env.world_size:
+        raise DistSetupError(f"pre-flight all-reduce gave {ones.item()}, expected {env.world_size}")
 
 
 def shutdown() -> None:

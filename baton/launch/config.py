@@ -69,6 +69,12 @@ class ParallelConfig:
 
 
 @dataclass
+class DistConfig:
+    init_timeout_s: float = 120.0  # forming the process group and its pre-flight all-reduce
+    timeout_s: float = 600.0  # any collective during training (a dead or hung rank)
+
+
+@dataclass
 class CheckpointConfig:
     every: int = 0  # save every this many steps, and at the end (0: never)
     keep: int = 3  # complete checkpoints kept (older ones are deleted)
@@ -109,6 +115,7 @@ class Config:
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     resume: str = "none"  # none | auto (the newest complete checkpoint, if any) | a checkpoint directory
 
 
@@ -171,6 +178,9 @@ def validate(cfg: Config) -> None:
             "parallel.zero.stage: fsdp2 shards parameters, gradients and optimizer state (stage 3, or 2 "
             "keeping parameters unsharded until backward); stage 1 needs parallel.zero.engine=deepspeed"
         )
+    for key in ("dist.init_timeout_s", "dist.timeout_s"):
+        if _get(cfg, key) <= 0:
+            raise ConfigError(f"{key}: must be > 0 seconds, got {_get(cfg, key)}")
     if cfg.checkpoint.every < 0:
         raise ConfigError(f"checkpoint.every: must be >= 0 (0: never), got {cfg.checkpoint.every}")
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
@@ -27,6 +28,7 @@ from baton.data.loader import Batch, PackedLoader
 from baton.dist.env import DistEnv, init_distributed
 from baton.kernels import set_backend as set_kernel_backend
 from baton.launch.config import Config, ConfigError, to_yaml
+from baton.launch.logs import record_environment, tee_output
 from baton.launch.progress import Progress
 from baton.launch.schedule import build_optimizer, build_scheduler
 from baton.models.flops import count_parameters, flops_per_token
@@ -68,6 +70,9 @@ def pick_device(cfg: Config) -> tuple[torch.device, torch.dtype | None]:
     return device, torch.bfloat16 if bf16 else None
 
 
+KILL_AT_STEP = "BATON_TEST_KILL_AT_STEP"  # "RANK:STEP": that rank SIGKILLs itself (tests)
+
+
 @dataclass
 class StepResult:
     loss: float
@@ -94,7 +99,9 @@ class Trainer:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.device, self.autocast_dtype = pick_device(cfg)
-        self.env: DistEnv = init_distributed(self.device)
+        self.env: DistEnv = init_distributed(self.device, cfg.dist.init_timeout_s, cfg.dist.timeout_s)
+        self.run_dir = Path(cfg.train.run_dir)
+        tee_output(self.run_dir / "logs" / f"rank{self.env.rank}.log")
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.env.local_rank)
         set_kernel_backend(cfg.train.kernels)
@@ -116,7 +123,6 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.train.steps, cfg.optim)
         self.step = 0
-        self.run_dir = Path(cfg.train.run_dir)
         ckpt = cfg.checkpoint
         root = Path(ckpt.dir) if ckpt.dir else self.run_dir / "checkpoints"
         resume_from = resolve_resume(cfg.resume, root)
@@ -153,6 +159,7 @@ class Trainer:
         if self.env.is_main:  # only once a resume has succeeded: a failed one changes nothing
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+            record_environment(self.run_dir / "environment.jsonl", self.env, self.device)
 
     def _broadcast_parameters(self) -> None:
         for p in self.model.parameters():
@@ -246,6 +253,8 @@ class Trainer:
             batch, plan, plan_info, _ = self._ahead.result()
             self._ahead = self._planner_thread.submit(self._next_batch_and_plan, replace(self.cost))
             local = self.enter_step(plan, batch)
+        if os.environ.get(KILL_AT_STEP) == f"{self.env.rank}:{self.step + 1}":
+            os.kill(os.getpid(), signal.SIGKILL)  # testing aid: a rank dying mid-job
         with prof.phase("forward"):
             loss = self.local_loss(batch, local)
             self._slow_down(local.tokens.numel())

@@ -46,8 +46,9 @@ def final_weights(run_dir):
 
 
 def tree_digest(root):
+    """Of everything a run keeps except its logs (a failed start appends why it failed)."""
     h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
+    for p in sorted(q for q in root.rglob("*") if "logs" not in q.relative_to(root).parts):
         h.update(str(p.relative_to(root)).encode())
         if p.is_file():
             h.update(p.read_bytes())

@@ -1,0 +1,70 @@
+"""Run-directory logs: each rank's output in its own file, and the software a run used."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from baton.dist.env import DistEnv
+
+PACKAGES = ("baton", "torch", "triton", "deepspeed", "numpy", "omegaconf", "mpi4py", "nvidia-ml-py", "safetensors")
+
+
+class _Tee:
+    """A text stream that also appends everything to a log file."""
+
+    def __init__(self, stream, log) -> None:
+        self.stream, self.log = stream, log
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        self.log.flush()
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+        self.log.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def tee_output(path: Path) -> None:
+    """Copy this process's stdout and stderr into ``path`` (appended: a resumed job keeps
+    its earlier logs)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+    log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} on {socket.gethostname()}\n")
+    sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def record_environment(path: Path, env: DistEnv, device: torch.device) -> None:
+    """Append one record per start of the run: versions, devices, launcher variables."""
+    launcher = {k: v for k, v in os.environ.items() if k.startswith(("SLURM_", "MASTER_", "OMPI_COMM_WORLD_SIZE"))}
+    record = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "packages": {name: _version(name) for name in PACKAGES},
+        "cuda": torch.version.cuda,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "world_size": env.world_size,
+        "launcher": launcher,
+    }
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
