@@ -1,4 +1,4 @@
-"""The ``baton`` command: ``train``, ``data build``, ``data synth``, ``report``, ``export``."""
+"""The ``baton`` command: ``train``, ``submit``, ``data build``, ``data synth``, ``report``, ``export``."""
 
 from __future__ import annotations
 
@@ -20,6 +20,16 @@ def _train(args: argparse.Namespace) -> None:
     cfg = load_config(config, overrides)
     Trainer(cfg).fit()
     shutdown()
+
+
+def _submit(args: argparse.Namespace) -> None:
+    from baton.launch.submit import submit
+
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config:
+        config, overrides = None, [config, *overrides]
+    submit(config, overrides, args.nodes, args.gpus_per_node, args.procs_per_node, args.time, args.partition,
+           args.dry_run)  # fmt: skip
 
 
 def _data_build(args: argparse.Namespace) -> None:
@@ -64,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", nargs="?", help="YAML config (default: the built-in tiny-cpu preset)")
     train.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=100 model.mixer=ssd")
     train.set_defaults(func=_train)
+
+    sub_ = sub.add_parser("submit", help="submit a training job to SLURM: baton submit [config.yaml] [key=value ...]")
+    sub_.add_argument("config", nargs="?", help="YAML config (default: the built-in tiny-cpu preset)")
+    sub_.add_argument("overrides", nargs="*", help="config overrides")
+    sub_.add_argument("--nodes", type=int, default=1)
+    sub_.add_argument("--gpus-per-node", type=int, default=0, help="GPUs (and training processes) per node")
+    sub_.add_argument("--procs-per-node", type=int, help="training processes per node (default: the GPUs, or 1)")
+    sub_.add_argument("--time", default="1:00:00", help="time limit, as sbatch takes it (default 1:00:00)")
+    sub_.add_argument("--partition")
+    sub_.add_argument("--dry-run", action="store_true", help="write and print the script, do not submit")
+    sub_.set_defaults(func=_submit)
 
     data = sub.add_parser("data", help="build token corpora").add_subparsers(dest="data_command", required=True)
     build = data.add_parser("build", help="tokenise .txt / .jsonl files into a corpus")

@@ -101,6 +101,7 @@ class TrainConfig:
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     kernels: str = "auto"  # auto (Triton on CUDA, PyTorch reference on CPU) | triton | torch
     stop_at_step: int = 0  # end this run at this step (checkpointed), the schedule still for `steps`; 0: off
+    deadline_margin_s: float = 120.0  # under `baton submit`: checkpoint and requeue this long before the time limit
     log_every: int = 10
     eval_every: int = 100
     run_dir: str = "runs/default"

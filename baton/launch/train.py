@@ -29,6 +29,7 @@ from baton.dist.env import DistEnv, init_distributed
 from baton.kernels import set_backend as set_kernel_backend
 from baton.launch.config import Config, ConfigError, to_yaml
 from baton.launch.logs import record_environment, tee_output
+from baton.launch.preempt import Preemption
 from baton.launch.progress import Progress
 from baton.launch.schedule import build_optimizer, build_scheduler
 from baton.models.flops import count_parameters, flops_per_token
@@ -154,6 +155,7 @@ class Trainer:
             )
         else:
             self.profiler = NullProfiler()
+        self.preemption = Preemption(self.run_dir, self.env, cfg.train.deadline_margin_s)
         if resume_from is not None:
             self.restore(resume_from)
         if self.env.is_main:  # only once a resume has succeeded: a failed one changes nothing
@@ -333,12 +335,14 @@ class Trainer:
         loader = PackedLoader(self.corpus, self.cfg.data.tokens_per_batch, self.cfg.train.seed, self.eval_ids)
         loss_sum = targets = 0.0
         for _ in range(self.cfg.data.eval_batches):
+            if self.preemption.requested():  # a long eval must not outlive the allocation
+                break
             batch = loader.next_batch()
             loss = self.local_loss(batch, self.enter_step(self.make_plan(batch, self.cost)[0], batch))
             loss_sum += loss.item() * batch.n_targets
             targets += batch.n_targets
         (loss_sum,) = self._all_reduce_sum([loss_sum])
-        return loss_sum / targets
+        return loss_sum / targets if targets else float("nan")
 
     def fit(self) -> dict:
         cfg, main = self.cfg, self.env.is_main
@@ -355,6 +359,7 @@ class Trainer:
         progress = Progress(cfg.train.steps, enabled=main)
         start, tokens, window_start, window_tokens = time.perf_counter(), 0, time.perf_counter(), 0
         first_loss = last_loss = eval_loss = None
+        stop = ""
         last = min(cfg.train.steps, cfg.train.stop_at_step or cfg.train.steps)
         while self.step < last:
             self._trace(starting=True)
@@ -396,14 +401,22 @@ class Trainer:
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
             every = cfg.checkpoint.every
-            if every and (self.step % every == 0 or self.step == last):
+            stop = self.preemption.requested() if self.step < last else ""
+            if stop or (every and (self.step % every == 0 or self.step == last)):
                 self.save_checkpoint()
+            if stop:
+                self.checkpointer.finish()
+                progress.update(self.step, f"stopping: {stop}; checkpoint of step {self.step} written")
+                self.preemption.requeue()
+                break
         self.checkpointer.finish()
         progress.close()
         if metrics:
             metrics.close()
         self.profiler.close()
         self._planner_thread.shutdown(wait=True)
+        if stop:  # not finished: the requeued (or resumed) run writes the summary
+            return {"steps": self.step, "stopped": stop}
         elapsed = time.perf_counter() - start
         summary = {
             "steps": self.step,

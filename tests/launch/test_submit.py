@@ -1,0 +1,126 @@
+"""`baton submit` against a real SLURM cluster on this machine (slurm/start-local-slurm.sh:
+slurmctld + two slurmd "nodes" on one host, munge): a 2-node x 2-process job trains to the
+end; a job signalled mid-run checkpoints, requeues itself, resumes and ends with the same
+loss as an uninterrupted run. Also: config values never reach the shell unquoted."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from baton.launch.submit import render, time_limit_seconds
+from tests.conftest import REPO
+from tests.launch.runs import SMALL, baton_train, jsonl
+
+
+def test_shell_metacharacters_stay_literal(tmp_path):
+    nasty = ["data.path='; rm -rf ~'", "train.run_dir=$(touch pwned)", "model.mixer=`id`"]
+    script = render(None, nasty, 2, 2, 0, "10:00", "gpu;reboot", tmp_path / "run", 120, 29400)
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)  # valid shell
+    line = next(line for line in script.splitlines() if "baton.launch.cli train" in line)
+    args = line.split("baton.launch.cli train", 1)[1].rsplit("&", 1)[0]
+    out = subprocess.run(["bash", "-c", f"printf '%s\\n' {args}"], capture_output=True, text=True, cwd=tmp_path)
+    assert out.stdout.splitlines() == [
+        "data.path='; rm -rf ~'",
+        "model.mixer=`id`",
+        f"train.run_dir={tmp_path / 'run'}",
+        "resume=auto",
+    ]
+    assert not (tmp_path / "pwned").exists()
+    assert "#SBATCH --partition='gpu;reboot'" in script
+
+
+def test_time_limits():
+    assert [time_limit_seconds(t) for t in ("30", "5:00", "1:00:00", "1-2", "1-0:30")] == [
+        1800,
+        300,
+        3600,
+        93600,
+        88200,
+    ]
+
+
+def job_state(job: str) -> dict:
+    out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
+    return dict(re.findall(r"(\w+)=(\S*)", out))
+
+
+def wait_for(job: str, done, timeout: float = 300) -> dict:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        state = job_state(job)
+        if done(state):
+            return state
+        time.sleep(1)
+    raise AssertionError(f"job {job} still {job_state(job).get('JobState')} after {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    if os.geteuid() != 0:
+        pytest.skip("the local SLURM cluster needs root (CI runs as root)")
+    env = dict(os.environ, SLURM_LOCAL_NODES="2")
+    proc = subprocess.run(["bash", str(REPO / "slurm" / "start-local-slurm.sh")], env=env, capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def submit(run_dir: Path, data_dir: Path, *overrides: str) -> str:
+    cmd = [sys.executable, "-m", "baton.launch.cli", "submit", *SMALL, f"data.cache_dir={data_dir}"]
+    cmd += [f"train.run_dir={run_dir}", *overrides, "--nodes", "2", "--procs-per-node", "2", "--time", "10"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr
+    return (run_dir / "job_id").read_text().strip()
+
+
+def finished(state: dict) -> bool:
+    return state.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+def test_two_node_job_trains(slurm, tmp_path, data_dir):
+    run = tmp_path / "run"
+    job = submit(run, data_dir, "train.steps=4")
+    state = wait_for(job, finished)
+    log = "".join(p.read_text() for p in (run / "logs").glob("slurm-*.out"))
+    assert state["JobState"] == "COMPLETED", log[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["world_size"] == 4
+    assert sorted(p.name for p in (run / "logs").glob("rank*.log")) == [f"rank{r}.log" for r in range(4)]
+    nodes = {json.loads(line)["launcher"].get("SLURM_NODEID") for line in (run / "environment.jsonl").open()}
+    assert nodes <= {"0", "1"}
+
+
+def test_preempted_job_requeues_and_resumes(slurm, tmp_path, data_dir):
+    opts = ["train.steps=24", "train.eval_every=100", "profile.slow_rank=0", "profile.slow_seconds_per_ktoken=0.4"]
+    whole = baton_train(tmp_path / "whole", data_dir, 4, *opts)
+    run = tmp_path / "run"
+    job = submit(run, data_dir, *opts)
+    # Signal the batch shell, as SLURM does before preempting, once a few steps are done.
+    start = time.monotonic()
+    while not (run / "metrics.jsonl").exists() or len(jsonl(run / "metrics.jsonl")) < 3:
+        assert time.monotonic() - start < 180 and not finished(job_state(job)), "the job never got going"
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
+    state = wait_for(job, lambda s: finished(s) and s.get("Restarts") == "1", timeout=400)
+    log = "".join(p.read_text() for p in (run / "logs").glob("slurm-*.out"))
+    assert state["JobState"] == "COMPLETED", log[-3000:]
+    assert "requeued job" in log and "resumed from" in log
+    records = jsonl(run / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, 25))  # no step lost or repeated
+    final = json.loads((run / "summary.json").read_text())["final_loss"]
+    expected = json.loads((whole / "summary.json").read_text())["final_loss"]
+    assert abs(final - expected) <= 1e-6 * abs(expected)
+    shutil.rmtree(run / "checkpoints", ignore_errors=True)
