@@ -32,6 +32,8 @@ class Preemption:
         deadline = os.environ.get("BATON_DEADLINE")
         self.deadline = float(deadline) - margin_s if deadline else None
         self._signalled = False
+        if env.is_main:  # a flag left from before this start (the previous allocation's) is stale
+            self.flag.unlink(missing_ok=True)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGUSR1, self._on_signal)
 
