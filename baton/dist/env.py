@@ -74,7 +74,10 @@ def _slurm_rendezvous(env: DistEnv, environ=os.environ) -> None:
     if len(hosts) != expected:
         raise DistSetupError(f"SLURM node list {nodelist!r} has {len(hosts)} nodes, the step expects {expected}")
     environ.setdefault("MASTER_ADDR", hosts[0])
-    environ.setdefault("MASTER_PORT", str(20000 + int(environ.get("SLURM_JOB_ID", 0)) % 20000))
+    if "MASTER_PORT" not in environ:
+        environ["MASTER_PORT"] = str(20000 + int(environ.get("SLURM_JOB_ID", 0)) % 20000)
+        if env.rank == 0:  # the master's store will listen there: say so now if it cannot
+            check_port_free(int(environ["MASTER_PORT"]))
     environ.update(RANK=str(env.rank), WORLD_SIZE=str(env.world_size), LOCAL_RANK=str(env.local_rank))
 
 
@@ -109,6 +112,15 @@ def check_master_address(environ: dict | os._Environ = os.environ) -> None:
         socket.getaddrinfo(addr, int(port))
     except (socket.gaierror, ValueError) as exc:
         raise DistSetupError(f"MASTER_ADDR={addr!r} MASTER_PORT={port!r} does not resolve: {exc}") from None
+
+
+def check_port_free(port: int) -> None:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("", port))
+        except OSError as exc:
+            raise DistSetupError(f"MASTER_PORT={port} is taken on this node ({exc}); set MASTER_PORT") from None
 
 
 def init_distributed(device: torch.device, init_timeout_s: float = 120.0, timeout_s: float = 600.0) -> DistEnv:

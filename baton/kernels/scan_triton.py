@@ -5,7 +5,8 @@ chunks [N, C, H, *], per-key-dim log gates cumulated within each chunk (an SSD g
 gate equal across key dims). The work splits into passes, as in flash-linear-attention:
 
 forward   1. intra-chunk scores A [N, H, C, C] (tensor cores across 16-token sub-blocks,
-             explicit pairwise decay inside one; every ``exp`` has a non-positive argument)
+             the pairwise decay row by row inside one; every ``exp`` has a non-positive
+             argument; with scalar SSD gates the decay is a plain [16, 16] matrix)
           2. state pass: the state entering each chunk, one program per (sequence, head,
              key block, value block) walking that sequence's chunks
           3. output: ``scale (q ∘ exp(b)) S_in + A v``
@@ -14,8 +15,10 @@ backward  1. state-gradient pass (the same walk in reverse), giving dS leaving e
           3. intra-chunk dq, dk from dA (sub-blocks as in forward 1)
           4. inter-chunk dq, dk, and the gate gradient as a reverse cumulative sum
 
-States and accumulation are fp32; bf16/fp16 operands feed the tensor cores in their own
-dtype, fp32 operands use exact (IEEE) products.
+The recurrence runs and accumulates in fp32; bf16/fp16 operands feed the tensor cores in
+their own dtype, fp32 operands use exact (IEEE) products. The per-chunk states kept for the
+backward are stored in the input dtype (they enter only matrix products as operands);
+final states and the initial-state gradient are fp32.
 """
 
 from __future__ import annotations
