@@ -4,6 +4,7 @@ elsewhere. ``set_backend`` (config key ``train.kernels``) forces either."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from torch import Tensor
 
@@ -33,37 +34,27 @@ def _use_triton(x: Tensor) -> bool:
     return True
 
 
-def chunk_gla(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    g: Tensor,
-    scale: float | None = None,
-    initial_state: Tensor | None = None,
-    cu_seqlens: Tensor | None = None,
-    chunk_size: int = 64,
-) -> tuple[Tensor, Tensor]:
-    """Chunked GLA scan (per-key-dim gates g [B, T, H, K]); see :func:`chunk_gla_ref`."""
-    if _use_triton(q):
-        from baton.kernels.scan_triton import chunk_scan_triton
+def _dispatching(reference: Callable, name: str, gates: str) -> Callable:
+    def scan(
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        g: Tensor,
+        scale: float | None = None,
+        initial_state: Tensor | None = None,
+        cu_seqlens: Tensor | None = None,
+        chunk_size: int = 64,
+    ) -> tuple[Tensor, Tensor]:
+        if _use_triton(q):
+            from baton.kernels.scan_triton import chunk_scan_triton
 
-        return chunk_scan_triton(q, k, v, g, scale, initial_state, cu_seqlens, chunk_size)
-    return chunk_gla_ref(q, k, v, g, scale, initial_state, cu_seqlens, chunk_size)
+            return chunk_scan_triton(q, k, v, g, scale, initial_state, cu_seqlens, chunk_size)
+        return reference(q, k, v, g, scale, initial_state, cu_seqlens, chunk_size)
+
+    scan.__name__ = scan.__qualname__ = name
+    scan.__doc__ = f"Chunked {gates} scan: Triton on CUDA tensors, else :func:`{reference.__name__}` (same contract)."
+    return scan
 
 
-def chunk_ssd(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    g: Tensor,
-    scale: float | None = None,
-    initial_state: Tensor | None = None,
-    cu_seqlens: Tensor | None = None,
-    chunk_size: int = 64,
-) -> tuple[Tensor, Tensor]:
-    """Chunked SSD scan (scalar gates g [B, T, H]); see :func:`chunk_ssd_ref`."""
-    if _use_triton(q):
-        from baton.kernels.scan_triton import chunk_scan_triton
-
-        return chunk_scan_triton(q, k, v, g, scale, initial_state, cu_seqlens, chunk_size)
-    return chunk_ssd_ref(q, k, v, g, scale, initial_state, cu_seqlens, chunk_size)
+chunk_gla = _dispatching(chunk_gla_ref, "chunk_gla", "GLA (per-key-dim gates g [B, T, H, K])")
+chunk_ssd = _dispatching(chunk_ssd_ref, "chunk_ssd", "SSD (scalar gates g [B, T, H])")
