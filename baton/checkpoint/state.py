@@ -43,7 +43,6 @@ class Checkpointer:
         # they never interleave with the training loop's collectives.
         self._group = dist.new_group(backend="gloo") if async_save and env.distributed else None
         if env.is_main:
-            root.mkdir(parents=True, exist_ok=True)
             remove_partials(root)
         self._barrier()
 
@@ -59,7 +58,7 @@ class Checkpointer:
         partial = partial_dir(self.root, step)
         if self.env.is_main:
             shutil.rmtree(partial, ignore_errors=True)
-            (partial / "rng").mkdir(parents=True)
+            (partial / "rng").mkdir(parents=True)  # creates the checkpoint root on first use
             (partial / "trainer.json").write_text(json.dumps(extras, indent=1) + "\n")
         self._barrier()
         torch.save(_rng_state(), partial / "rng" / f"rank{self.env.rank:05d}.pt")

@@ -3,7 +3,7 @@
 On a machine without a GPU they run under TRITON_INTERPRET=1 (small shapes keep this fast);
 on a GPU the same tests run the compiled kernels. Tolerances are the issue's: fp32 inputs
 1e-4 relative (the kernels use exact fp32 products, so the gap is summation order), bf16
-inputs 1e-2 (bf16 operands on the tensor cores, fp32 accumulation and state).
+and fp16 inputs 1e-2 (half-precision operands on the tensor cores, fp32 accumulation).
 """
 
 import pytest
@@ -84,11 +84,12 @@ def test_strong_decay(gate):
 
 
 @pytest.mark.parametrize("gate", ["gla", "ssd"])
-def test_bf16_inputs(gate):
-    inputs = inputs_on_device(gate, 70, dtype=torch.bfloat16, K=32, V=32, seed=9)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inputs(gate, dtype):
+    inputs = inputs_on_device(gate, 70, dtype=dtype, K=32, V=32, seed=9)
     h0 = torch.randn(1, 2, 32, 32).to(DEVICE)
     o, s = chunk_scan_triton(*inputs, initial_state=h0, chunk_size=32)
-    assert o.dtype == torch.bfloat16 and s.dtype == torch.float32
+    assert o.dtype == dtype and s.dtype == torch.float32
     assert_close(gate, inputs, h0, 1e-2, ref_dtype=torch.float64, chunk_size=32)
 
 
