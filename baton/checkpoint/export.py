@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import torch.distributed.checkpoint as dcp
@@ -53,7 +54,7 @@ def export_safetensors(path: Path, out_dir: Path) -> Path:
         {k: v.detach().clone().contiguous() for k, v in state.items()}, str(target), metadata={"source": str(path)}
     )
     meta = {
-        "model": json.loads(json.dumps(config.__dict__)),
+        "model": asdict(config),
         "step": json.loads((path / "trainer.json").read_text())["step"],
     }
     (out_dir / "config.json").write_text(json.dumps(meta, indent=1) + "\n")

@@ -99,7 +99,7 @@ class Checkpointer:
 
     def load(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, model_config: dict, ds=None) -> dict:
         """Restore model and optimizer (resharded to the current ranks); return the extras."""
-        verify(path)
+        self._verify_once(path)
         source = path / "trainer.json"
         extras = json.loads(source.read_text())
         _check_model(source, extras.get("model", {}), model_config)
@@ -134,6 +134,21 @@ class Checkpointer:
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         self._restore_rng(path)
         return extras
+
+    def _verify_once(self, path: Path) -> None:
+        """Rank 0 verifies (it reads every DeepSpeed file in full) and tells the others."""
+        error = None
+        if self.env.is_main:
+            try:
+                verify(path)
+            except CheckpointError as exc:
+                error = str(exc)
+        if self.env.distributed:
+            box = [error]
+            dist.broadcast_object_list(box, src=0)
+            error = box[0]
+        if error is not None:
+            raise CheckpointError(error)
 
     def _load_deepspeed(self, ds, path: Path) -> None:
         loaded, _ = ds.load_checkpoint(str(path), tag=DEEPSPEED_TAG, load_module_strict=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 
@@ -148,8 +149,6 @@ def failing_resume(run, data_dir, *overrides):
 @pytest.fixture
 def damaged(tmp_path, saved_run):
     """A copy of the saved run to damage."""
-    import shutil
-
     copy = tmp_path / "run"
     shutil.copytree(saved_run, copy)
     ckpt = complete_checkpoints(copy / "checkpoints")[-1]
