@@ -61,8 +61,9 @@ class Preemption:
         if job is None:
             print("baton: stopped; continue with resume=auto", flush=True)
             return
+        # Announce first: once the controller accepts the requeue it kills this job step,
+        # often before a line printed afterwards reaches the log.
+        print(f"baton: requeueing job {job}; it resumes from the checkpoint", flush=True)
         proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"baton: scontrol requeue {job} failed: {proc.stderr.strip()}", file=sys.stderr, flush=True)
-        else:
-            print(f"baton: requeued job {job}; it resumes from the checkpoint", flush=True)

@@ -116,7 +116,7 @@ def test_preempted_job_requeues_and_resumes(slurm, tmp_path, data_dir):
     state = wait_for(job, lambda s: finished(s) and s.get("Restarts") == "1", timeout=400)
     log = "".join(p.read_text() for p in (run / "logs").glob("slurm-*.out"))
     assert state["JobState"] == "COMPLETED", log[-3000:]
-    assert "requeued job" in log and "resumed from" in log
+    assert "requeueing job" in log and "(restart 1)" in log and "resumed from" in log
     records = jsonl(run / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, 25))  # no step lost or repeated
     final = json.loads((run / "summary.json").read_text())["final_loss"]
