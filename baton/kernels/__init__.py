@@ -2,17 +2,19 @@
 plain PyTorch reference elsewhere (the reference is also the ground truth in tests)."""
 
 from baton.kernels.conv import causal_conv1d
-from baton.kernels.dispatch import chunk_gla, chunk_ssd, set_backend
+from baton.kernels.dispatch import add_state_correction, chunk_gla, chunk_ssd, segment_summary, set_backend
 from baton.kernels.gla_ref import chunk_gla_ref
 from baton.kernels.naive import naive_recurrence
 from baton.kernels.ssd_ref import chunk_ssd_ref
 
 __all__ = [
+    "add_state_correction",
     "causal_conv1d",
     "chunk_gla",
     "chunk_gla_ref",
     "chunk_ssd",
     "chunk_ssd_ref",
     "naive_recurrence",
+    "segment_summary",
     "set_backend",
 ]

@@ -1,4 +1,4 @@
-"""One public function per scan op: the Triton kernel on CUDA tensors, the PyTorch reference
+"""One public function per op: the Triton kernel on CUDA tensors, the PyTorch reference
 elsewhere. ``set_backend`` (config key ``train.kernels``) forces either."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from collections.abc import Callable
 from torch import Tensor
 
 from baton.kernels.gla_ref import chunk_gla_ref
+from baton.kernels.relay_ops import add_state_correction_ref, segment_summary_ref
 from baton.kernels.ssd_ref import chunk_ssd_ref
 
 BACKENDS = ("auto", "triton", "torch")
@@ -58,3 +59,22 @@ def _dispatching(reference: Callable, name: str, gates: str) -> Callable:
 
 chunk_gla = _dispatching(chunk_gla_ref, "chunk_gla", "GLA (per-key-dim gates g [B, T, H, K])")
 chunk_ssd = _dispatching(chunk_ssd_ref, "chunk_ssd", "SSD (scalar gates g [B, T, H])")
+
+
+def segment_summary(k: Tensor, v: Tensor, g: Tensor, start: int) -> tuple[Tensor, Tensor]:
+    """The last segment's log transition and zero-start state (see :func:`segment_summary_ref`)."""
+    if _use_triton(k):
+        from baton.kernels.relay_triton import segment_summary_triton
+
+        return segment_summary_triton(k, v, g, start)
+    return segment_summary_ref(k, v, g, start)
+
+
+def add_state_correction(o: Tensor, q: Tensor, g: Tensor, state: Tensor, end: int, scale: float) -> Tensor:
+    """``o`` plus the incoming state's part of tokens ``:end`` (see :func:`add_state_correction_ref`);
+    the Triton version adds in place."""
+    if _use_triton(q):
+        from baton.kernels.relay_triton import add_state_correction_triton
+
+        return add_state_correction_triton(o, q, g, state, end, scale)
+    return add_state_correction_ref(o, q, g, state, end, scale)

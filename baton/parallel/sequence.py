@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from baton.kernels.relay_ops import segment_summary, state_correction
+from baton.kernels.dispatch import add_state_correction, segment_summary
 from baton.parallel.plan import LocalBatch, StepPlan
 from baton.parallel.relay import RELAYS, CommStats, RelayLink, recv_head, send_tail
 
@@ -80,8 +80,7 @@ class RelayedScan:
         o, _ = self.local_scan(q, k, v, g, scale=scale, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
         first = bounds[1] if sp.continues_from_prev else 0
         # Applied even when empty so that every rank runs the relay's backward.
-        fix = state_correction(q, g, S_in, first, scale).to(o.dtype)
-        return torch.cat([o[:, :first] + fix, o[:, first:]], dim=1), None
+        return add_state_correction(o, q, g, S_in, first, scale), None
 
 
 class RelayedConv:

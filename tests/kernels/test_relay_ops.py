@@ -3,7 +3,7 @@
 import pytest
 
 from baton.kernels import naive_recurrence
-from baton.kernels.relay_ops import segment_summary, state_correction
+from baton.kernels.relay_ops import add_state_correction_ref, segment_summary_ref
 from tests.kernels.test_chunk_ref import random_inputs, rel
 
 
@@ -14,12 +14,22 @@ def test_split_scan_equals_whole(gate, cut):
     o_ref, s_ref = naive_recurrence(q, k, v, g)
     first = [x[:, :cut] for x in (q, k, v, g)]
     second = [x[:, cut:] for x in (q, k, v, g)]
-    log_A, S = segment_summary(first[1], first[2], first[3], 0)
+    log_A, S = segment_summary_ref(first[1], first[2], first[3], 0)
     o2, s2 = naive_recurrence(*second)  # zero start
-    o2 = o2 + state_correction(second[0], second[3], S, 80 - cut, 8**-0.5)
+    o2 = add_state_correction_ref(o2, second[0], second[3], S, 80 - cut, 8**-0.5)
     A = log_A.exp()[..., None]
     assert rel(o2, o_ref[:, cut:]) < 1e-12
     # Composition: the final state is A2 * S1 + S2.
-    log_A2, S2 = segment_summary(second[1], second[2], second[3], 0)
+    log_A2, S2 = segment_summary_ref(second[1], second[2], second[3], 0)
     assert rel(log_A2.exp()[..., None] * S + S2, s_ref[0]) < 1e-12
     assert rel(S2, s2[0]) < 1e-12 and A.shape[0] == 2
+
+
+def test_summary_keeps_precision_far_into_a_long_segment():
+    # 4096 tokens at a log gate of -30: the cumulative gate reaches -1.2e5, where an fp32 ulp
+    # is ~0.008, so a difference of prefix sums would put errors of ~1% into exp(b_L - b_t)
+    # for the last tokens. Summed from the end, fp32 matches fp64 to rounding.
+    q, k, v, g = (x.detach() for x in random_inputs("gla", 4096, decay=60.0, seed=4))
+    _, S64 = segment_summary_ref(k, v, g, 0)
+    _, S32 = segment_summary_ref(k.float(), v.float(), g.float(), 0)
+    assert rel(S32.double(), S64) < 1e-5

@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from baton.data.loader import Batch, pack
 from baton.dist.local import run_local
+from baton.kernels import set_backend
 from baton.models.config import ModelConfig
 from baton.models.lm import RecurrentLM, token_losses
 from baton.parallel.plan import RankPiece, StepPlan, local_batch
@@ -79,12 +80,15 @@ def scenarios(world: int) -> dict[str, tuple[list[int], StepPlan]]:
     return result
 
 
-def sp_worker(rank: int, world: int, cases: list[tuple], skip_correction: bool = False) -> list[dict]:
+def sp_worker(
+    rank: int, world: int, cases: list[tuple], skip_correction: bool = False, backend: str = "auto"
+) -> list[dict]:
     """Run every (mixer, relay, lengths, plan) case on this rank; its logits, loss and grads."""
+    set_backend(backend)
     if skip_correction:
         import baton.parallel.sequence as sequence
 
-        sequence.state_correction = lambda q, g, state, end, scale: state.new_zeros(1, end, *state.shape[::2])
+        sequence.add_state_correction = lambda o, q, g, state, end, scale: o
     results = []
     for mixer, relay, lengths, plan_dict in cases:
         model = tiny_model(mixer)
@@ -161,6 +165,24 @@ def test_chain_relay_sends_one_state_per_layer(world_results):
             # Rank 0 sends one [H, K, V] fp32 state per layer, whatever the length.
             H, K, V = (2, 8, 16) if mixer == "gla" else (4, 8, 16)
             assert sent["layer0.scan"] == H * K * V * 4
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_triton_relay_ops_match_single_process(mixer):
+    """The scan, summary and in-place correction as Triton kernels (interpreted on CPU, or
+    compiled on a GPU machine) against one process on the references. 1e-4: the kernels'
+    own fp32 tolerance (summation order inside the kernels differs from the references)."""
+    pytest.importorskip("triton")
+    cases = [(mixer, "chain", *scenario) for scenario in (scenarios(2)["spanning"], scenarios(2)["random"])]
+    as_dicts = [(m, r, lengths, plan.to_dict()) for m, r, lengths, plan in cases]
+    per_rank = run_local(2, sp_worker, as_dicts, False, "triton")
+    for i, (_, _, lengths, plan) in enumerate(cases):
+        ref = reference(mixer, lengths)
+        for rank in range(2):
+            got = per_rank[rank][i]
+            assert rel(got["logits"], piece_of(ref["logits"], plan, rank)) < 1e-4, rank
+            for p, (g, g_ref) in enumerate(zip(got["grads"], ref["grads"])):
+                assert rel(g, g_ref) < 1e-4, f"rank {rank} parameter {p}"
 
 
 def test_skipped_correction_is_detected():

@@ -1,0 +1,278 @@
+"""The two ops sequence parallelism adds around a scan, in Triton (the GPU path of
+``relay_ops.py``; same contracts, forward and backward).
+
+- summary of the stream's last segment: ``Ŝ = Σ_t (k_t ∘ exp(b_L − b_t)) v_tᵀ`` and
+  ``log Â = b_L`` (b: the cumulative log gate from the segment start);
+- correction of the first segment's outputs, in place: ``o_t += scale (q_t ∘ exp(b_t))ᵀ S_in``.
+
+Each program walks its head's tokens in blocks of ``TOKEN_BLOCK``, the gate cumulated
+inside the block; across blocks it enters through per-block log decays cumulated from the
+segment's start or end (``_block_log_decays``), so every ``exp`` argument stays ≤ 0 and no
+[T, H, K] tensor of cumulative gates is materialised. Forward, each op reads its inputs
+once (the correction adds into ``o`` in place); backward, once more. The gate gradients are
+a prefix sum (summary) and a suffix sum (correction) carried along each walk.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from baton.kernels.scan_triton import _block, _load, _operands, _store
+
+TOKEN_BLOCK = 32
+
+
+@triton.jit
+def _summary_kernel(
+    k, v, g, S, log_A, L, g_st, g_sh, g_sk,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    PRECISION: tl.constexpr, OP: tl.constexpr,
+):  # fmt: skip
+    """Per block: S ← exp(g_blk) S + (k ∘ exp(g_blk − b))ᵀ v, b cumulated within the block."""
+    i_k, i_v, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    b_total = tl.zeros([BK], dtype=tl.float32)
+    for t0 in range(0, L, BT):
+        b_gt = _load(g + i_h * g_sh, K, L, g_sk, g_st, i_k * BK, t0, BK, BT).to(tl.float32)  # [BK, BT]
+        b_gc = tl.cumsum(b_gt, axis=1)
+        g_blk = tl.sum(b_gt, axis=1)
+        b_kt = _load(k + i_h * K, K, L, 1, H * K, i_k * BK, t0, BK, BT).to(tl.float32)
+        b_v = _load(v + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV)
+        b_kg = (b_kt * tl.exp(g_blk[:, None] - b_gc)).to(OP)
+        b_h = b_h * tl.exp(g_blk)[:, None] + tl.dot(b_kg, b_v.to(OP), input_precision=PRECISION)
+        b_total += g_blk
+    _store(S + i_h * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, b_h)
+    if i_v == 0:
+        cols = i_k * BK + tl.arange(0, BK)
+        tl.store(log_A + i_h * K + cols, b_total, mask=cols < K)
+
+
+@triton.jit
+def _summary_key_grad_kernel(
+    k, v, g, after, dS, d_log_A, dk, dg, L, g_st, g_sh, g_sk, a_sc, a_sh, a_sk,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    PRECISION: tl.constexpr, OP: tl.constexpr,
+):  # fmt: skip
+    """dk_t = w_t ∘ (dŜ v_t) with w_t = exp(b_L − b_t) = exp(after_blk + g_blk − b_t), b
+    cumulated within the block; dg_s = d log Â + Σ_{t<s} k_t ∘ dk_t, a prefix sum."""
+    i_k, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    cols = i_k * BK + tl.arange(0, BK)
+    prefix = tl.load(d_log_A + i_h * K + cols, mask=cols < K, other=0.0)
+    for t0 in range(0, L, BT):
+        b_g = _load(g + i_h * g_sh, L, K, g_st, g_sk, t0, i_k * BK, BT, BK).to(tl.float32)
+        b_after = tl.load(after + (t0 // BT) * a_sc + i_h * a_sh + cols * a_sk, mask=cols < K, other=0.0)
+        b_w = tl.exp(b_after[None, :] + tl.sum(b_g, axis=0)[None, :] - tl.cumsum(b_g, axis=0))
+        b_dkv = tl.zeros([BT, BK], dtype=tl.float32)
+        for i_v in range(tl.cdiv(V, BV)):
+            b_v = _load(v + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV).to(OP)
+            b_dst = _load(dS + i_h * K * V, V, K, 1, V, i_v * BV, i_k * BK, BV, BK).to(OP)
+            b_dkv += tl.dot(b_v, b_dst, input_precision=PRECISION)
+        b_dk = b_w * b_dkv
+        b_p = _load(k + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK).to(tl.float32) * b_dk
+        _store(dk + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK, b_dk)
+        _store(dg + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK, prefix[None, :] + tl.cumsum(b_p, axis=0) - b_p)
+        prefix += tl.sum(b_p, axis=0)
+
+
+@triton.jit
+def _summary_value_grad_kernel(
+    k, g, after, dS, dv, L, g_st, g_sh, g_sk, a_sc, a_sh, a_sk,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    PRECISION: tl.constexpr, OP: tl.constexpr,
+):  # fmt: skip
+    """dv_t = (k_t ∘ w_t)ᵀ dŜ."""
+    i_v, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    for t0 in range(0, L, BT):
+        acc = tl.zeros([BT, BV], dtype=tl.float32)
+        for i_k in range(tl.cdiv(K, BK)):
+            cols = i_k * BK + tl.arange(0, BK)
+            b_g = _load(g + i_h * g_sh, L, K, g_st, g_sk, t0, i_k * BK, BT, BK).to(tl.float32)
+            b_after = tl.load(after + (t0 // BT) * a_sc + i_h * a_sh + cols * a_sk, mask=cols < K, other=0.0)
+            b_w = tl.exp(b_after[None, :] + tl.sum(b_g, axis=0)[None, :] - tl.cumsum(b_g, axis=0))
+            b_kw = (_load(k + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK).to(tl.float32) * b_w).to(OP)
+            b_ds = _load(dS + i_h * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV).to(OP)
+            acc += tl.dot(b_kw, b_ds, input_precision=PRECISION)
+        _store(dv + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV, acc)
+
+
+@triton.jit
+def _correction_kernel(
+    o, q, g, before, S_in, scale, L, g_st, g_sh, g_sk, b_sc, b_sh, b_sk,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    PRECISION: tl.constexpr, OP: tl.constexpr,
+):  # fmt: skip
+    """o_t += scale (q_t ∘ exp(b_t)) S_in, b_t = before_blk + the gate cumulated in the block."""
+    i_v, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    for t0 in range(0, L, BT):
+        acc = _load(o + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV).to(tl.float32)
+        for i_k in range(tl.cdiv(K, BK)):
+            cols = i_k * BK + tl.arange(0, BK)
+            b_g = _load(g + i_h * g_sh, L, K, g_st, g_sk, t0, i_k * BK, BT, BK).to(tl.float32)
+            b_b = tl.load(before + (t0 // BT) * b_sc + i_h * b_sh + cols * b_sk, mask=cols < K, other=0.0)
+            b_q = _load(q + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK).to(tl.float32)
+            b_qg = (b_q * tl.exp(b_b[None, :] + tl.cumsum(b_g, axis=0)) * scale).to(OP)
+            b_s = _load(S_in + i_h * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV).to(OP)
+            acc += tl.dot(b_qg, b_s, input_precision=PRECISION)
+        _store(o + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV, acc)
+
+
+@triton.jit
+def _correction_state_grad_kernel(
+    q, g, before, do, dS_in, scale, L, g_st, g_sh, g_sk, b_sc, b_sh, b_sk,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    PRECISION: tl.constexpr, OP: tl.constexpr,
+):  # fmt: skip
+    """dS_in = scale Σ_t (q_t ∘ exp(b_t)) do_tᵀ."""
+    i_k, i_v, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
+    rows = i_k * BK + tl.arange(0, BK)
+    acc = tl.zeros([BK, BV], dtype=tl.float32)
+    for t0 in range(0, L, BT):
+        b_gt = _load(g + i_h * g_sh, K, L, g_sk, g_st, i_k * BK, t0, BK, BT).to(tl.float32)
+        b_b = tl.load(before + (t0 // BT) * b_sc + i_h * b_sh + rows * b_sk, mask=rows < K, other=0.0)
+        b_qt = _load(q + i_h * K, K, L, 1, H * K, i_k * BK, t0, BK, BT).to(tl.float32)
+        b_qg = (b_qt * tl.exp(b_b[:, None] + tl.cumsum(b_gt, axis=1)) * scale).to(OP)
+        b_do = _load(do + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV).to(OP)
+        acc += tl.dot(b_qg, b_do, input_precision=PRECISION)
+    _store(dS_in + i_h * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, acc)
+
+
+@triton.jit
+def _correction_query_grad_kernel(
+    q, g, before, do, S_in, dq, dg, scale, L, g_st, g_sh, g_sk, b_sc, b_sh, b_sk,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    PRECISION: tl.constexpr, OP: tl.constexpr,
+):  # fmt: skip
+    """dq_t = scale exp(b_t) ∘ (S_in do_t); dg_s = Σ_{t≥s} q_t ∘ dq_t, a suffix sum, so this
+    program walks the blocks from the last."""
+    i_k, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    cols = i_k * BK + tl.arange(0, BK)
+    suffix = tl.zeros([BK], dtype=tl.float32)
+    for step in range(tl.cdiv(L, BT)):
+        t0 = (tl.cdiv(L, BT) - 1 - step) * BT
+        b_g = _load(g + i_h * g_sh, L, K, g_st, g_sk, t0, i_k * BK, BT, BK).to(tl.float32)
+        b_b = tl.load(before + (t0 // BT) * b_sc + i_h * b_sh + cols * b_sk, mask=cols < K, other=0.0)
+        b_dsq = tl.zeros([BT, BK], dtype=tl.float32)
+        for i_v in range(tl.cdiv(V, BV)):
+            b_do = _load(do + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV).to(OP)
+            b_st = _load(S_in + i_h * K * V, V, K, 1, V, i_v * BV, i_k * BK, BV, BK).to(OP)
+            b_dsq += tl.dot(b_do, b_st, input_precision=PRECISION)
+        b_dq = b_dsq * tl.exp(b_b[None, :] + tl.cumsum(b_g, axis=0)) * scale
+        b_p = _load(q + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK).to(tl.float32) * b_dq
+        b_dg = suffix[None, :] + tl.cumsum(b_p, axis=0, reverse=True)
+        _store(dq + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK, b_dq)
+        _store(dg + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK, b_dg)
+        suffix += tl.sum(b_p, axis=0)
+
+
+def _gate_strides(g: Tensor) -> tuple[int, int, int]:
+    """(token, head, key) strides of a [L, H, K] or scalar [L, H] gate (key stride 0)."""
+    return (g.stride(0), g.stride(1), g.stride(2)) if g.dim() == 3 else (g.stride(0), g.stride(1), 0)
+
+
+def _block_log_decays(g: Tensor) -> tuple[Tensor, Tensor]:
+    """Per token block, the log decay from the segment's start to the block's start and from
+    the block's end to the segment's end, fp32 [n_blocks, H(, K)]: block sums cumulated from
+    either side, never a difference of two long prefix sums (that loses the small ones)."""
+    n_full = g.shape[0] // TOKEN_BLOCK
+    sums = g[: n_full * TOKEN_BLOCK].unflatten(0, (n_full, TOKEN_BLOCK)).sum(1, dtype=torch.float32)
+    if g.shape[0] > n_full * TOKEN_BLOCK:
+        sums = torch.cat([sums, g[n_full * TOKEN_BLOCK :].sum(0, keepdim=True, dtype=torch.float32)])
+    zero = torch.zeros_like(sums[:1])
+    before = torch.cat([zero, sums.cumsum(0)[:-1]])
+    after = torch.cat([sums.flip(0).cumsum(0).flip(0)[1:], zero])
+    return before.contiguous(), after.contiguous()
+
+
+def _fold_gate_grad(dg: Tensor, g: Tensor) -> Tensor:
+    return (dg if g.dim() == 3 else dg.sum(-1)).to(g.dtype)
+
+
+class _SegmentSummary(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, k, v, g):
+        L, H, K = k.shape
+        V = v.shape[-1]
+        BK, BV, (prec, op) = _block(K), _block(V), _operands(k)
+        S = k.new_empty(H, K, V, dtype=torch.float32)
+        log_A = k.new_empty(H, K, dtype=torch.float32)
+        _summary_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), H)](
+            k, v, g, S, log_A, L, *_gate_strides(g),
+            H=H, K=K, V=V, BT=TOKEN_BLOCK, BK=BK, BV=BV, PRECISION=prec, OP=op,
+        )  # fmt: skip
+        ctx.save_for_backward(k, v, g)
+        return log_A, S
+
+    @staticmethod
+    def backward(ctx, d_log_A, dS):
+        k, v, g = ctx.saved_tensors
+        L, H, K = k.shape
+        V = v.shape[-1]
+        BK, BV, (prec, op) = _block(K), _block(V), _operands(k)
+        dS = dS.float().contiguous() if dS is not None else k.new_zeros(H, K, V, dtype=torch.float32)
+        d_log_A = d_log_A.float().contiguous() if d_log_A is not None else k.new_zeros(H, K, dtype=torch.float32)
+        after = _block_log_decays(g)[1]
+        dk, dv = torch.empty_like(k), torch.empty_like(v)
+        dg = k.new_empty(L, H, K, dtype=torch.float32)
+        strides = (*_gate_strides(g), *_gate_strides(after))
+        _summary_key_grad_kernel[(triton.cdiv(K, BK), H)](
+            k, v, g, after, dS, d_log_A, dk, dg, L, *strides,
+            H=H, K=K, V=V, BT=TOKEN_BLOCK, BK=BK, BV=BV, PRECISION=prec, OP=op,
+        )  # fmt: skip
+        _summary_value_grad_kernel[(triton.cdiv(V, BV), H)](
+            k, g, after, dS, dv, L, *strides, H=H, K=K, V=V, BT=TOKEN_BLOCK, BK=BK, BV=BV, PRECISION=prec, OP=op
+        )
+        return dk, dv, _fold_gate_grad(dg, g)
+
+
+class _AddStateCorrection(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, o, q, g, S_in, scale):
+        L, H, K = q.shape
+        V = o.shape[-1]
+        BK, BV, (prec, op) = _block(K), _block(V), _operands(q)
+        before = _block_log_decays(g)[0]
+        _correction_kernel[(triton.cdiv(V, BV), H)](
+            o, q, g, before, S_in, scale, L, *_gate_strides(g), *_gate_strides(before),
+            H=H, K=K, V=V, BT=TOKEN_BLOCK, BK=BK, BV=BV, PRECISION=prec, OP=op,
+        )  # fmt: skip
+        ctx.mark_dirty(o)
+        ctx.save_for_backward(q, g, before, S_in)
+        ctx.scale = scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, g, before, S_in = ctx.saved_tensors
+        L, H, K = q.shape
+        V = do.shape[-1]
+        BK, BV, (prec, op) = _block(K), _block(V), _operands(q)
+        do_seg = do[:L].contiguous()
+        strides = (*_gate_strides(g), *_gate_strides(before))
+        dS_in = S_in.new_empty(H, K, V, dtype=torch.float32)
+        _correction_state_grad_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), H)](
+            q, g, before, do_seg, dS_in, ctx.scale, L, *strides,
+            H=H, K=K, V=V, BT=TOKEN_BLOCK, BK=BK, BV=BV, PRECISION=prec, OP=op,
+        )  # fmt: skip
+        dq = torch.empty_like(q)
+        dg = q.new_empty(L, H, K, dtype=torch.float32)
+        _correction_query_grad_kernel[(triton.cdiv(K, BK), H)](
+            q, g, before, do_seg, S_in, dq, dg, ctx.scale, L, *strides,
+            H=H, K=K, V=V, BT=TOKEN_BLOCK, BK=BK, BV=BV, PRECISION=prec, OP=op,
+        )  # fmt: skip
+        return do, dq, _fold_gate_grad(dg, g), dS_in.to(S_in.dtype), None
+
+
+def segment_summary_triton(k: Tensor, v: Tensor, g: Tensor, start: int) -> tuple[Tensor, Tensor]:
+    """:func:`baton.kernels.relay_ops.segment_summary_ref` in Triton."""
+    k, v, g = (x[0, start:].contiguous() for x in (k, v, g))
+    log_A, S = _SegmentSummary.apply(k, v, g)
+    return (log_A if g.dim() == 3 else log_A[:, :1]), S
+
+
+def add_state_correction_triton(o: Tensor, q: Tensor, g: Tensor, state: Tensor, end: int, scale: float) -> Tensor:
+    """:func:`baton.kernels.relay_ops.add_state_correction_ref` in Triton, in place on ``o``."""
+    q, g = (x[0, :end].contiguous() for x in (q, g))
+    return _AddStateCorrection.apply(o[0].contiguous(), q, g, state.contiguous(), float(scale))[None]
