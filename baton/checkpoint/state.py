@@ -22,7 +22,9 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from baton.checkpoint.store import (
     DEEPSPEED_TAG,
     CheckpointError,
+    checkpoint_files,
     commit,
+    hash_share,
     partial_dir,
     prune,
     remove_partials,
@@ -36,8 +38,9 @@ KILL_IN_SAVE = "BATON_TEST_KILL_IN_SAVE"
 
 
 class Checkpointer:
-    def __init__(self, root: Path, env: DistEnv, keep: int, async_save: bool) -> None:
+    def __init__(self, root: Path, env: DistEnv, keep: int, async_save: bool, checksums: bool = True) -> None:
         self.root, self.env, self.keep, self.async_save = root, env, keep, async_save
+        self.checksums = checksums
         self._pending: tuple | None = None  # (future or None, partial dir, step)
         # Async writes coordinate in a background thread: on a group of their own, so that
         # they never interleave with the training loop's collectives.
@@ -90,9 +93,16 @@ class Checkpointer:
         if os.environ.get(KILL_IN_SAVE) == f"{self.env.rank}:{step}":
             os.kill(os.getpid(), signal.SIGKILL)
         self._barrier()
+        digests = {}
+        if self.checksums:  # every rank hashes a share of the files, rank 0 records them all
+            digests = hash_share(partial, checkpoint_files(partial), self.env.rank, self.env.world_size)
+            if self.env.distributed:
+                shares = [None] * self.env.world_size
+                dist.all_gather_object(shares, digests)
+                digests = {name: h for share in shares for name, h in share.items()}
         final = None
         if self.env.is_main:
-            final = commit(partial)
+            final = commit(partial, digests)
             prune(self.root, self.keep)
         self._barrier()
         return final
@@ -136,17 +146,16 @@ class Checkpointer:
         return extras
 
     def _verify_once(self, path: Path) -> None:
-        """Rank 0 verifies (it reads every DeepSpeed file in full) and tells the others."""
-        error = None
-        if self.env.is_main:
-            try:
-                verify(path)
-            except CheckpointError as exc:
-                error = str(exc)
+        """Every rank verifies its share of the files; all raise the first problem found."""
+        try:
+            verify(path, self.env.rank, self.env.world_size)
+            error = None
+        except CheckpointError as exc:
+            error = str(exc)
         if self.env.distributed:
-            box = [error]
-            dist.broadcast_object_list(box, src=0)
-            error = box[0]
+            errors = [None] * self.env.world_size
+            dist.all_gather_object(errors, error)
+            error = next((e for e in errors if e is not None), None)
         if error is not None:
             raise CheckpointError(error)
 

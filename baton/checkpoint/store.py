@@ -1,14 +1,17 @@
 """Checkpoint directories: naming, atomic commit, verification, pruning.
 
 A checkpoint for step N is written into ``step_0000000N.partial/``. Once every rank has
-written its shard, rank 0 writes ``manifest.json`` (every file and its size), then the
-``COMPLETE`` marker, and renames the directory to ``step_0000000N/``. Only a directory with
-its final name and the marker is ever loaded, and it is verified against its manifest
-first, so a half-written, truncated or partly deleted checkpoint is refused, by name.
+written its shard, the ranks hash the files (each a share of them), and rank 0 writes
+``manifest.json`` (every file, its size and SHA-256), then the ``COMPLETE`` marker, and
+renames the directory to ``step_0000000N/``. Only a directory with its final name and the
+marker is ever loaded, and it is verified against its manifest first (the ranks again
+sharing the hashing), so a half-written, truncated, corrupted or partly deleted
+checkpoint is refused, by name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -58,12 +61,32 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def commit(partial: Path) -> Path:
-    """Rank 0, after every rank has written: manifest, marker (last), rename to the final name."""
-    files = sorted(p for p in partial.rglob("*") if p.is_file())
-    for f in files:
-        _fsync(f)
-    manifest = {str(f.relative_to(partial)): f.stat().st_size for f in files}
+def checkpoint_files(path: Path) -> list[str]:
+    """Every file of a checkpoint directory (relative names, sorted), bookkeeping aside."""
+    names = (str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+    return sorted(n for n in names if n not in (MANIFEST, MARKER))
+
+
+def sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def hash_share(path: Path, names: list[str], rank: int, world_size: int) -> dict[str, str]:
+    """SHA-256 of this rank's share of ``names`` (every world_size-th file from ``rank``)."""
+    return {name: sha256(path / name) for name in names[rank::world_size]}
+
+
+def commit(partial: Path, digests: dict[str, str]) -> Path:
+    """Rank 0, after every rank has written: manifest (sizes, and the SHA-256 of every file
+    in ``digests``), marker (last), rename to the final name."""
+    names = checkpoint_files(partial)
+    manifest = {}
+    for name in names:
+        _fsync(partial / name)
+        manifest[name] = {"bytes": (partial / name).stat().st_size}
+        if name in digests:
+            manifest[name]["sha256"] = digests[name]
     (partial / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     _fsync(partial / MANIFEST)
     (partial / MARKER).write_text("")
@@ -107,35 +130,46 @@ class _MetadataUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def verify(path: Path) -> dict:
-    """Check a checkpoint before anything is read from it; return its manifest."""
+def verify(path: Path, rank: int = 0, world_size: int = 1) -> dict:
+    """Check a checkpoint before anything is read from it; return its manifest. Every rank
+    checks that the files are there with their sizes; the contents (hashes, and that pickled
+    files hold only plain data) are checked for this rank's share of the files."""
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint directory")
     if not (path / MARKER).is_file():
         raise CheckpointError(f"{path}: incomplete checkpoint (no {MARKER} marker): its save never finished")
     try:
         manifest = json.loads((path / MANIFEST).read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path / MANIFEST}: unreadable manifest ({exc})") from None
-    for name, size in manifest.items():
+        sizes = {name: int(entry["bytes"]) for name, entry in manifest.items()}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise CheckpointError(f"{path / MANIFEST}: unreadable manifest ({type(exc).__name__}: {exc})") from None
+    for name, size in sizes.items():
         f = path / name
         if not f.is_file():
             raise CheckpointError(f"{f}: shard missing from the checkpoint")
         if f.stat().st_size != size:
             raise CheckpointError(f"{f}: truncated or altered shard ({f.stat().st_size} bytes, manifest says {size})")
-    for pt in sorted((path / DEEPSPEED_TAG).glob("*.pt")):
-        _check_deepspeed_file(pt)
-    metadata = path / "model" / ".metadata"
-    if not metadata.is_file():
-        return manifest
-    try:
-        with open(metadata, "rb") as fh:
-            _MetadataUnpickler(fh).load()
-    except CheckpointError as exc:
-        raise CheckpointError(f"{metadata}: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - any unreadable metadata is reported the same way
-        raise CheckpointError(f"{metadata}: unreadable checkpoint metadata ({type(exc).__name__}: {exc})") from None
+    extra = sorted(set(checkpoint_files(path)) - set(manifest))
+    if extra:
+        raise CheckpointError(f"{path / extra[0]}: not part of the checkpoint as it was saved (not in its manifest)")
+    for name in sorted(manifest)[rank::world_size]:
+        _check_content(path / name, manifest[name])
     return manifest
+
+
+def _check_content(f: Path, entry: dict) -> None:
+    if "sha256" in entry and sha256(f) != entry["sha256"]:
+        raise CheckpointError(f"{f}: corrupted shard (its SHA-256 differs from the one recorded when it was saved)")
+    if f.parent.name == DEEPSPEED_TAG and f.suffix == ".pt":
+        _check_deepspeed_file(f)
+    elif f.name == ".metadata":
+        try:
+            with open(f, "rb") as fh:
+                _MetadataUnpickler(fh).load()
+        except CheckpointError as exc:
+            raise CheckpointError(f"{f}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - any unreadable metadata is reported the same way
+            raise CheckpointError(f"{f}: unreadable checkpoint metadata ({type(exc).__name__}: {exc})") from None
 
 
 def _check_deepspeed_file(path: Path) -> None:

@@ -79,6 +79,7 @@ class CheckpointConfig:
     every: int = 0  # save every this many steps, and at the end (0: never)
     keep: int = 3  # complete checkpoints kept (older ones are deleted)
     async_save: bool = False  # write shards in the background while training continues
+    checksums: bool = True  # SHA-256 of every file in the manifest (ranks share the hashing), checked on load
     dir: str = ""  # default: <train.run_dir>/checkpoints
 
 
@@ -182,6 +183,11 @@ def validate(cfg: Config) -> None:
     for key in ("dist.init_timeout_s", "dist.timeout_s"):
         if _get(cfg, key) <= 0:
             raise ConfigError(f"{key}: must be > 0 seconds, got {_get(cfg, key)}")
+    if cfg.checkpoint.async_save and cfg.parallel.zero.engine == "deepspeed":
+        raise ConfigError(
+            "checkpoint.async_save: background saves use torch.distributed.checkpoint (parallel.zero.engine "
+            "none or fsdp2); DeepSpeed writes its checkpoints synchronously"
+        )
     if cfg.checkpoint.every < 0:
         raise ConfigError(f"checkpoint.every: must be >= 0 (0: never), got {cfg.checkpoint.every}")
     try:

@@ -134,7 +134,7 @@ class Trainer:
             self.deepspeed = deepspeed_engine(
                 self.model, self.optimizer, self.scheduler, zero.stage, cfg.optim.grad_clip, bf16, universal
             )
-        self.checkpointer = Checkpointer(root, self.env, ckpt.keep, ckpt.async_save)
+        self.checkpointer = Checkpointer(root, self.env, ckpt.keep, ckpt.async_save, ckpt.checksums)
         p = cfg.parallel.planner
         self.cost = CostModel(
             [1.0] * self.env.world_size,

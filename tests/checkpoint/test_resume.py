@@ -11,6 +11,7 @@ through its universal checkpoint format.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -133,15 +134,21 @@ def saved_run(uninterrupted):
     return uninterrupted("fsdp2-stage3", 2)
 
 
-def failing_resume(run, data_dir, *overrides):
+def failing_resume(run, data_dir, *overrides, nproc=1):
     """Resume from the run's checkpoint (copied) and expect a clear error; nothing changes."""
     ckpt = complete_checkpoints(run / "checkpoints")[-1]
     before = tree_digest(run)
-    cmd = [sys.executable, "-m", "baton.launch.cli", "train", *SMALL, f"data.cache_dir={data_dir}"]
+    launch = [sys.executable]
+    if nproc > 1:
+        launch += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    cmd = [*launch, "-m", "baton.launch.cli", "train", *SMALL, f"data.cache_dir={data_dir}"]
     cmd += [f"train.run_dir={run}", *STEPS, f"resume={ckpt}", *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=120)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
+    if nproc == 1:
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+    else:  # torchrun reports its workers' exit status 2 as a failure of its own
+        assert proc.returncode != 0 and "exitcode  : 2" in proc.stderr, proc.stderr[-3000:]
     assert tree_digest(run) == before
     return proc.stderr
 
@@ -161,6 +168,23 @@ def test_truncated_shard_is_refused(damaged, data_dir):
     shard.write_bytes(shard.read_bytes()[:100])
     err = failing_resume(run, data_dir)
     assert f"{shard}: truncated or altered shard (100 bytes" in err
+
+
+def test_corrupted_shard_is_refused(damaged, data_dir):
+    run, ckpt = damaged
+    shard = ckpt / "model" / "__1_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit, same size
+    shard.write_bytes(bytes(data))
+    assert f"{shard}: corrupted shard" in failing_resume(run, data_dir)
+
+
+def test_corruption_found_by_one_rank_stops_every_rank(damaged, data_dir):
+    run, ckpt = damaged
+    names = sorted(json.loads((ckpt / "manifest.json").read_text()))
+    shard = ckpt / names[1]  # rank 1's share of the hashing, with 2 ranks
+    shard.write_bytes(bytes(b ^ 0xFF for b in shard.read_bytes()))
+    assert failing_resume(run, data_dir, nproc=2).count(f"{shard}: corrupted shard") == 2
 
 
 def test_missing_shard_is_refused(damaged, data_dir):

@@ -26,11 +26,12 @@ def test_overrides_apply_with_types():
         ("data.tokens_per_batch=0", "data.tokens_per_batch: must be >= 1"),
         ("model.n_heads=3", "divisible by model.n_heads=3"),
         ("steps", "override 'steps': expected key=value"),
+        (["parallel.zero.engine=deepspeed", "checkpoint.async_save=true"], "DeepSpeed writes its checkpoints"),
     ],
 )
 def test_errors_name_the_key(override, message):
     with pytest.raises(ConfigError) as exc:
-        load_config(None, [override])
+        load_config(None, override if isinstance(override, list) else [override])
     assert message in str(exc.value)
 
 
