@@ -101,19 +101,20 @@ def test_resume_on_another_world_size(tmp_path, data_dir, uninterrupted, engine,
     assert len(ours) == 4 and torch.allclose(ours, theirs, rtol=1e-5, atol=0)
 
 
-def test_kill_during_save_resumes_from_previous_checkpoint(tmp_path, data_dir, uninterrupted):
-    whole = uninterrupted("fsdp2-stage3", 2)
+@pytest.mark.parametrize("engine", ["fsdp2-stage3", "deepspeed-stage2"])
+def test_kill_during_save_resumes_from_previous_checkpoint(tmp_path, data_dir, uninterrupted, engine):
+    whole = uninterrupted(engine, 2)
     run = tmp_path / "killed"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
     cmd += ["baton.launch.cli", "train", *SMALL, f"data.cache_dir={data_dir}", f"train.run_dir={run}"]
-    cmd += [*STEPS, *ENGINES["fsdp2-stage3"]]
+    cmd += [*STEPS, *ENGINES[engine]]
     env = dict(os.environ, OMP_NUM_THREADS="1", BATON_TEST_KILL_IN_SAVE="1:4")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode != 0
     # Rank 1 died after writing its shard of step 4: that checkpoint never committed.
     assert [p.name for p in complete_checkpoints(run / "checkpoints")] == ["step_00000002"]
     assert (run / "checkpoints" / "step_00000004.partial").is_dir()
-    baton_train(run, data_dir, 2, *STEPS, *ENGINES["fsdp2-stage3"], "resume=auto")
+    baton_train(run, data_dir, 2, *STEPS, *ENGINES[engine], "resume=auto")
     assert not (run / "checkpoints" / "step_00000004.partial").exists()
     # Steps 3 and 4 ran twice (before the kill, then after the resume) and give the same losses.
     assert losses(run)[-2:] == losses(whole)[-2:]
