@@ -23,6 +23,14 @@ class PlanError(ValueError):
     """A plan that does not cover the batch exactly once, or whose chains are inconsistent."""
 
 
+def chain_neighbours(chain: list[int], rank: int) -> tuple[int | None, int | None]:
+    """The ranks before and after ``rank`` in its relay chain (None at an end or alone)."""
+    if len(chain) < 2:
+        return None, None
+    i = chain.index(rank)
+    return (chain[i - 1] if i > 0 else None), (chain[i + 1] if i + 1 < len(chain) else None)
+
+
 @dataclass
 class RankPiece:
     spans: list[tuple[int, int]]  # [start, end) ranges of the global packed stream, in the order held
@@ -42,11 +50,7 @@ class StepPlan:
         return len(self.pieces)
 
     def neighbours(self, rank: int) -> tuple[int | None, int | None]:
-        chain = self.pieces[rank].chain
-        if len(chain) < 2:
-            return None, None
-        i = chain.index(rank)
-        return (chain[i - 1] if i > 0 else None), (chain[i + 1] if i + 1 < len(chain) else None)
+        return chain_neighbours(self.pieces[rank].chain, rank)
 
     def to_dict(self) -> dict:
         return {"pieces": [{"spans": [list(s) for s in p.spans], "chain": p.chain} for p in self.pieces]}

@@ -28,6 +28,8 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.autograd import Function
 
+from baton.parallel.plan import chain_neighbours
+
 STRATEGIES = ("chain", "allgather", "logscan")
 
 
@@ -78,12 +80,11 @@ class RelayLink:
 
     @property
     def prev(self) -> int | None:
-        return self.chain[self.position - 1] if len(self.chain) > 1 and self.position > 0 else None
+        return chain_neighbours(self.chain, self.rank)[0]
 
     @property
     def next(self) -> int | None:
-        i = self.position if len(self.chain) > 1 else -1
-        return self.chain[i + 1] if 0 <= i < len(self.chain) - 1 else None
+        return chain_neighbours(self.chain, self.rank)[1]
 
 
 def p2p(
