@@ -1,7 +1,7 @@
 """Chunked-scan kernels, forward + backward: baton's Triton kernels against the PyTorch
 reference and, when importable, flash-linear-attention's chunk_gla / chunk_simple_gla.
 
-python bench/kernels.py [--lengths 2048 8192 32768 65536] [--tokens 65536] [--heads 16] [--dim 128]
+python bench/kernels.py [--lengths 2048 8192 32768 65536] [--tokens 65536] [--heads 16] [--dim 128] [--relay]
 
 Shapes are those of a 1.3B model's mixer (hidden 2048 = 16 heads × 128), a fixed number of
 tokens per batch (batch = tokens / T). TFLOP/s counts the chunked algorithm's dense matrix
@@ -121,6 +121,43 @@ def profile_kernels(gate: str, B: int, T: int, H: int, D: int) -> None:
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15))
 
 
+def relay_ops(cuda: bool) -> dict:
+    """The two ops a rank adds around its scan under sequence parallelism."""
+    from baton.kernels.relay_ops import add_state_correction_ref, segment_summary_ref
+
+    ops = {"torch-ref": (segment_summary_ref, add_state_correction_ref)}
+    if cuda:
+        from baton.kernels.relay_triton import add_state_correction_triton, segment_summary_triton
+
+        ops["baton-triton"] = (segment_summary_triton, add_state_correction_triton)
+    return ops
+
+
+def relay_overhead(gate: str, T: int, H: int, D: int, device: str, dtype: torch.dtype) -> list[dict]:
+    """Forward + backward of the summary and the correction over a whole piece of T tokens
+    (one document through every rank: the most they ever cover), beside the scan of it."""
+    q, k, v, g = make_inputs(gate, 1, T, H, D, device, dtype)
+    o = torch.randn(1, T, H, D, device=device, dtype=dtype, requires_grad=True)
+    state = torch.randn(H, D, D, device=device, requires_grad=True)
+    d_state, d_out = torch.randn(H, D, D, device=device), torch.randn_like(o)
+    rows = []
+    for name, (summary, correction) in relay_ops(device == "cuda").items():
+
+        def run(summary=summary, correction=correction):
+            _, S = summary(k, v, g, 0)
+            out = correction(o.clone(), q, g, state, T, D**-0.5)
+            torch.autograd.backward([S, out], [d_state, d_out])
+
+        if device == "cuda":
+            from triton.testing import do_bench
+
+            ms = do_bench(run, warmup=20, rep=100, grad_to_none=[q, k, v, g, o, state], return_mode="median")
+        else:
+            ms = time_it(run) * 1e3
+        rows.append({"gate": gate, "T": T, "impl": name, "summary+correction ms": round(ms, 3)})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 32768, 65536])
@@ -130,6 +167,7 @@ def main() -> None:
     parser.add_argument("--gates", nargs="+", default=["gla", "ssd"])
     parser.add_argument("--profile", action="store_true", help="print per-kernel CUDA time at the first length")
     parser.add_argument("--ref-max", type=int, default=8192, help="skip the PyTorch reference above this length")
+    parser.add_argument("--relay", action="store_true", help="also time the sequence-parallel summary + correction")
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
@@ -163,10 +201,21 @@ def main() -> None:
                 del inputs
                 if cuda:
                     torch.cuda.empty_cache()
+    relay = []
+    if args.relay:
+        for gate in args.gates:
+            for T in args.lengths:
+                if cuda or T <= args.ref_max:
+                    relay += relay_overhead(gate, T, H, D, device, dtype)
     print()
     print_table(rows, ["gate", "B", "T", "impl", "ms", "TFLOP/s", "peak_GiB"])
+    if relay:
+        print("\nsequence-parallel summary + correction over a whole piece of T tokens (batch 1):")
+        print_table(relay, list(relay[0]))
     name = torch.cuda.get_device_name() if cuda else "cpu"
-    write_json("kernels", rows, device=name, heads=H, dim=D, chunk=CHUNK, dtype=str(dtype), agreement=checks)
+    write_json(
+        "kernels", rows, device=name, heads=H, dim=D, chunk=CHUNK, dtype=str(dtype), agreement=checks, relay=relay
+    )
 
 
 if __name__ == "__main__":
