@@ -89,3 +89,25 @@ def test_correction_adds_in_place_and_only_to_the_first_segment():
     out = add_state_correction_triton(o, q, g, torch.randn(2, 8, 6), 20, 0.5)
     assert out.data_ptr() == o.data_ptr()
     assert torch.equal(o[:, 20:], before[:, 20:]) and not torch.equal(o[:, :20], before[:, :20])
+
+
+@pytest.mark.parametrize("T", [64, 50])
+def test_correction_in_place_on_the_scans_output(T):
+    # T = 64: the scan's output is a view of its chunked result (no padding), T = 50: a
+    # gathered copy. Either way the in-place add must keep every gradient right.
+    from baton.kernels import chunk_gla_ref
+    from baton.kernels.scan_triton import chunk_scan_triton
+
+    q, k, v, g = random_inputs("gla", T, K=16, V=16, seed=1)
+    state = torch.randn(2, 16, 16, dtype=torch.float64)
+    results = []
+    for scan, correct, dtype in (
+        (chunk_scan_triton, add_state_correction_triton, torch.float32),
+        (chunk_gla_ref, add_state_correction_ref, torch.float64),
+    ):
+        inputs = leaves((q, k, v, g, state), dtype)
+        o, _ = scan(*inputs[:4], chunk_size=16)
+        out = correct(o, inputs[0], inputs[3], inputs[4], 30, 0.25)
+        weights = torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out).to(DEVICE)
+        results.append([out.detach(), *torch.autograd.grad((out.double() * weights).sum(), inputs)])
+    check(*results, ["o", "dq", "dk", "dv", "dg", "dstate"], 1e-4)
