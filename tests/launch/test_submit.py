@@ -117,8 +117,39 @@ def test_preempted_job_requeues_and_resumes(slurm, tmp_path, data_dir):
     log = "".join(p.read_text() for p in (run / "logs").glob("slurm-*.out"))
     assert state["JobState"] == "COMPLETED", log[-3000:]
     assert "requeueing job" in log and "(restart 1)" in log and "resumed from" in log
+    # Every rank exited by itself before the batch script asked for the requeue: no rank or
+    # launcher was killed mid-way (only the batch shell is, by the requeue, as SLURM says).
+    assert "Traceback" not in log and "srun: error" not in log, log[-3000:]
     records = jsonl(run / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, 25))  # no step lost or repeated
     final = json.loads((run / "summary.json").read_text())["final_loss"]
     expected = json.loads((whole / "summary.json").read_text())["final_loss"]
     assert abs(final - expected) <= 1e-6 * abs(expected)
+
+
+def test_job_of_its_own_making_is_requeued_by_rank_0(slurm, tmp_path, data_dir):
+    """A user's own batch script (srun straight into `baton train`, no baton submit): on the
+    stop flag rank 0 checkpoints and runs `scontrol requeue` itself."""
+    run = tmp_path / "run"
+    (run / "logs").mkdir(parents=True)
+    train = [sys.executable, "-m", "baton.launch.cli", "train", *SMALL, f"data.cache_dir={data_dir}"]
+    train += [f"train.run_dir={run}", "train.steps=12", "train.eval_every=100", "resume=auto"]
+    train += ["profile.slow_rank=0", "profile.slow_seconds_per_ktoken=0.4"]
+    script = run / "job.sbatch"
+    script.write_text(
+        "#!/bin/bash\n#SBATCH --nodes=1\n#SBATCH --ntasks=1\n#SBATCH --requeue\n#SBATCH --open-mode=append\n"
+        f"#SBATCH --output={run}/logs/slurm-%j.out\nexport OMP_NUM_THREADS=1\n"
+        f'echo "restart ${{SLURM_RESTART_COUNT:-0}}"\nsrun {" ".join(train)}\n'
+    )
+    job = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, check=True)
+    job = job.stdout.strip().split(";")[0]
+    start = time.monotonic()
+    while not (run / "metrics.jsonl").exists() or len(jsonl(run / "metrics.jsonl")) < 2:
+        assert time.monotonic() - start < 180 and not finished(job_state(job)), "the job never got going"
+        time.sleep(0.5)
+    (run / "PREEMPT").touch()
+    state = wait_for(job, lambda s: finished(s) and s.get("Restarts") == "1", timeout=300)
+    log = "".join(p.read_text() for p in (run / "logs").glob("slurm-*.out"))
+    assert state["JobState"] == "COMPLETED", log[-3000:]
+    assert f"requeueing job {job}" in log and "restart 1" in log and "resumed from" in log
+    assert [r["step"] for r in jsonl(run / "metrics.jsonl")] == list(range(1, 13))
