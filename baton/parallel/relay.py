@@ -1,7 +1,10 @@
 """Relaying segment summaries (A, S) between the ranks of a chain, as autograd functions.
 
-Every strategy returns ``S_in``, the state entering this rank's piece, such that
-``loss.backward()`` relays state gradients back along the chain. Summaries compose as
+Every strategy starts the relay and returns a function that finishes it, giving ``S_in``,
+the state entering this rank's piece, such that ``loss.backward()`` relays state gradients
+back along the chain. The caller scans its piece in between, so a relay still in flight
+overlaps the scan (the all-gather does, forward and backward; the point-to-point
+strategies, whose hops depend on each other, finish at the start). Summaries compose as
 
     (A2, S2) ∘ (A1, S1) = (A2 A1, A2 S1 + S2)        (1 is the earlier segment)
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -136,29 +140,46 @@ class _ChainRelay(Function):
         return (dS_out * S_in).sum_to_size(A.shape), dS_out, None
 
 
-class _AllGather(Function):
-    """All-gather on the world group; the backward sums every rank's gradient (gloo has no
-    reduce-scatter, so an all-reduce of the stacked gradients, then this rank's slice)."""
+class _AllGatherStart(Function):
+    """Starts an all-gather on the world group and returns its result, not yet filled:
+    :class:`_AllGatherWait` completes it. In backward the wait's twin starts the all-reduce
+    of the gradients (gloo has no reduce-scatter) and this one waits for it, so with the
+    autograd engine's latest-first order the scan's backward runs while it is in flight."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, link: RelayLink) -> Tensor:
-        parts = [torch.empty_like(x) for _ in range(link.world_size)]
+    def forward(ctx, x: Tensor, link: RelayLink, pending: dict) -> Tensor:
+        gathered = x.new_empty(link.world_size, *x.shape)
         with link.stats.timed():
-            dist.all_gather(parts, x.contiguous())
+            pending["forward"] = dist.all_gather(list(gathered.unbind(0)), x.contiguous(), async_op=True)
         n, P = nbytes(x), link.world_size
         link.stats.add(link.name, sent=n * (P - 1), received=n * (P - 1))  # ring all-gather
-        ctx.link = link
-        return torch.stack(parts)
+        ctx.link, ctx.pending = link, pending
+        return gathered
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         link = ctx.link
-        grad = grad.contiguous().clone()
         with link.stats.timed():
-            dist.all_reduce(grad)
-        n, P = nbytes(grad), link.world_size
-        link.stats.add(link.name + ".grad", sent=2 * n * (P - 1) // P, received=2 * n * (P - 1) // P)  # ring all-reduce
-        return grad[link.rank], None
+            ctx.pending.pop("backward").wait()
+        n, P = nbytes(grad[0]), link.world_size
+        link.stats.add(link.name + ".grad", sent=2 * n * (P - 1), received=2 * n * (P - 1))  # ring all-reduce
+        return grad[link.rank], None, None
+
+
+class _AllGatherWait(Function):
+    @staticmethod
+    def forward(ctx, gathered: Tensor, link: RelayLink, pending: dict) -> Tensor:
+        with link.stats.timed():
+            pending.pop("forward").wait()
+        ctx.link, ctx.pending = link, pending
+        return gathered.view_as(gathered)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad = grad.contiguous().clone()  # reduced in place, in flight until the start's backward
+        with ctx.link.stats.timed():
+            ctx.pending["backward"] = dist.all_reduce(grad, async_op=True)
+        return grad, None, None
 
 
 class _Exchange(Function):
@@ -193,21 +214,28 @@ def _unflat(x: Tensor, A_shape: torch.Size, S_shape: torch.Size) -> tuple[Tensor
     return x[..., :nA].reshape(*x.shape[:-1], *A_shape), x[..., nA:].reshape(*x.shape[:-1], *S_shape)
 
 
-def relay_chain(A: Tensor, S: Tensor, link: RelayLink) -> Tensor:
-    return _ChainRelay.apply(A, S, link)
+def relay_chain(A: Tensor, S: Tensor, link: RelayLink) -> Callable[[], Tensor]:
+    S_in = _ChainRelay.apply(A, S, link)
+    return lambda: S_in
 
 
-def relay_allgather(A: Tensor, S: Tensor, link: RelayLink) -> Tensor:
-    all_A, all_S = _unflat(_AllGather.apply(_flat(A, S), link), A.shape, S.shape)
-    # Start from a zero that is still connected to the gather, so that every rank runs the
-    # gather's backward (a collective) even if nothing flows into its own piece.
-    S_in = all_S[link.rank] * 0
-    for r in link.chain[: link.position] if len(link.chain) > 1 else []:
-        S_in = all_A[r] * S_in + all_S[r]
-    return S_in
+def relay_allgather(A: Tensor, S: Tensor, link: RelayLink) -> Callable[[], Tensor]:
+    pending: dict = {}  # the in-flight work handles, from each start to its wait
+    gathered = _AllGatherStart.apply(_flat(A, S), link, pending)
+
+    def finish() -> Tensor:
+        all_A, all_S = _unflat(_AllGatherWait.apply(gathered, link, pending), A.shape, S.shape)
+        # Start from a zero that is still connected to the gather, so that every rank runs
+        # the gather's backward (a collective) even if nothing flows into its own piece.
+        S_in = all_S[link.rank] * 0
+        for r in link.chain[: link.position] if len(link.chain) > 1 else []:
+            S_in = all_A[r] * S_in + all_S[r]
+        return S_in
+
+    return finish
 
 
-def relay_logscan(A: Tensor, S: Tensor, link: RelayLink) -> Tensor:
+def relay_logscan(A: Tensor, S: Tensor, link: RelayLink) -> Callable[[], Tensor]:
     """Exclusive scan by recursive doubling. After round d, X covers the 2^(d+1) summaries
     ending at this rank and E the 2^(d+1) - 1 before it; E's state is S_in at the end."""
     identity = _flat(torch.ones_like(A), torch.zeros_like(S))
@@ -219,7 +247,7 @@ def relay_logscan(A: Tensor, S: Tensor, link: RelayLink) -> Tensor:
         E_A, E_S = E_A * R_A, E_A * R_S + E_S
         X_A, X_S = X_A * R_A, X_A * R_S + X_S
         distance *= 2
-    return E_S
+    return lambda: E_S
 
 
 RELAYS = {"chain": relay_chain, "allgather": relay_allgather, "logscan": relay_logscan}

@@ -5,9 +5,9 @@
 :meth:`SequenceParallel.set_step`; every rank then scans its piece from a zero state:
 
 1. summary of its last segment (cheap, one pass over that segment),
-2. relay: the state entering the piece, from the chain's earlier ranks,
-3. the local chunked scan (the bulk of the work),
-4. correction of the first segment's outputs with the incoming state.
+2. relay started: the state entering the piece, from the chain's earlier ranks,
+3. the local chunked scan (the bulk of the work; an all-gather relay is still in flight),
+4. relay finished, and the first segment's outputs corrected with the incoming state.
 """
 
 from __future__ import annotations
@@ -75,9 +75,9 @@ class RelayedScan:
         # a single segment continuing a document; any document start inside is a reset.
         carries = sp.continues_from_prev and len(bounds) == 2
         A = (log_A.exp() * carries)[..., None]
-        S_in = RELAYS[sp.relay](A, S, sp.link(self.name, self.tag))
-
+        finish_relay = RELAYS[sp.relay](A, S, sp.link(self.name, self.tag))
         o, _ = self.local_scan(q, k, v, g, scale=scale, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
+        S_in = finish_relay()  # an all-gather relay was in flight during the scan
         first = bounds[1] if sp.continues_from_prev else 0
         # Applied even when empty so that every rank runs the relay's backward.
         return add_state_correction(o, q, g, S_in, first, scale), None

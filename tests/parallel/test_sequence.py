@@ -9,6 +9,8 @@ runs differ only in summation order, ~1e-7).
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -16,11 +18,11 @@ import torch.distributed as dist
 
 from baton.data.loader import Batch, pack
 from baton.dist.local import run_local
-from baton.kernels import set_backend
+from baton.kernels import chunk_gla, set_backend
 from baton.models.config import ModelConfig
 from baton.models.lm import RecurrentLM, token_losses
 from baton.parallel.plan import RankPiece, StepPlan, local_batch
-from baton.parallel.sequence import SequenceParallel, apply_sequence_parallel
+from baton.parallel.sequence import RelayedScan, SequenceParallel, apply_sequence_parallel
 
 MIXERS = ("gla", "ssd")
 RELAYS = ("chain", "allgather", "logscan")
@@ -225,3 +227,36 @@ def test_no_state_leaks_across_a_document_boundary(mixer):
             start = max(0, 20 - edges[rank])
             assert torch.equal(base[start:], changed[start:]), f"rank {rank}, cuts {edges}"
         assert not torch.equal(per_rank[0][0][:20], per_rank[0][1][:20])
+
+
+def overlap_worker(rank: int, world: int, relay: str, lengths: list[int], plan_dict: dict) -> dict:
+    """One relayed scan, rank 1 late by a second; when each rank began the relay and its scan."""
+    sp = SequenceParallel(rank, world, relay)
+    plan = StepPlan.from_dict(plan_dict)
+    local = local_batch(plan, rank, make_batch(lengths))
+    sp.set_step(plan, local)
+    gen = torch.Generator().manual_seed(rank)
+    T = local.tokens.numel()
+    q, k, v = (torch.randn(1, T, 2, 8, generator=gen, requires_grad=True) for _ in range(3))
+    g = (-torch.rand(1, T, 2, 8, generator=gen)).requires_grad_()
+    times = {}
+
+    def timed_scan(*args, **kwargs):
+        times["scan"] = time.time()
+        return chunk_gla(*args, **kwargs)
+
+    if rank == 1:
+        time.sleep(1.0)
+    times["relay"] = time.time()
+    o, _ = RelayedScan(timed_scan, sp, "layer0.scan", tag=0)(q, k, v, g, cu_seqlens=local.cu_seqlens, chunk_size=16)
+    o.square().sum().backward()  # the backward's all-reduce completes too
+    return times
+
+
+@pytest.mark.parametrize("relay,overlaps", [("allgather", True), ("logscan", False)])
+def test_allgather_relay_is_in_flight_during_the_scan(relay, overlaps):
+    """Rank 0 scans its piece while the all-gather waits for the late rank 1; the point-to-
+    point strategies (here recursive doubling, whose rounds need rank 1) cannot."""
+    lengths, plan = scenarios(2)["spanning"]
+    rank0, rank1 = run_local(2, overlap_worker, relay, lengths, plan.to_dict())
+    assert (rank0["scan"] < rank1["relay"]) == overlaps, (rank0, rank1)
