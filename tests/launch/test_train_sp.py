@@ -26,3 +26,17 @@ def test_sp_loss_curve_matches_single_process(tmp_path, mixer, nproc, sp, relay)
     assert len(single) == len(parallel) == 6
     for a, b in zip(single, parallel):
         assert abs(a - b) / a < 1e-4, (single, parallel)
+
+
+@pytest.mark.parametrize(
+    "engine", [["parallel.zero.engine=fsdp2", "parallel.zero.stage=3"], ["parallel.zero.engine=deepspeed"]]
+)
+def test_sp_composes_with_sharding(tmp_path, engine):
+    # Both ranks share one sequence and one sharding group; the all-gather relay's async
+    # collectives run beside the engines' own (FSDP2's all-gathers and reduce-scatters,
+    # DeepSpeed's gradient reduction) without reordering them.
+    single = train(tmp_path, "single", 1)
+    parallel = train(tmp_path, "sp", 2, "parallel.sp.size=2", "parallel.sp.relay=allgather", *engine)
+    assert len(single) == len(parallel) == 6
+    for a, b in zip(single, parallel):
+        assert abs(a - b) / a < 1e-4, (single, parallel)
