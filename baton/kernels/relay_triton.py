@@ -6,11 +6,13 @@
 - correction of the first segment's outputs, in place: ``o_t += scale (q_t ∘ exp(b_t))ᵀ S_in``.
 
 Each program walks its head's tokens in blocks of ``TOKEN_BLOCK``, the gate cumulated
-inside the block; across blocks it enters through per-block log decays cumulated from the
-segment's start or end (``_block_log_decays``), so every ``exp`` argument stays ≤ 0 and no
-[T, H, K] tensor of cumulative gates is materialised. Forward, each op reads its inputs
-once (the correction adds into ``o`` in place); backward, once more. The gate gradients are
-a prefix sum (summary) and a suffix sum (correction) carried along each walk.
+inside the block. Across blocks the summary's forward carries its state (decayed by each
+block's total gate); the other walks enter each block through its log decay from the
+segment's start or to its end, block sums cumulated from that side (``_block_log_decays``).
+So every ``exp`` argument stays ≤ 0, and no [T, H, K] tensor of cumulative gates is
+materialised. Forward, each op reads its inputs once (the correction's gate twice, once for
+the block sums) and adds into ``o`` in place; backward reads them once more. The gate
+gradients are a prefix sum (summary) and a suffix sum (correction) carried along each walk.
 """
 
 from __future__ import annotations

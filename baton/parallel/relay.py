@@ -159,11 +159,12 @@ class _AllGatherStart(Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         link = ctx.link
+        work, reduced = ctx.pending.pop("backward")  # ``grad`` is that buffer, still being reduced
         with link.stats.timed():
-            ctx.pending.pop("backward").wait()
-        n, P = nbytes(grad[0]), link.world_size
+            work.wait()
+        n, P = nbytes(reduced[0]), link.world_size
         link.stats.add(link.name + ".grad", sent=2 * n * (P - 1), received=2 * n * (P - 1))  # ring all-reduce
-        return grad[link.rank], None, None
+        return reduced[link.rank], None, None
 
 
 class _AllGatherWait(Function):
@@ -178,7 +179,7 @@ class _AllGatherWait(Function):
     def backward(ctx, grad: Tensor):
         grad = grad.contiguous().clone()  # reduced in place, in flight until the start's backward
         with ctx.link.stats.timed():
-            ctx.pending["backward"] = dist.all_reduce(grad, async_op=True)
+            ctx.pending["backward"] = (dist.all_reduce(grad, async_op=True), grad)
         return grad, None, None
 
 
