@@ -26,10 +26,11 @@ def test_split_scan_equals_whole(gate, cut):
 
 
 def test_summary_keeps_precision_far_into_a_long_segment():
-    # 4096 tokens at a log gate of -30: the cumulative gate reaches -1.2e5, where an fp32 ulp
-    # is ~0.008, so a difference of prefix sums would put errors of ~1% into exp(b_L - b_t)
-    # for the last tokens. Summed from the end, fp32 matches fp64 to rounding.
+    # 4096 tokens at a log gate of -30 on average: the cumulative gate reaches -1.2e5, where an
+    # fp32 ulp is ~0.008, so b_L - b_t taken as a difference of prefix sums is off by up to that
+    # much for the tokens that matter (the last ones); that version is 2e-5 from fp64 here.
+    # Summed from the end, fp32 is 4e-8 from fp64.
     q, k, v, g = (x.detach() for x in random_inputs("gla", 4096, decay=60.0, seed=4))
     _, S64 = segment_summary_ref(k, v, g, 0)
     _, S32 = segment_summary_ref(k.float(), v.float(), g.float(), 0)
-    assert rel(S32.double(), S64) < 1e-5
+    assert rel(S32.double(), S64) < 1e-6

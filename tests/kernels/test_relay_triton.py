@@ -44,7 +44,7 @@ def check(ours, theirs, names, tol):
 CASES = [  # (T, start/end, head dim, log-gate scale)
     (45, 7, 16, 1.0),  # segment not a multiple of the 32-token block
     (70, 70, 32, 1.0),  # two full blocks and a partial one
-    (40, 3, 128, 1.0),  # two key blocks; the whole-K tile of 128
+    (40, 3, 128, 1.0),  # K = V = 128: two key and value blocks; a 3-token segment
     (80, 20, 16, 60.0),  # strong decay: cumulative gates in the thousands
 ]
 
