@@ -53,6 +53,25 @@ def _summary_kernel(
 
 
 @triton.jit
+def _block_decay(
+    g, decays, L, t0, c0, g_st, g_sk, d_sc, d_sk,
+    K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, TO_END: tl.constexpr,
+):  # fmt: skip
+    """The [BT, BK] tile of decays at tokens t0.. and key dims c0..: from the segment's start
+    through each token, or (TO_END) from each token to the segment's end. ``decays`` holds
+    each block's log decay from the start to its first token, or from its end to the end
+    (``_block_log_decays``); inside the block the gate is cumulated here. Arguments ≤ 0."""
+    cols = c0 + tl.arange(0, BK)
+    b_g = _load(g, L, K, g_st, g_sk, t0, c0, BT, BK).to(tl.float32)
+    b_d = tl.load(decays + (t0 // BT) * d_sc + cols * d_sk, mask=cols < K, other=0.0)
+    if TO_END:
+        log_decay = b_d[None, :] + tl.sum(b_g, axis=0)[None, :] - tl.cumsum(b_g, axis=0)
+    else:
+        log_decay = b_d[None, :] + tl.cumsum(b_g, axis=0)
+    return tl.exp(log_decay)
+
+
+@triton.jit
 def _summary_key_grad_kernel(
     k, v, g, after, dS, d_log_A, dk, dg, L, g_st, g_sh, g_sk, a_sc, a_sh, a_sk,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
@@ -61,12 +80,11 @@ def _summary_key_grad_kernel(
     """dk_t = w_t ∘ (dŜ v_t) with w_t = exp(b_L − b_t) = exp(after_blk + g_blk − b_t), b
     cumulated within the block; dg_s = d log Â + Σ_{t<s} k_t ∘ dk_t, a prefix sum."""
     i_k, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    g_h, d_h = g + i_h * g_sh, after + i_h * a_sh  # this head's gates and block decays
     cols = i_k * BK + tl.arange(0, BK)
     prefix = tl.load(d_log_A + i_h * K + cols, mask=cols < K, other=0.0)
     for t0 in range(0, L, BT):
-        b_g = _load(g + i_h * g_sh, L, K, g_st, g_sk, t0, i_k * BK, BT, BK).to(tl.float32)
-        b_after = tl.load(after + (t0 // BT) * a_sc + i_h * a_sh + cols * a_sk, mask=cols < K, other=0.0)
-        b_w = tl.exp(b_after[None, :] + tl.sum(b_g, axis=0)[None, :] - tl.cumsum(b_g, axis=0))
+        b_w = _block_decay(g_h, d_h, L, t0, i_k * BK, g_st, g_sk, a_sc, a_sk, K, BT, BK, True)
         b_dkv = tl.zeros([BT, BK], dtype=tl.float32)
         for i_v in range(tl.cdiv(V, BV)):
             b_v = _load(v + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV).to(OP)
@@ -87,13 +105,11 @@ def _summary_value_grad_kernel(
 ):  # fmt: skip
     """dv_t = (k_t ∘ w_t)ᵀ dŜ."""
     i_v, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    g_h, d_h = g + i_h * g_sh, after + i_h * a_sh  # this head's gates and block decays
     for t0 in range(0, L, BT):
         acc = tl.zeros([BT, BV], dtype=tl.float32)
         for i_k in range(tl.cdiv(K, BK)):
-            cols = i_k * BK + tl.arange(0, BK)
-            b_g = _load(g + i_h * g_sh, L, K, g_st, g_sk, t0, i_k * BK, BT, BK).to(tl.float32)
-            b_after = tl.load(after + (t0 // BT) * a_sc + i_h * a_sh + cols * a_sk, mask=cols < K, other=0.0)
-            b_w = tl.exp(b_after[None, :] + tl.sum(b_g, axis=0)[None, :] - tl.cumsum(b_g, axis=0))
+            b_w = _block_decay(g_h, d_h, L, t0, i_k * BK, g_st, g_sk, a_sc, a_sk, K, BT, BK, True)
             b_kw = (_load(k + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK).to(tl.float32) * b_w).to(OP)
             b_ds = _load(dS + i_h * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV).to(OP)
             acc += tl.dot(b_kw, b_ds, input_precision=PRECISION)
@@ -108,14 +124,13 @@ def _correction_kernel(
 ):  # fmt: skip
     """o_t += scale (q_t ∘ exp(b_t)) S_in, b_t = before_blk + the gate cumulated in the block."""
     i_v, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    g_h, d_h = g + i_h * g_sh, before + i_h * b_sh  # this head's gates and block decays
     for t0 in range(0, L, BT):
         acc = _load(o + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV).to(tl.float32)
         for i_k in range(tl.cdiv(K, BK)):
-            cols = i_k * BK + tl.arange(0, BK)
-            b_g = _load(g + i_h * g_sh, L, K, g_st, g_sk, t0, i_k * BK, BT, BK).to(tl.float32)
-            b_b = tl.load(before + (t0 // BT) * b_sc + i_h * b_sh + cols * b_sk, mask=cols < K, other=0.0)
+            b_d = _block_decay(g_h, d_h, L, t0, i_k * BK, g_st, g_sk, b_sc, b_sk, K, BT, BK, False)
             b_q = _load(q + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK).to(tl.float32)
-            b_qg = (b_q * tl.exp(b_b[None, :] + tl.cumsum(b_g, axis=0)) * scale).to(OP)
+            b_qg = (b_q * b_d * scale).to(OP)
             b_s = _load(S_in + i_h * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV).to(OP)
             acc += tl.dot(b_qg, b_s, input_precision=PRECISION)
         _store(o + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV, acc)
@@ -129,13 +144,12 @@ def _correction_state_grad_kernel(
 ):  # fmt: skip
     """dS_in = scale Σ_t (q_t ∘ exp(b_t)) do_tᵀ."""
     i_k, i_v, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
-    rows = i_k * BK + tl.arange(0, BK)
+    g_h, d_h = g + i_h * g_sh, before + i_h * b_sh  # this head's gates and block decays
     acc = tl.zeros([BK, BV], dtype=tl.float32)
     for t0 in range(0, L, BT):
-        b_gt = _load(g + i_h * g_sh, K, L, g_sk, g_st, i_k * BK, t0, BK, BT).to(tl.float32)
-        b_b = tl.load(before + (t0 // BT) * b_sc + i_h * b_sh + rows * b_sk, mask=rows < K, other=0.0)
-        b_qt = _load(q + i_h * K, K, L, 1, H * K, i_k * BK, t0, BK, BT).to(tl.float32)
-        b_qg = (b_qt * tl.exp(b_b[:, None] + tl.cumsum(b_gt, axis=1)) * scale).to(OP)
+        b_d = _block_decay(g_h, d_h, L, t0, i_k * BK, g_st, g_sk, b_sc, b_sk, K, BT, BK, False)
+        b_q = _load(q + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK).to(tl.float32)
+        b_qg = tl.trans(b_q * b_d * scale).to(OP)
         b_do = _load(do + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV).to(OP)
         acc += tl.dot(b_qg, b_do, input_precision=PRECISION)
     _store(dS_in + i_h * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, acc)
@@ -150,18 +164,17 @@ def _correction_query_grad_kernel(
     """dq_t = scale exp(b_t) ∘ (S_in do_t); dg_s = Σ_{t≥s} q_t ∘ dq_t, a suffix sum, so this
     program walks the blocks from the last."""
     i_k, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
-    cols = i_k * BK + tl.arange(0, BK)
+    g_h, d_h = g + i_h * g_sh, before + i_h * b_sh  # this head's gates and block decays
     suffix = tl.zeros([BK], dtype=tl.float32)
     for step in range(tl.cdiv(L, BT)):
         t0 = (tl.cdiv(L, BT) - 1 - step) * BT
-        b_g = _load(g + i_h * g_sh, L, K, g_st, g_sk, t0, i_k * BK, BT, BK).to(tl.float32)
-        b_b = tl.load(before + (t0 // BT) * b_sc + i_h * b_sh + cols * b_sk, mask=cols < K, other=0.0)
+        b_d = _block_decay(g_h, d_h, L, t0, i_k * BK, g_st, g_sk, b_sc, b_sk, K, BT, BK, False)
         b_dsq = tl.zeros([BT, BK], dtype=tl.float32)
         for i_v in range(tl.cdiv(V, BV)):
             b_do = _load(do + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV).to(OP)
             b_st = _load(S_in + i_h * K * V, V, K, 1, V, i_v * BV, i_k * BK, BV, BK).to(OP)
             b_dsq += tl.dot(b_do, b_st, input_precision=PRECISION)
-        b_dq = b_dsq * tl.exp(b_b[None, :] + tl.cumsum(b_g, axis=0)) * scale
+        b_dq = b_dsq * b_d * scale
         b_p = _load(q + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK).to(tl.float32) * b_dq
         b_dg = suffix[None, :] + tl.cumsum(b_p, axis=0, reverse=True)
         _store(dq + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK, b_dq)
