@@ -109,7 +109,7 @@ class Checkpointer:
 
     def load(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, model_config: dict, ds=None) -> dict:
         """Restore model and optimizer (resharded to the current ranks); return the extras."""
-        self._verify_once(path)
+        self._verify_shared(path)
         source = path / "trainer.json"
         extras = json.loads(source.read_text())
         _check_model(source, extras.get("model", {}), model_config)
@@ -145,7 +145,7 @@ class Checkpointer:
         self._restore_rng(path)
         return extras
 
-    def _verify_once(self, path: Path) -> None:
+    def _verify_shared(self, path: Path) -> None:
         """Every rank verifies its share of the files; all raise the first problem found."""
         try:
             verify(path, self.env.rank, self.env.world_size)
