@@ -27,13 +27,14 @@ from baton.dist.env import DistEnv
 FLAG = "PREEMPT"
 REQUEUE_NOTE = "REQUEUE"
 REQUEUE_BY_BATCH = "BATON_REQUEUE_BY_BATCH"  # set by baton submit's batch script
+DEADLINE = "BATON_DEADLINE"  # the job's end (Unix time), set by the batch script
 REASONS = ("", "preemption signal", "time limit near")
 
 
 class Preemption:
     def __init__(self, run_dir: Path, env: DistEnv, margin_s: float) -> None:
         self.flag, self.note, self.env = run_dir / FLAG, run_dir / REQUEUE_NOTE, env
-        deadline = os.environ.get("BATON_DEADLINE")
+        deadline = os.environ.get(DEADLINE)
         self.deadline = float(deadline) - margin_s if deadline else None
         self._signalled = False
         if env.is_main:  # a flag or note left from before this start (a previous allocation's) is stale

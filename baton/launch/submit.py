@@ -13,6 +13,7 @@ from pathlib import Path
 from string import Template
 
 from baton.launch.config import ConfigError, load_config, to_yaml
+from baton.launch.preempt import DEADLINE, FLAG, REQUEUE_BY_BATCH, REQUEUE_NOTE
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "slurm" / "baton.sbatch"
 
@@ -63,7 +64,10 @@ def render(
         "log": q(str(run_dir / "logs" / "slurm-%j.out")),
         "signal_s": str(signal_s),
         "extra_directives": "\n".join(extra),
-        "run_dir": q(str(run_dir)),
+        "preempt_flag": q(str(run_dir / FLAG)),
+        "requeue_note": q(str(run_dir / REQUEUE_NOTE)),
+        "requeue_by_batch": REQUEUE_BY_BATCH,
+        "deadline": DEADLINE,
         "port": str(port),
         "python": q(sys.executable),
         "procs_per_node": str(procs_per_node),
