@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -61,14 +62,20 @@ def fwd_bwd(fn, inputs, do, ds):
     torch.autograd.backward([o, s], [do, ds])
 
 
-def bench_one(fn, inputs, cuda: bool) -> tuple[float, float]:
-    """Median seconds of forward + backward, and peak extra memory in GiB."""
+def bench_one(fn, inputs, cuda: bool) -> tuple[float, float, float]:
+    """Median seconds of forward + backward, peak extra memory in GiB, and the seconds of the
+    first forward + backward (compiling and autotuning, unless Triton's disk cache has them)."""
+    start = time.perf_counter()
     o, s = fn(*inputs)
     do, ds = torch.randn_like(o), torch.randn_like(s)
+    torch.autograd.backward([o, s], [do, ds])
+    if cuda:
+        torch.cuda.synchronize()
+    first = time.perf_counter() - start
     del o, s
     run = lambda: fwd_bwd(fn, inputs, do, ds)  # noqa: E731
     if not cuda:
-        return time_it(run), float("nan")
+        return time_it(run), float("nan"), first
     from triton.testing import do_bench
 
     torch.cuda.synchronize()
@@ -78,7 +85,17 @@ def bench_one(fn, inputs, cuda: bool) -> tuple[float, float]:
     torch.cuda.synchronize()
     peak = (torch.cuda.max_memory_allocated() - base) / 2**30
     ms = do_bench(run, warmup=50, rep=300, grad_to_none=inputs, return_mode="median")
-    return ms / 1e3, peak
+    return ms / 1e3, peak, first
+
+
+def tuned_settings() -> dict[str, dict[str, str]]:
+    """The warps and stages Triton's autotuner chose for each baton kernel, per shape key."""
+    from triton.runtime.autotuner import Autotuner
+
+    from baton.kernels import relay_triton, scan_triton
+
+    kernels = {n: f for m in (scan_triton, relay_triton) for n, f in vars(m).items() if isinstance(f, Autotuner)}
+    return {name: {str(key): str(cfg) for key, cfg in f.cache.items()} for name, f in kernels.items() if f.cache}
 
 
 def agreement(gate: str, H: int, D: int, device: str) -> dict:
@@ -188,14 +205,14 @@ def main() -> None:
                     continue
                 inputs = make_inputs(gate, B, T, H, D, device, dtype)
                 try:
-                    seconds, mem = bench_one(fn, inputs, cuda)
+                    seconds, mem, first = bench_one(fn, inputs, cuda)
                 except torch.OutOfMemoryError:
                     row["ms"] = "oom"
                 except RuntimeError:
                     row["ms"] = "failed"  # the reason is in the agreement check above
                 else:
                     row |= {"ms": round(seconds * 1e3, 3), "TFLOP/s": round(flops / seconds / 1e12, 1)}
-                    row["peak_GiB"] = round(mem, 2)
+                    row |= {"peak_GiB": round(mem, 2), "first_s": round(first, 2)}
                 rows.append(row)
                 print_table(rows[-1:], list(row))
                 del inputs
@@ -208,14 +225,16 @@ def main() -> None:
                 if cuda or T <= args.ref_max:
                     relay += relay_overhead(gate, T, H, D, device, dtype)
     print()
-    print_table(rows, ["gate", "B", "T", "impl", "ms", "TFLOP/s", "peak_GiB"])
+    print_table(rows, ["gate", "B", "T", "impl", "ms", "TFLOP/s", "peak_GiB", "first_s"])
     if relay:
         print("\nsequence-parallel summary + correction over a whole piece of T tokens (batch 1):")
         print_table(relay, list(relay[0]))
     name = torch.cuda.get_device_name() if cuda else "cpu"
+    tuned = tuned_settings() if cuda else {}
     write_json(
-        "kernels", rows, device=name, heads=H, dim=D, chunk=CHUNK, dtype=str(dtype), agreement=checks, relay=relay
-    )
+        "kernels", rows, device=name, heads=H, dim=D, chunk=CHUNK, dtype=str(dtype), agreement=checks, relay=relay,
+        tuned=tuned,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -22,11 +22,12 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from baton.kernels.scan_triton import _block, _load, _operands, _store
+from baton.kernels.scan_triton import _block, _load, _operands, _store, tuned
 
 TOKEN_BLOCK = 32
 
 
+@tuned("H", "K", "V")
 @triton.jit
 def _summary_kernel(
     k, v, g, S, log_A, L, g_st, g_sh, g_sk,
@@ -71,6 +72,7 @@ def _block_decay(
     return tl.exp(log_decay)
 
 
+@tuned("H", "K", "V")
 @triton.jit
 def _summary_key_grad_kernel(
     k, v, g, after, dS, d_log_A, dk, dg, L, g_st, g_sh, g_sk, a_sc, a_sh, a_sk,
@@ -97,6 +99,7 @@ def _summary_key_grad_kernel(
         prefix += tl.sum(b_p, axis=0)
 
 
+@tuned("H", "K", "V")
 @triton.jit
 def _summary_value_grad_kernel(
     k, g, after, dS, dv, L, g_st, g_sh, g_sk, a_sc, a_sh, a_sk,
@@ -116,6 +119,7 @@ def _summary_value_grad_kernel(
         _store(dv + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV, acc)
 
 
+@tuned("H", "K", "V", restore=("o",))
 @triton.jit
 def _correction_kernel(
     o, q, g, before, S_in, scale, L, g_st, g_sh, g_sk, b_sc, b_sh, b_sk,
@@ -136,6 +140,7 @@ def _correction_kernel(
         _store(o + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV, acc)
 
 
+@tuned("H", "K", "V")
 @triton.jit
 def _correction_state_grad_kernel(
     q, g, before, do, dS_in, scale, L, g_st, g_sh, g_sk, b_sc, b_sh, b_sk,
@@ -155,6 +160,7 @@ def _correction_state_grad_kernel(
     _store(dS_in + i_h * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, acc)
 
 
+@tuned("H", "K", "V")
 @triton.jit
 def _correction_query_grad_kernel(
     q, g, before, do, S_in, dq, dg, scale, L, g_st, g_sh, g_sk, b_sc, b_sh, b_sk,

@@ -18,7 +18,8 @@ backward  1. state-gradient pass (the same walk in reverse), giving dS leaving e
 The recurrence runs and accumulates in fp32; bf16/fp16 operands feed the tensor cores in
 their own dtype, fp32 operands use exact (IEEE) products. The per-chunk states kept for the
 backward are stored in the input dtype (they enter only matrix products as operands);
-final states and the initial-state gradient are fp32.
+final states and the initial-state gradient are fp32. Launch settings (warps, pipeline
+stages) are autotuned per GPU and shape (``tuned``); tile sizes are not.
 """
 
 from __future__ import annotations
@@ -35,6 +36,24 @@ from baton.kernels.layout import build_layout, from_chunks, to_chunks
 
 SUB_BLOCK = 16
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+AUTOTUNE = os.environ.get("BATON_AUTOTUNE", "1") != "0" and not INTERPRET  # warps/stages mean nothing interpreted
+SMALL_TILE_WARPS = (1, 2, 4, 8)  # 16x16 sub-block tiles: few warps can be the fastest
+LARGE_TILE_WARPS = (2, 4, 8)  # [C or BK, BV] tiles: one warp would spill
+
+
+def tuned(*key: str, warps: tuple[int, ...] = LARGE_TILE_WARPS, restore: tuple[str, ...] = ()):
+    """Autotune a kernel's warps and pipeline stages on the GPU it runs on, once per ``key``
+    (the shape constants; dtypes are added by Triton) and cached on disk across processes.
+
+    Tile sizes are not tuned: they are chosen from the shapes, so every launch setting
+    computes the same tiles. ``restore`` names outputs a kernel adds into in place (the tuner
+    runs it several times). ``BATON_AUTOTUNE=0`` keeps Triton's default setting (quick runs:
+    tuning compiles every candidate)."""
+    if AUTOTUNE:
+        configs = [triton.Config({}, num_warps=w, num_stages=s) for w in warps for s in (2, 3, 4)]
+    else:
+        configs = [triton.Config({}, num_warps=4, num_stages=3)]
+    return triton.autotune(configs, key=list(key), restore_value=list(restore), cache_results=True)
 
 
 @triton.jit
@@ -57,6 +76,7 @@ def _store(base, rows, cols, stride_r, stride_c, r0, c0, BR: tl.constexpr, BCOL:
     tl.store(ptrs, value.to(base.dtype.element_ty), mask=mask)
 
 
+@tuned("H", "K", "C", "SCALAR", warps=SMALL_TILE_WARPS)
 @triton.jit
 def _intra_scores_kernel(
     q, k, gc, A, scale,
@@ -105,6 +125,7 @@ def _intra_scores_kernel(
         _store(A + i_nh * C * C, C, C, C, 1, i_i * BC, i_j * BC, BC, BC, acc * scale)
 
 
+@tuned("H", "K", "V", "C")
 @triton.jit
 def _state_forward_kernel(
     k, v, gc, chunk_offsets, h0, states_in, final,
@@ -133,6 +154,7 @@ def _state_forward_kernel(
     _store(final + p_state, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, b_h)
 
 
+@tuned("H", "K", "V", "C")
 @triton.jit
 def _output_kernel(
     q, v, gc, states_in, A, o, scale,
@@ -155,6 +177,7 @@ def _output_kernel(
     _store(o + (i_n * C * H + i_h) * V, C, V, H * V, 1, 0, i_v * BV, C, BV, acc)
 
 
+@tuned("H", "K", "V", "C")
 @triton.jit
 def _state_backward_kernel(
     q, do, gc, chunk_offsets, d_final, d_out, d_h0, scale,
@@ -183,6 +206,7 @@ def _state_backward_kernel(
     _store(d_h0 + p_state, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, b_dh)
 
 
+@tuned("H", "V", "C")
 @triton.jit
 def _score_grad_kernel(
     do, v, dA, scale,
@@ -202,6 +226,7 @@ def _score_grad_kernel(
     _store(dA + i_nh * C * C, C, C, C, 1, 0, 0, C, C, acc)
 
 
+@tuned("H", "K", "V", "C")
 @triton.jit
 def _value_grad_kernel(
     k, gc, do, A, d_out, dv,
@@ -226,6 +251,7 @@ def _value_grad_kernel(
     _store(dv + base_v, C, V, H * V, 1, 0, i_v * BV, C, BV, acc)
 
 
+@tuned("H", "K", "C", "SCALAR", warps=SMALL_TILE_WARPS)
 @triton.jit
 def _intra_grad_kernel(
     q, k, gc, dA, dq, dk,
@@ -298,6 +324,7 @@ def _intra_grad_kernel(
     _store(dk + base, C, K, H * K, 1, i_i * BC, i_k * BK, BC, BK, b_dk)
 
 
+@tuned("H", "K", "V", "C")
 @triton.jit
 def _inter_grad_kernel(
     q, k, v, gc, do, states_in, d_out, dq_intra, dk_intra, dq, dk, dg, scale,
