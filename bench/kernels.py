@@ -7,8 +7,10 @@ Shapes are those of a 1.3B model's mixer (hidden 2048 = 16 heads × 128), a fixe
 tokens per batch (batch = tokens / T). TFLOP/s counts the chunked algorithm's dense matrix
 products, per token and head: forward 2C(K+V) (intra-chunk scores and their product with v)
 + 4KV (state update and inter-chunk output); backward counted as twice the forward. Memory
-is the peak allocated during forward + backward beyond the inputs. Needs a GPU; on CPU it
-times the reference only.
+is the peak allocated during forward + backward beyond the inputs; first_s is the first
+forward + backward, which compiles (and autotunes baton's kernels) unless Triton's cache
+already holds them. The JSON also records the launch settings the autotuner chose. Needs a
+GPU; on CPU it times the reference only.
 """
 
 from __future__ import annotations

@@ -24,7 +24,9 @@ stages) are autotuned per GPU and shape (``tuned``); tile sizes are not.
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Callable
 
 import torch
 import triton
@@ -39,21 +41,73 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 AUTOTUNE = os.environ.get("BATON_AUTOTUNE", "1") != "0" and not INTERPRET  # warps/stages mean nothing interpreted
 SMALL_TILE_WARPS = (1, 2, 4, 8)  # 16x16 sub-block tiles: few warps can be the fastest
 LARGE_TILE_WARPS = (2, 4, 8)  # [C or BK, BV] tiles: one warp would spill
+TILED_DIM = {"BK": "K", "BV": "V"}  # a tunable tile size and the head dim it tiles
 
 
-def tuned(*key: str, warps: tuple[int, ...] = LARGE_TILE_WARPS, restore: tuple[str, ...] = ()):
-    """Autotune a kernel's warps and pipeline stages on the GPU it runs on, once per ``key``
-    (the shape constants; dtypes are added by Triton) and cached on disk across processes.
+def _block(dim: int, cap: int = 64) -> int:
+    return max(16, min(cap, triton.next_power_of_2(dim)))
 
-    Tile sizes are not tuned: they are chosen from the shapes, so every launch setting
-    computes the same tiles. ``restore`` names outputs a kernel adds into in place (the tuner
-    runs it several times). ``BATON_AUTOTUNE=0`` keeps Triton's default setting (quick runs:
-    tuning compiles every candidate)."""
-    if AUTOTUNE:
-        configs = [triton.Config({}, num_warps=w, num_stages=s) for w in warps for s in (2, 3, 4)]
-    else:
-        configs = [triton.Config({}, num_warps=4, num_stages=3)]
-    return triton.autotune(configs, key=list(key), restore_value=list(restore), cache_results=True)
+
+def tuned(
+    *key: str,
+    warps: tuple[int, ...] = LARGE_TILE_WARPS,
+    stages: tuple[int, ...] = (2, 3, 4),
+    tiles: dict[str, tuple[int, ...]] | None = None,
+    restore: tuple[str, ...] = (),
+):
+    """Autotune a kernel on the GPU it runs on, once per ``key`` (shape constants; Triton adds
+    the dtypes), the choice cached on disk across processes: warps, pipeline stages and the
+    sizes in ``tiles`` (each capped at the head dim it tiles). ``restore`` names outputs a
+    kernel adds into in place, which the tuner's repeated runs must not accumulate.
+
+    Not tuning (the interpreter, where warps and stages mean nothing, or ``BATON_AUTOTUNE=0``,
+    as tuning compiles every candidate), the kernel runs with Triton's default warps and
+    stages and the launch passes the tile sizes itself (:func:`untuned`).
+    """
+    if not AUTOTUNE:
+        return lambda kernel: kernel
+    tiles = tiles or {}
+    configs = [
+        triton.Config(dict(zip(tiles, sizes)), num_warps=w, num_stages=s)
+        for sizes in itertools.product(*tiles.values())
+        for w in warps
+        for s in stages
+    ]
+
+    def capped(configs, named_args, **shape):
+        distinct = {}
+        for c in configs:
+            sizes = {name: min(size, _block(shape[TILED_DIM[name]], 128)) for name, size in c.kwargs.items()}
+            setting = (*sizes.items(), c.num_warps, c.num_stages)
+            distinct.setdefault(setting, triton.Config(sizes, num_warps=c.num_warps, num_stages=c.num_stages))
+        return list(distinct.values())
+
+    return triton.autotune(
+        configs, key=list(key), prune_configs_by={"early_config_prune": capped} if tiles else None,
+        restore_value=list(restore), cache_results=True,
+    )  # fmt: skip
+
+
+def untuned(**tiles: int) -> dict[str, int]:
+    """The tile sizes a launch passes when its kernel is not tuned (else the tuner picks them)."""
+    return {} if AUTOTUNE else tiles
+
+
+def intra_key_tile(K: int, scalar: bool) -> int:
+    """Untuned key-dim tile of the intra-chunk kernels: per-key-dim gates run row loops over
+    [16, BK] tiles, which want them narrow."""
+    return _block(K, 64 if scalar else 32)
+
+
+def state_tiles(K: int, V: int) -> dict[str, int]:
+    """Untuned tiles of the state walks."""
+    return {"BK": _block(K), "BV": _block(V)}
+
+
+# The intra-chunk kernels take most of a pass; the state walks are few programs on long
+# sequences, where narrower tiles mean more of them.
+INTRA_TUNING = dict(warps=SMALL_TILE_WARPS, stages=(2, 3), tiles={"BK": (32, 64, 128)})
+STATE_TUNING = dict(stages=(2, 3), tiles={"BK": (32, 64), "BV": (32, 64)})
 
 
 @triton.jit
@@ -76,7 +130,7 @@ def _store(base, rows, cols, stride_r, stride_c, r0, c0, BR: tl.constexpr, BCOL:
     tl.store(ptrs, value.to(base.dtype.element_ty), mask=mask)
 
 
-@tuned("H", "K", "C", "SCALAR", warps=SMALL_TILE_WARPS)
+@tuned("H", "K", "C", "SCALAR", **INTRA_TUNING)
 @triton.jit
 def _intra_scores_kernel(
     q, k, gc, A, scale,
@@ -125,7 +179,7 @@ def _intra_scores_kernel(
         _store(A + i_nh * C * C, C, C, C, 1, i_i * BC, i_j * BC, BC, BC, acc * scale)
 
 
-@tuned("H", "K", "V", "C")
+@tuned("H", "K", "V", "C", **STATE_TUNING)
 @triton.jit
 def _state_forward_kernel(
     k, v, gc, chunk_offsets, h0, states_in, final,
@@ -177,7 +231,7 @@ def _output_kernel(
     _store(o + (i_n * C * H + i_h) * V, C, V, H * V, 1, 0, i_v * BV, C, BV, acc)
 
 
-@tuned("H", "K", "V", "C")
+@tuned("H", "K", "V", "C", **STATE_TUNING)
 @triton.jit
 def _state_backward_kernel(
     q, do, gc, chunk_offsets, d_final, d_out, d_h0, scale,
@@ -251,7 +305,7 @@ def _value_grad_kernel(
     _store(dv + base_v, C, V, H * V, 1, 0, i_v * BV, C, BV, acc)
 
 
-@tuned("H", "K", "C", "SCALAR", warps=SMALL_TILE_WARPS)
+@tuned("H", "K", "C", "SCALAR", **INTRA_TUNING)
 @triton.jit
 def _intra_grad_kernel(
     q, k, gc, dA, dq, dk,
@@ -367,10 +421,6 @@ def _inter_grad_kernel(
     _store(dg + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK, b_dg)
 
 
-def _block(dim: int, cap: int = 64) -> int:
-    return max(16, min(cap, triton.next_power_of_2(dim)))
-
-
 def _operands(x: Tensor) -> tuple[str, tl.dtype]:
     """Tensor-core operand dtype and the product precision: bf16/fp16 operands as given, fp32
     ones exact (not tf32). The interpreter's bf16 products are wrong (Triton 3.9), so there
@@ -380,22 +430,26 @@ def _operands(x: Tensor) -> tuple[str, tl.dtype]:
     return "tf32", {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[x.dtype]
 
 
+def _state_grid(K: int, V: int, walks: int) -> Callable[[dict], tuple[int, int, int]]:
+    """One program per (key tile, value tile, walk): the walks are the sequences times heads."""
+    return lambda tile: (triton.cdiv(K, tile["BK"]), triton.cdiv(V, tile["BV"]), walks)
+
+
 def _forward(q, k, v, gc, scale, chunk_offsets, h0, scalar):
     N, C, H, K = q.shape
     V = v.shape[-1]
     S = chunk_offsets.numel() - 1
     BK, BV, (prec, op) = _block(K), _block(V), _operands(q)
     A = q.new_zeros(N, H, C, C, dtype=torch.float32)
-    BKI = _block(K, 64 if scalar else 32)  # the row loops of per-key-dim gates want narrower tiles
     _intra_scores_kernel[(N * H, C // SUB_BLOCK, C // SUB_BLOCK)](
-        q, k, gc, A, scale, H=H, K=K, C=C, BC=SUB_BLOCK, BK=BKI, SCALAR=scalar, PRECISION=prec, OP=op
-    )
+        q, k, gc, A, scale, H=H, K=K, C=C, BC=SUB_BLOCK, SCALAR=scalar, PRECISION=prec, OP=op,
+        **untuned(BK=intra_key_tile(K, scalar)),
+    )  # fmt: skip
     states_in = q.new_empty(N, H, K, V)  # the matrix products read them as operands anyway
     final = q.new_empty(S, H, K, V, dtype=torch.float32)
-    grid = (triton.cdiv(K, BK), triton.cdiv(V, BV), S * H)
-    _state_forward_kernel[grid](
+    _state_forward_kernel[_state_grid(K, V, S * H)](
         k, v, gc, chunk_offsets, h0, states_in, final,
-        H=H, K=K, V=V, C=C, BK=BK, BV=BV, HAS_H0=h0 is not None, PRECISION=prec, OP=op,
+        H=H, K=K, V=V, C=C, HAS_H0=h0 is not None, PRECISION=prec, OP=op, **untuned(**state_tiles(K, V)),
     )  # fmt: skip
     o = torch.empty_like(v)
     _output_kernel[(triton.cdiv(V, BV), N * H)](
@@ -411,9 +465,9 @@ def _backward(q, k, v, gc, do, d_final, scale, chunk_offsets, states_in, A, scal
     BK, BV, (prec, op) = _block(K), _block(V), _operands(q)
     d_out = q.new_empty(N, H, K, V)
     d_h0 = q.new_empty(S, H, K, V, dtype=torch.float32)
-    _state_backward_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), S * H)](
+    _state_backward_kernel[_state_grid(K, V, S * H)](
         q, do, gc, chunk_offsets, d_final, d_out, d_h0, scale,
-        H=H, K=K, V=V, C=C, BK=BK, BV=BV, HAS_DFINAL=d_final is not None, PRECISION=prec, OP=op,
+        H=H, K=K, V=V, C=C, HAS_DFINAL=d_final is not None, PRECISION=prec, OP=op, **untuned(**state_tiles(K, V)),
     )  # fmt: skip
     dA = q.new_empty(N, H, C, C, dtype=torch.float32)
     _score_grad_kernel[(N * H,)](do, v, dA, scale, H=H, V=V, C=C, BV=BV, PRECISION=prec, OP=op)
@@ -423,10 +477,10 @@ def _backward(q, k, v, gc, do, d_final, scale, chunk_offsets, states_in, A, scal
     )
     dq = q.new_empty(q.shape, dtype=torch.float32)
     dk = q.new_empty(q.shape, dtype=torch.float32)
-    BKI = _block(K, 64 if scalar else 32)
-    _intra_grad_kernel[(N * H, C // SUB_BLOCK, triton.cdiv(K, BKI))](
-        q, k, gc, dA, dq, dk, H=H, K=K, C=C, BC=SUB_BLOCK, BK=BKI, SCALAR=scalar, PRECISION=prec, OP=op
-    )
+    _intra_grad_kernel[lambda tile: (N * H, C // SUB_BLOCK, triton.cdiv(K, tile["BK"]))](
+        q, k, gc, dA, dq, dk, H=H, K=K, C=C, BC=SUB_BLOCK, SCALAR=scalar, PRECISION=prec, OP=op,
+        **untuned(BK=intra_key_tile(K, scalar)),
+    )  # fmt: skip
     dg = torch.empty_like(gc)
     dq_intra, dk_intra, dq, dk = dq, dk, torch.empty_like(q), torch.empty_like(k)
     _inter_grad_kernel[(triton.cdiv(K, BK), N * H)](

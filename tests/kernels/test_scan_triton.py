@@ -11,7 +11,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from baton.kernels import chunk_gla_ref, chunk_ssd_ref, naive_recurrence  # noqa: E402
+from baton.kernels import chunk_gla_ref, chunk_ssd_ref, naive_recurrence, scan_triton  # noqa: E402
 from baton.kernels.scan_triton import chunk_scan_triton  # noqa: E402
 from tests.kernels.test_chunk_ref import random_cu_seqlens, random_inputs, rel  # noqa: E402
 
@@ -69,6 +69,34 @@ def test_head_dims(gate, head_dim):
     # K = 128 spans two key blocks of the state passes and four of the intra-chunk kernels.
     inputs = inputs_on_device(gate, 40, H=1, K=head_dim, V=head_dim, seed=head_dim)
     assert_close(gate, inputs, None, 1e-4, chunk_size=32)
+
+
+@pytest.mark.parametrize("gate", ["gla", "ssd"])
+@pytest.mark.parametrize("intra_key_tile,state_tiles", [(16, {"BK": 32, "BV": 16}), (64, {"BK": 16, "BV": 32})])
+def test_tiles_the_tuner_may_pick(gate, intra_key_tile, state_tiles, monkeypatch):
+    # On a GPU the autotuner may give the intra-chunk kernels and the state walks other tiles
+    # than the untuned ones these tests run with; K = V = 64 splits into several of each.
+    monkeypatch.setattr(scan_triton, "intra_key_tile", lambda K, scalar: intra_key_tile)
+    monkeypatch.setattr(scan_triton, "state_tiles", lambda K, V: state_tiles)
+    inputs = inputs_on_device(gate, 40, H=1, K=64, V=64, seed=3)
+    assert_close(gate, inputs, torch.randn(1, 1, 64, 64).to(DEVICE), 1e-4, chunk_size=32)
+
+
+def test_tuning_candidates_are_capped_at_the_head_dims(monkeypatch):
+    # What Triton's autotuner would time on a GPU: tile sizes capped at the head dim they tile
+    # (16 at least), each distinct setting once.
+    monkeypatch.setattr(scan_triton, "AUTOTUNE", True)
+    tuner = scan_triton.tuned("K", "V", **scan_triton.STATE_TUNING)(scan_triton._state_forward_kernel)
+    tuner.nargs = {}
+
+    def settings(K, V):
+        configs = tuner.prune_configs({"K": K, "V": V})
+        return [(c.kwargs["BK"], c.kwargs["BV"], c.num_warps, c.num_stages) for c in configs]
+
+    wide, narrow = settings(128, 128), settings(16, 48)
+    assert {s[:2] for s in wide} == {(32, 32), (32, 64), (64, 32), (64, 64)}
+    assert {s[:2] for s in narrow} == {(16, 32), (16, 64)}
+    assert len(wide) == len(set(wide)) == 4 * 3 * 2 and len(narrow) == len(set(narrow)) == 2 * 3 * 2
 
 
 @pytest.mark.parametrize("gate", ["gla", "ssd"])
