@@ -22,12 +22,22 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from baton.kernels.scan_triton import _block, _load, _operands, _store, tuned
+from baton.kernels.scan_triton import (
+    STATE_TUNING,
+    _block,
+    _load,
+    _operands,
+    _state_grid,
+    _store,
+    state_tiles,
+    tuned,
+    untuned,
+)
 
 TOKEN_BLOCK = 32
 
 
-@tuned("H", "K", "V")
+@tuned("H", "K", "V", **STATE_TUNING)
 @triton.jit
 def _summary_kernel(
     k, v, g, S, log_A, L, g_st, g_sh, g_sk,
@@ -140,7 +150,7 @@ def _correction_kernel(
         _store(o + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV, acc)
 
 
-@tuned("H", "K", "V")
+@tuned("H", "K", "V", **STATE_TUNING)
 @triton.jit
 def _correction_state_grad_kernel(
     q, g, before, do, dS_in, scale, L, g_st, g_sh, g_sk, b_sc, b_sh, b_sk,
@@ -216,12 +226,12 @@ class _SegmentSummary(torch.autograd.Function):
     def forward(ctx, k, v, g):
         L, H, K = k.shape
         V = v.shape[-1]
-        BK, BV, (prec, op) = _block(K), _block(V), _operands(k)
+        prec, op = _operands(k)
         S = k.new_empty(H, K, V, dtype=torch.float32)
         log_A = k.new_empty(H, K, dtype=torch.float32)
-        _summary_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), H)](
+        _summary_kernel[_state_grid(K, V, H)](
             k, v, g, S, log_A, L, *_gate_strides(g),
-            H=H, K=K, V=V, BT=TOKEN_BLOCK, BK=BK, BV=BV, PRECISION=prec, OP=op,
+            H=H, K=K, V=V, BT=TOKEN_BLOCK, PRECISION=prec, OP=op, **untuned(**state_tiles(K, V)),
         )  # fmt: skip
         ctx.save_for_backward(k, v, g)
         return log_A, S
@@ -273,9 +283,9 @@ class _AddStateCorrection(torch.autograd.Function):
         do_seg = do[:L].contiguous()
         strides = (*_gate_strides(g), *_gate_strides(before))
         dS_in = S_in.new_empty(H, K, V, dtype=torch.float32)
-        _correction_state_grad_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), H)](
+        _correction_state_grad_kernel[_state_grid(K, V, H)](
             q, g, before, do_seg, dS_in, ctx.scale, L, *strides,
-            H=H, K=K, V=V, BT=TOKEN_BLOCK, BK=BK, BV=BV, PRECISION=prec, OP=op,
+            H=H, K=K, V=V, BT=TOKEN_BLOCK, PRECISION=prec, OP=op, **untuned(**state_tiles(K, V)),
         )  # fmt: skip
         dq = torch.empty_like(q)
         dg = q.new_empty(L, H, K, dtype=torch.float32)

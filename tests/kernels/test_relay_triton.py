@@ -10,6 +10,7 @@ import torch
 
 pytest.importorskip("triton")
 
+from baton.kernels import relay_triton  # noqa: E402
 from baton.kernels.relay_ops import add_state_correction_ref, segment_summary_ref  # noqa: E402
 from baton.kernels.relay_triton import add_state_correction_triton, segment_summary_triton  # noqa: E402
 from tests.kernels.test_chunk_ref import random_inputs, rel  # noqa: E402
@@ -66,6 +67,21 @@ def test_state_correction(gate, T, end, dim, decay):
     state = torch.randn(2, dim, dim, dtype=torch.float64)
     ours = correction_and_grads(add_state_correction_triton, *leaves((v, q, g, state), torch.float32), end, 0.3)
     theirs = correction_and_grads(add_state_correction_ref, *leaves((v, q, g, state), torch.float64), end, 0.3)
+    check(ours, theirs, ["o", "do", "dq", "dg", "dstate"], 1e-4)
+
+
+@pytest.mark.parametrize("gate", ["gla", "ssd"])
+def test_tiles_the_tuner_may_pick(gate, monkeypatch):
+    # On a GPU the autotuner may give the summary and the correction's state gradient other
+    # key and value tiles than the untuned ones; K = V = 64 splits into several of each.
+    monkeypatch.setattr(relay_triton, "state_tiles", lambda K, V: {"BK": 16, "BV": 32})
+    q, k, v, g = random_inputs(gate, 45, K=64, V=64, seed=4)
+    ours = summary_and_grads(segment_summary_triton, *leaves((k, v, g), torch.float32), 5)
+    theirs = summary_and_grads(segment_summary_ref, *leaves((k, v, g), torch.float64), 5)
+    check(ours, theirs, ["log_A", "S", "dk", "dv", "dg"], 1e-4)
+    state = torch.randn(2, 64, 64, dtype=torch.float64)
+    ours = correction_and_grads(add_state_correction_triton, *leaves((v, q, g, state), torch.float32), 40, 0.3)
+    theirs = correction_and_grads(add_state_correction_ref, *leaves((v, q, g, state), torch.float64), 40, 0.3)
     check(ours, theirs, ["o", "do", "dq", "dg", "dstate"], 1e-4)
 
 
