@@ -458,7 +458,7 @@ def _forward(q, k, v, gc, scale, chunk_offsets, h0, scalar):
     return o, final, states_in, A
 
 
-def _backward(q, k, v, gc, do, d_final, scale, chunk_offsets, states_in, A, scalar):
+def _backward(q, k, v, gc, do, d_final, scale, chunk_offsets, states_in, A, scalar, g_dtype):
     N, C, H, K = q.shape
     V = v.shape[-1]
     S = chunk_offsets.numel() - 1
@@ -481,7 +481,7 @@ def _backward(q, k, v, gc, do, d_final, scale, chunk_offsets, states_in, A, scal
         q, k, gc, dA, dq, dk, H=H, K=K, C=C, BC=SUB_BLOCK, SCALAR=scalar, PRECISION=prec, OP=op,
         **untuned(BK=intra_key_tile(K, scalar)),
     )  # fmt: skip
-    dg = torch.empty_like(gc)
+    dg = torch.empty_like(gc, dtype=g_dtype)  # accumulated in fp32, stored once in the gate dtype
     dq_intra, dk_intra, dq, dk = dq, dk, torch.empty_like(q), torch.empty_like(k)
     _inter_grad_kernel[(triton.cdiv(K, BK), N * H)](
         q, k, v, gc, do, states_in, d_out, dq_intra, dk_intra, dq, dk, dg, scale,
@@ -507,9 +507,9 @@ class _ChunkScan(torch.autograd.Function):
         q, k, v, gc, states_in, A, chunk_offsets = ctx.saved_tensors
         d_final = d_final.contiguous() if d_final is not None else None
         dq, dk, dv, dg, d_h0 = _backward(
-            q, k, v, gc, do.contiguous(), d_final, ctx.scale, chunk_offsets, states_in, A, ctx.scalar
+            q, k, v, gc, do.contiguous(), d_final, ctx.scale, chunk_offsets, states_in, A, ctx.scalar, ctx.g_dtype
         )
-        return dq, dk, dv, dg.to(ctx.g_dtype), d_h0 if ctx.has_h0 else None, None, None, None
+        return dq, dk, dv, dg, d_h0 if ctx.has_h0 else None, None, None, None
 
 
 def chunk_scan_triton(
