@@ -1,8 +1,9 @@
 """Chunked GLA / SSD scans in Triton, forward and backward (the GPU path).
 
 Same math and layout as the references in ``gla_ref.py`` / ``ssd_ref.py``: document-aligned
-chunks [N, C, H, *], per-key-dim log gates cumulated within each chunk (an SSD gate is a GLA
-gate equal across key dims). The work splits into passes, as in flash-linear-attention:
+chunks [N, C, H, *], log gates cumulated within each chunk: per key dim [N, C, H, K] (GLA),
+or one per head [N, C, H] (SSD), which the kernels read as a GLA gate equal across key dims
+(key stride 0). The work splits into passes, as in flash-linear-attention:
 
 forward   1. intra-chunk scores A [N, H, C, C] (tensor cores across 16-token sub-blocks,
              the pairwise decay row by row inside one; every ``exp`` has a non-positive
@@ -130,18 +131,26 @@ def _store(base, rows, cols, stride_r, stride_c, r0, c0, BR: tl.constexpr, BCOL:
     tl.store(ptrs, value.to(base.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _gate_row(g_chunk, t, cols, H: tl.constexpr, K: tl.constexpr, GW: tl.constexpr, GSK: tl.constexpr):
+    """Token t's cumulative gates at key dims ``cols``, its chunk's and head's gates at
+    ``g_chunk``: GW values per token and head (K, or 1 for a scalar gate), key stride GSK."""
+    return tl.load(g_chunk + t * H * GW + cols * GSK, mask=cols < K, other=0.0)
+
+
 @tuned("H", "K", "C", "SCALAR", **INTRA_TUNING)
 @triton.jit
 def _intra_scores_kernel(
     q, k, gc, A, scale,
     H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SCALAR: tl.constexpr, PRECISION: tl.constexpr, OP: tl.constexpr,
+    SCALAR: tl.constexpr, GW: tl.constexpr, GSK: tl.constexpr, PRECISION: tl.constexpr, OP: tl.constexpr,
 ):  # fmt: skip
     """A[n, h, i, j] = scale · Σ_k q_ik k_jk exp(b_ik − b_jk) for j ≤ i, one 16×16 block."""
     i_nh, i_i, i_j = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     i_n, i_h = i_nh // H, i_nh % H
     if i_j <= i_i:
         base = (i_n * C * H + i_h) * K
+        base_g = (i_n * C * H + i_h) * GW
         rows = tl.arange(0, BC)
         acc = tl.zeros([BC, BC], dtype=tl.float32)
         if SCALAR:
@@ -150,20 +159,20 @@ def _intra_scores_kernel(
                 b_q = _load(q + base, C, K, H * K, 1, i_i * BC, i_k * BK, BC, BK)
                 b_kt = _load(k + base, K, C, 1, H * K, i_k * BK, i_j * BC, BK, BC)
                 acc += tl.dot(b_q.to(OP), b_kt.to(OP), input_precision=PRECISION)
-            g_i = tl.load(gc + base + (i_i * BC + rows) * H * K)
-            g_j = tl.load(gc + base + (i_j * BC + rows) * H * K)
+            g_i = tl.load(gc + base_g + (i_i * BC + rows) * H * GW)
+            g_j = tl.load(gc + base_g + (i_j * BC + rows) * H * GW)
             causal = i_i * BC + rows[:, None] >= i_j * BC + rows[None, :]
             acc *= tl.exp(tl.where(causal, g_i[:, None] - g_j[None, :], float("-inf")))
         else:
             for i_k in range(tl.cdiv(K, BK)):
                 cols = i_k * BK + tl.arange(0, BK)
                 b_q = _load(q + base, C, K, H * K, 1, i_i * BC, i_k * BK, BC, BK).to(tl.float32)
-                b_gq = _load(gc + base, C, K, H * K, 1, i_i * BC, i_k * BK, BC, BK)
+                b_gq = _load(gc + base_g, C, K, H * GW, GSK, i_i * BC, i_k * BK, BC, BK)
                 if i_j < i_i:
                     # exp(b_i − b_j) = exp(b_i − b_ref) · exp(b_ref − b_j), ref = first row of block i.
-                    g_ref = tl.load(gc + base + i_i * BC * H * K + cols, mask=cols < K, other=0.0)
+                    g_ref = _gate_row(gc + base_g, i_i * BC, cols, H, K, GW, GSK)
                     b_kt = _load(k + base, K, C, 1, H * K, i_k * BK, i_j * BC, BK, BC).to(tl.float32)
-                    b_gkt = _load(gc + base, K, C, 1, H * K, i_k * BK, i_j * BC, BK, BC)
+                    b_gkt = _load(gc + base_g, K, C, GSK, H * GW, i_k * BK, i_j * BC, BK, BC)
                     b_qg = (b_q * tl.exp(b_gq - g_ref[None, :])).to(OP)
                     b_kg = (b_kt * tl.exp(g_ref[:, None] - b_gkt)).to(OP)
                     acc += tl.dot(b_qg, b_kg, input_precision=PRECISION)
@@ -172,19 +181,19 @@ def _intra_scores_kernel(
                     for j in range(BC):
                         row = base + (i_i * BC + j) * H * K + cols
                         k_j = tl.load(k + row, mask=cols < K, other=0.0).to(tl.float32)
-                        g_j = tl.load(gc + row, mask=cols < K, other=0.0)
+                        g_j = _gate_row(gc + base_g, i_i * BC + j, cols, H, K, GW, GSK)
                         decay = tl.exp(tl.where(rows[:, None] >= j, b_gq - g_j[None, :], float("-inf")))
                         col = tl.sum(b_q * k_j[None, :] * decay, axis=1)
                         acc += tl.where(rows[None, :] == j, col[:, None], 0.0)
         _store(A + i_nh * C * C, C, C, C, 1, i_i * BC, i_j * BC, BC, BC, acc * scale)
 
 
-@tuned("H", "K", "V", "C", **STATE_TUNING)
+@tuned("H", "K", "V", "C", "GW", **STATE_TUNING)
 @triton.jit
 def _state_forward_kernel(
     k, v, gc, chunk_offsets, h0, states_in, final,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_H0: tl.constexpr, PRECISION: tl.constexpr, OP: tl.constexpr,
+    HAS_H0: tl.constexpr, GW: tl.constexpr, GSK: tl.constexpr, PRECISION: tl.constexpr, OP: tl.constexpr,
 ):  # fmt: skip
     """Walk one sequence's chunks: record the entering state, then
     S ← exp(b_last) S + Σ_t (k_t exp(b_last − b_t)) v_tᵀ."""
@@ -199,21 +208,22 @@ def _state_forward_kernel(
     for c in range(c_first, c_end):
         _store(states_in + (c * H + i_h) * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, b_h)
         base_k = (c * C * H + i_h) * K
-        g_last = tl.load(gc + base_k + (C - 1) * H * K + cols, mask=cols < K, other=0.0)
+        base_g = (c * C * H + i_h) * GW
+        g_last = _gate_row(gc + base_g, C - 1, cols, H, K, GW, GSK)
         b_kt = _load(k + base_k, K, C, 1, H * K, i_k * BK, 0, BK, C).to(tl.float32)
-        b_gt = _load(gc + base_k, K, C, 1, H * K, i_k * BK, 0, BK, C)
+        b_gt = _load(gc + base_g, K, C, GSK, H * GW, i_k * BK, 0, BK, C)
         b_v = _load(v + (c * C * H + i_h) * V, C, V, H * V, 1, 0, i_v * BV, C, BV)
         b_kg = (b_kt * tl.exp(g_last[:, None] - b_gt)).to(OP)
         b_h = b_h * tl.exp(g_last)[:, None] + tl.dot(b_kg, b_v.to(OP), input_precision=PRECISION)
     _store(final + p_state, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, b_h)
 
 
-@tuned("H", "K", "V", "C")
+@tuned("H", "K", "V", "C", "GW")
 @triton.jit
 def _output_kernel(
     q, v, gc, states_in, A, o, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    PRECISION: tl.constexpr, OP: tl.constexpr,
+    GW: tl.constexpr, GSK: tl.constexpr, PRECISION: tl.constexpr, OP: tl.constexpr,
 ):  # fmt: skip
     """o = scale · (q ∘ exp(b)) S_in + A v for one chunk, head and value block."""
     i_v, i_nh = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
@@ -221,8 +231,9 @@ def _output_kernel(
     acc = tl.zeros([C, BV], dtype=tl.float32)
     for i_k in range(tl.cdiv(K, BK)):
         base_k = (i_n * C * H + i_h) * K
+        base_g = (i_n * C * H + i_h) * GW
         b_q = _load(q + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK)
-        b_g = _load(gc + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK)
+        b_g = _load(gc + base_g, C, K, H * GW, GSK, 0, i_k * BK, C, BK)
         b_qg = (b_q.to(tl.float32) * tl.exp(b_g) * scale).to(OP)
         b_h = _load(states_in + i_nh * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV).to(OP)
         acc += tl.dot(b_qg, b_h, input_precision=PRECISION)
@@ -231,12 +242,12 @@ def _output_kernel(
     _store(o + (i_n * C * H + i_h) * V, C, V, H * V, 1, 0, i_v * BV, C, BV, acc)
 
 
-@tuned("H", "K", "V", "C", **STATE_TUNING)
+@tuned("H", "K", "V", "C", "GW", **STATE_TUNING)
 @triton.jit
 def _state_backward_kernel(
     q, do, gc, chunk_offsets, d_final, d_out, d_h0, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_DFINAL: tl.constexpr, PRECISION: tl.constexpr, OP: tl.constexpr,
+    HAS_DFINAL: tl.constexpr, GW: tl.constexpr, GSK: tl.constexpr, PRECISION: tl.constexpr, OP: tl.constexpr,
 ):  # fmt: skip
     """Walk one sequence's chunks backwards: record dS leaving each chunk, then
     dS ← exp(b_last) dS + scale · (q ∘ exp(b))ᵀ do. What is left is the initial state's gradient."""
@@ -252,10 +263,11 @@ def _state_backward_kernel(
         c = c_end - 1 - step
         _store(d_out + (c * H + i_h) * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, b_dh)
         base_k = (c * C * H + i_h) * K
-        g_last = tl.load(gc + base_k + (C - 1) * H * K + cols, mask=cols < K, other=0.0)
+        base_g = (c * C * H + i_h) * GW
+        g_last = _gate_row(gc + base_g, C - 1, cols, H, K, GW, GSK)
         b_do = _load(do + (c * C * H + i_h) * V, C, V, H * V, 1, 0, i_v * BV, C, BV)
         b_qt = _load(q + base_k, K, C, 1, H * K, i_k * BK, 0, BK, C).to(tl.float32)
-        b_qg = (b_qt * tl.exp(_load(gc + base_k, K, C, 1, H * K, i_k * BK, 0, BK, C)) * scale).to(OP)
+        b_qg = (b_qt * tl.exp(_load(gc + base_g, K, C, GSK, H * GW, i_k * BK, 0, BK, C)) * scale).to(OP)
         b_dh = b_dh * tl.exp(g_last)[:, None] + tl.dot(b_qg, b_do.to(OP), input_precision=PRECISION)
     _store(d_h0 + p_state, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, b_dh)
 
@@ -280,12 +292,12 @@ def _score_grad_kernel(
     _store(dA + i_nh * C * C, C, C, C, 1, 0, 0, C, C, acc)
 
 
-@tuned("H", "K", "V", "C")
+@tuned("H", "K", "V", "C", "GW")
 @triton.jit
 def _value_grad_kernel(
     k, gc, do, A, d_out, dv,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    PRECISION: tl.constexpr, OP: tl.constexpr,
+    GW: tl.constexpr, GSK: tl.constexpr, PRECISION: tl.constexpr, OP: tl.constexpr,
 ):  # fmt: skip
     """dv = Aᵀ do + (k ∘ exp(b_last − b)) dS_out."""
     i_v, i_nh = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
@@ -296,9 +308,10 @@ def _value_grad_kernel(
     for i_k in range(tl.cdiv(K, BK)):
         cols = i_k * BK + tl.arange(0, BK)
         base_k = (i_n * C * H + i_h) * K
-        g_last = tl.load(gc + base_k + (C - 1) * H * K + cols, mask=cols < K, other=0.0)
+        base_g = (i_n * C * H + i_h) * GW
+        g_last = _gate_row(gc + base_g, C - 1, cols, H, K, GW, GSK)
         b_k = _load(k + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK).to(tl.float32)
-        b_g = _load(gc + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK)
+        b_g = _load(gc + base_g, C, K, H * GW, GSK, 0, i_k * BK, C, BK)
         b_kg = (b_k * tl.exp(g_last[None, :] - b_g)).to(OP)
         b_dh = _load(d_out + i_nh * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV).to(OP)
         acc += tl.dot(b_kg, b_dh, input_precision=PRECISION)
@@ -310,7 +323,7 @@ def _value_grad_kernel(
 def _intra_grad_kernel(
     q, k, gc, dA, dq, dk,
     H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SCALAR: tl.constexpr, PRECISION: tl.constexpr, OP: tl.constexpr,
+    SCALAR: tl.constexpr, GW: tl.constexpr, GSK: tl.constexpr, PRECISION: tl.constexpr, OP: tl.constexpr,
 ):  # fmt: skip
     """Intra-chunk dq (rows of sub-block i) and dk (sub-block i as the key side) from dA.
 
@@ -321,43 +334,44 @@ def _intra_grad_kernel(
     i_nh, i_i, i_k = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     i_n, i_h = i_nh // H, i_nh % H
     base = (i_n * C * H + i_h) * K
+    base_g = (i_n * C * H + i_h) * GW
     p_dA = dA + i_nh * C * C
     rows = tl.arange(0, BC)
     cols = i_k * BK + tl.arange(0, BK)
     n_blocks = tl.cdiv(C, BC)
-    b_g = _load(gc + base, C, K, H * K, 1, i_i * BC, i_k * BK, BC, BK)
+    b_g = _load(gc + base_g, C, K, H * GW, GSK, i_i * BC, i_k * BK, BC, BK)
     b_dq = tl.zeros([BC, BK], dtype=tl.float32)
     b_dk = tl.zeros([BC, BK], dtype=tl.float32)
     if SCALAR:
         # dq = (dA ∘ D) k and dk = (dA ∘ D)ᵀ q with D_ij = exp(b_i − b_j): plain matrix products.
-        g_here = tl.load(gc + base + (i_i * BC + rows) * H * K)
+        g_here = tl.load(gc + base_g + (i_i * BC + rows) * H * GW)
         for i_j in range(i_i + 1):
-            g_there = tl.load(gc + base + (i_j * BC + rows) * H * K)
+            g_there = tl.load(gc + base_g + (i_j * BC + rows) * H * GW)
             causal = i_i * BC + rows[:, None] >= i_j * BC + rows[None, :]
             decay = tl.exp(tl.where(causal, g_here[:, None] - g_there[None, :], float("-inf")))
             b_w = _load(p_dA, C, C, C, 1, i_i * BC, i_j * BC, BC, BC) * decay
             b_kj = _load(k + base, C, K, H * K, 1, i_j * BC, i_k * BK, BC, BK)
             b_dq += tl.dot(b_w.to(OP), b_kj.to(OP), input_precision=PRECISION)
         for i_j in range(i_i, n_blocks):
-            g_there = tl.load(gc + base + (i_j * BC + rows) * H * K)
+            g_there = tl.load(gc + base_g + (i_j * BC + rows) * H * GW)
             causal = i_j * BC + rows[None, :] >= i_i * BC + rows[:, None]
             decay = tl.exp(tl.where(causal, g_there[None, :] - g_here[:, None], float("-inf")))
             b_wt = _load(p_dA, C, C, 1, C, i_i * BC, i_j * BC, BC, BC) * decay  # [j, i]
             b_qj = _load(q + base, C, K, H * K, 1, i_j * BC, i_k * BK, BC, BK)
             b_dk += tl.dot(b_wt.to(OP), b_qj.to(OP), input_precision=PRECISION)
     else:
-        g_first = tl.load(gc + base + i_i * BC * H * K + cols, mask=cols < K, other=0.0)
+        g_first = _gate_row(gc + base_g, i_i * BC, cols, H, K, GW, GSK)
         for i_j in range(i_i):
             b_kj = _load(k + base, C, K, H * K, 1, i_j * BC, i_k * BK, BC, BK).to(tl.float32)
-            b_gj = _load(gc + base, C, K, H * K, 1, i_j * BC, i_k * BK, BC, BK)
+            b_gj = _load(gc + base_g, C, K, H * GW, GSK, i_j * BC, i_k * BK, BC, BK)
             b_kg = (b_kj * tl.exp(g_first[None, :] - b_gj)).to(OP)
             b_da = _load(p_dA, C, C, C, 1, i_i * BC, i_j * BC, BC, BC).to(OP)
             b_dq += tl.dot(b_da, b_kg, input_precision=PRECISION)
         b_dq *= tl.exp(b_g - g_first[None, :])
-        g_last = tl.load(gc + base + (i_i * BC + BC - 1) * H * K + cols, mask=cols < K, other=0.0)
+        g_last = _gate_row(gc + base_g, i_i * BC + BC - 1, cols, H, K, GW, GSK)
         for i_j in range(i_i + 1, n_blocks):
             b_qj = _load(q + base, C, K, H * K, 1, i_j * BC, i_k * BK, BC, BK).to(tl.float32)
-            b_gj = _load(gc + base, C, K, H * K, 1, i_j * BC, i_k * BK, BC, BK)
+            b_gj = _load(gc + base_g, C, K, H * GW, GSK, i_j * BC, i_k * BK, BC, BK)
             b_qg = (b_qj * tl.exp(b_gj - g_last[None, :])).to(OP)
             b_dat = _load(p_dA, C, C, 1, C, i_i * BC, i_j * BC, BC, BC).to(OP)  # dA[j, i]
             b_dk += tl.dot(b_dat, b_qg, input_precision=PRECISION)
@@ -367,7 +381,7 @@ def _intra_grad_kernel(
             row = base + (i_i * BC + t) * H * K + cols
             k_t = tl.load(k + row, mask=cols < K, other=0.0).to(tl.float32)
             q_t = tl.load(q + row, mask=cols < K, other=0.0).to(tl.float32)
-            g_t = tl.load(gc + row, mask=cols < K, other=0.0)
+            g_t = _gate_row(gc + base_g, i_i * BC + t, cols, H, K, GW, GSK)
             dA_col = tl.load(p_dA + (i_i * BC + rows) * C + i_i * BC + t)  # dA[i, t]
             dA_row = tl.load(p_dA + (i_i * BC + t) * C + i_i * BC + rows)  # dA[t, j]
             to_q = tl.exp(tl.where(rows[:, None] >= t, b_g - g_t[None, :], float("-inf")))
@@ -378,12 +392,12 @@ def _intra_grad_kernel(
     _store(dk + base, C, K, H * K, 1, i_i * BC, i_k * BK, BC, BK, b_dk)
 
 
-@tuned("H", "K", "V", "C")
+@tuned("H", "K", "V", "C", "GW")
 @triton.jit
 def _inter_grad_kernel(
     q, k, v, gc, do, states_in, d_out, dq_intra, dk_intra, dq, dk, dg, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    PRECISION: tl.constexpr, OP: tl.constexpr,
+    GW: tl.constexpr, GSK: tl.constexpr, PRECISION: tl.constexpr, OP: tl.constexpr,
 ):  # fmt: skip
     """dq, dk: the intra-chunk parts (fp32) plus the inter-chunk ones; and the gate gradient,
     dg = reverse cumsum over the chunk of (q dq − k dk), where the chunk's
@@ -391,6 +405,7 @@ def _inter_grad_kernel(
     i_k, i_nh = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
     i_n, i_h = i_nh // H, i_nh % H
     base_k = (i_n * C * H + i_h) * K
+    base_g = (i_n * C * H + i_h) * GW
     rows = tl.arange(0, C)
     cols = i_k * BK + tl.arange(0, BK)
     b_dq_inter = tl.zeros([C, BK], dtype=tl.float32)
@@ -407,8 +422,8 @@ def _inter_grad_kernel(
         b_h_dh += tl.sum(b_ht.to(tl.float32) * b_dht.to(tl.float32), axis=0)
     b_q = _load(q + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK).to(tl.float32)
     b_k = _load(k + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK).to(tl.float32)
-    b_g = _load(gc + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK)
-    g_last = tl.load(gc + base_k + (C - 1) * H * K + cols, mask=cols < K, other=0.0)
+    b_g = _load(gc + base_g, C, K, H * GW, GSK, 0, i_k * BK, C, BK)
+    g_last = _gate_row(gc + base_g, C - 1, cols, H, K, GW, GSK)
     b_dk_inter *= tl.exp(g_last[None, :] - b_g)
     b_dq = _load(dq_intra + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK) + b_dq_inter * scale * tl.exp(b_g)
     b_dk = _load(dk_intra + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK) + b_dk_inter
@@ -430,6 +445,12 @@ def _operands(x: Tensor) -> tuple[str, tl.dtype]:
     return "tf32", {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[x.dtype]
 
 
+def _gate_layout(scalar: bool, K: int) -> dict[str, int]:
+    """How the kernels read the cumulative gates: GW values per (token, head) with key stride
+    GSK, [N, C, H, K] per-key-dim gates or [N, C, H] scalar ones read as if broadcast."""
+    return {"GW": 1, "GSK": 0} if scalar else {"GW": K, "GSK": 1}
+
+
 def _state_grid(K: int, V: int, walks: int) -> Callable[[dict], tuple[int, int, int]]:
     """One program per (key tile, value tile, walk): the walks are the sequences times heads."""
     return lambda tile: (triton.cdiv(K, tile["BK"]), triton.cdiv(V, tile["BV"]), walks)
@@ -440,20 +461,21 @@ def _forward(q, k, v, gc, scale, chunk_offsets, h0, scalar):
     V = v.shape[-1]
     S = chunk_offsets.numel() - 1
     BK, BV, (prec, op) = _block(K), _block(V), _operands(q)
+    gate = _gate_layout(scalar, K)
     A = q.new_zeros(N, H, C, C, dtype=torch.float32)
     _intra_scores_kernel[(N * H, C // SUB_BLOCK, C // SUB_BLOCK)](
         q, k, gc, A, scale, H=H, K=K, C=C, BC=SUB_BLOCK, SCALAR=scalar, PRECISION=prec, OP=op,
-        **untuned(BK=intra_key_tile(K, scalar)),
+        **gate, **untuned(BK=intra_key_tile(K, scalar)),
     )  # fmt: skip
     states_in = q.new_empty(N, H, K, V)  # the matrix products read them as operands anyway
     final = q.new_empty(S, H, K, V, dtype=torch.float32)
     _state_forward_kernel[_state_grid(K, V, S * H)](
         k, v, gc, chunk_offsets, h0, states_in, final,
-        H=H, K=K, V=V, C=C, HAS_H0=h0 is not None, PRECISION=prec, OP=op, **untuned(**state_tiles(K, V)),
+        H=H, K=K, V=V, C=C, HAS_H0=h0 is not None, PRECISION=prec, OP=op, **gate, **untuned(**state_tiles(K, V)),
     )  # fmt: skip
     o = torch.empty_like(v)
     _output_kernel[(triton.cdiv(V, BV), N * H)](
-        q, v, gc, states_in, A, o, scale, H=H, K=K, V=V, C=C, BK=BK, BV=BV, PRECISION=prec, OP=op
+        q, v, gc, states_in, A, o, scale, H=H, K=K, V=V, C=C, BK=BK, BV=BV, PRECISION=prec, OP=op, **gate
     )
     return o, final, states_in, A
 
@@ -463,31 +485,35 @@ def _backward(q, k, v, gc, do, d_final, scale, chunk_offsets, states_in, A, scal
     V = v.shape[-1]
     S = chunk_offsets.numel() - 1
     BK, BV, (prec, op) = _block(K), _block(V), _operands(q)
+    gate = _gate_layout(scalar, K)
     d_out = q.new_empty(N, H, K, V)
     d_h0 = q.new_empty(S, H, K, V, dtype=torch.float32)
     _state_backward_kernel[_state_grid(K, V, S * H)](
         q, do, gc, chunk_offsets, d_final, d_out, d_h0, scale,
-        H=H, K=K, V=V, C=C, HAS_DFINAL=d_final is not None, PRECISION=prec, OP=op, **untuned(**state_tiles(K, V)),
+        H=H, K=K, V=V, C=C, HAS_DFINAL=d_final is not None, PRECISION=prec, OP=op,
+        **gate, **untuned(**state_tiles(K, V)),
     )  # fmt: skip
     dA = q.new_empty(N, H, C, C, dtype=torch.float32)
     _score_grad_kernel[(N * H,)](do, v, dA, scale, H=H, V=V, C=C, BV=BV, PRECISION=prec, OP=op)
     dv = torch.empty_like(v)
     _value_grad_kernel[(triton.cdiv(V, BV), N * H)](
-        k, gc, do, A, d_out, dv, H=H, K=K, V=V, C=C, BK=BK, BV=BV, PRECISION=prec, OP=op
+        k, gc, do, A, d_out, dv, H=H, K=K, V=V, C=C, BK=BK, BV=BV, PRECISION=prec, OP=op, **gate
     )
     dq = q.new_empty(q.shape, dtype=torch.float32)
     dk = q.new_empty(q.shape, dtype=torch.float32)
     _intra_grad_kernel[lambda tile: (N * H, C // SUB_BLOCK, triton.cdiv(K, tile["BK"]))](
         q, k, gc, dA, dq, dk, H=H, K=K, C=C, BC=SUB_BLOCK, SCALAR=scalar, PRECISION=prec, OP=op,
-        **untuned(BK=intra_key_tile(K, scalar)),
+        **gate, **untuned(BK=intra_key_tile(K, scalar)),
     )  # fmt: skip
-    dg = torch.empty_like(gc, dtype=g_dtype)  # accumulated in fp32, stored once in the gate dtype
+    # Per key dim, accumulated in fp32 and stored once in the gate dtype; a scalar gate's is
+    # summed over the key dims first, in fp32.
+    dg = q.new_empty(q.shape, dtype=torch.float32 if scalar else g_dtype)
     dq_intra, dk_intra, dq, dk = dq, dk, torch.empty_like(q), torch.empty_like(k)
     _inter_grad_kernel[(triton.cdiv(K, BK), N * H)](
         q, k, v, gc, do, states_in, d_out, dq_intra, dk_intra, dq, dk, dg, scale,
-        H=H, K=K, V=V, C=C, BK=BK, BV=BV, PRECISION=prec, OP=op,
+        H=H, K=K, V=V, C=C, BK=BK, BV=BV, PRECISION=prec, OP=op, **gate,
     )  # fmt: skip
-    return dq, dk, dv, dg, d_h0
+    return dq, dk, dv, dg.sum(-1).to(g_dtype) if scalar else dg, d_h0
 
 
 class _ChunkScan(torch.autograd.Function):
@@ -533,10 +559,8 @@ def chunk_scan_triton(
     cu, _ = flatten_batch(q, cu_seqlens, initial_state)
     layout = build_layout(cu, chunk_size, q.device)
     q_c, k_c, v_c = (to_chunks(x.reshape(B * T, *x.shape[2:]), layout).contiguous() for x in (q, k, v))
-    scalar = g.dim() == 3
-    if scalar:  # SSD: one gate per head, stored across key dims for the state passes
-        g = g[..., None].expand(B, T, H, K)
-    g_c = to_chunks(g.reshape(B * T, H, K), layout)
+    scalar = g.dim() == 3  # SSD: one gate per head, [B, T, H]
+    g_c = to_chunks(g.reshape(B * T, *g.shape[2:]), layout)
     offsets = torch.tensor(layout.chunk_offsets, dtype=torch.int64, device=q.device)
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     o, final = _ChunkScan.apply(q_c, k_c, v_c, g_c, h0, float(scale), offsets, scalar)
