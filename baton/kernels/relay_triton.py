@@ -5,14 +5,16 @@
   ``log Â = b_L`` (b: the cumulative log gate from the segment start);
 - correction of the first segment's outputs, in place: ``o_t += scale (q_t ∘ exp(b_t))ᵀ S_in``.
 
-Each program walks its head's tokens in blocks of ``TOKEN_BLOCK``, the gate cumulated
-inside the block. Across blocks the summary's forward carries its state (decayed by each
-block's total gate); the other walks enter each block through its log decay from the
-segment's start or to its end, block sums cumulated from that side (``_block_log_decays``).
-So every ``exp`` argument stays ≤ 0, and no [T, H, K] tensor of cumulative gates is
-materialised. Forward, each op reads its inputs once (the correction's gate twice, once for
-the block sums) and adds into ``o`` in place; backward reads them once more. The gate
-gradients are a prefix sum (summary) and a suffix sum (correction) carried along each walk.
+Each program walks ``SPLIT_TOKENS`` of its head's tokens (a long segment is split across
+programs so that it fills the GPU) in blocks of ``TOKEN_BLOCK``, the gate cumulated inside
+the block. Each block is entered through its log decay from the segment's start or to its
+end, block sums cumulated from that side (``_block_log_decays``), so every ``exp`` argument
+stays ≤ 0 and no [T, H, K] tensor of cumulative gates is materialised. The splits' parts of
+Ŝ and of the incoming state's gradient are summed afterwards; the gate gradients, a prefix
+sum (summary) and a suffix sum (correction), are carried along each split's walk and
+continued across splits afterwards (``_add_split_offsets``). Forward, each op reads its
+inputs twice (once for the block sums) and the correction adds into ``o`` in place;
+backward reads them once more.
 """
 
 from __future__ import annotations
@@ -35,32 +37,16 @@ from baton.kernels.scan_triton import (
 )
 
 TOKEN_BLOCK = 32
+# Tokens of one program's walk: a long segment (up to a rank's whole piece) is split across
+# programs so that it still fills the GPU. A multiple of TOKEN_BLOCK.
+SPLIT_TOKENS = 1024
 
 
-@tuned("H", "K", "V", **STATE_TUNING)
 @triton.jit
-def _summary_kernel(
-    k, v, g, S, log_A, L, g_st, g_sh, g_sk,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    PRECISION: tl.constexpr, OP: tl.constexpr,
-):  # fmt: skip
-    """Per block: S ← exp(g_blk) S + (k ∘ exp(g_blk − b))ᵀ v, b cumulated within the block."""
-    i_k, i_v, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
-    b_h = tl.zeros([BK, BV], dtype=tl.float32)
-    b_total = tl.zeros([BK], dtype=tl.float32)
-    for t0 in range(0, L, BT):
-        b_gt = _load(g + i_h * g_sh, K, L, g_sk, g_st, i_k * BK, t0, BK, BT).to(tl.float32)  # [BK, BT]
-        b_gc = tl.cumsum(b_gt, axis=1)
-        g_blk = tl.sum(b_gt, axis=1)
-        b_kt = _load(k + i_h * K, K, L, 1, H * K, i_k * BK, t0, BK, BT).to(tl.float32)
-        b_v = _load(v + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV)
-        b_kg = (b_kt * tl.exp(g_blk[:, None] - b_gc)).to(OP)
-        b_h = b_h * tl.exp(g_blk)[:, None] + tl.dot(b_kg, b_v.to(OP), input_precision=PRECISION)
-        b_total += g_blk
-    _store(S + i_h * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, b_h)
-    if i_v == 0:
-        cols = i_k * BK + tl.arange(0, BK)
-        tl.store(log_A + i_h * K + cols, b_total, mask=cols < K)
+def _split_of(pid, L, H: tl.constexpr, SPLIT: tl.constexpr):
+    """The head and the token range [first, end) of the program ``pid`` = split · H + head."""
+    i_p, i_h = pid // H, pid % H
+    return i_h, i_p * SPLIT, tl.minimum(L, (i_p + 1) * SPLIT)
 
 
 @triton.jit
@@ -82,20 +68,42 @@ def _block_decay(
     return tl.exp(log_decay)
 
 
+@tuned("H", "K", "V", **STATE_TUNING)
+@triton.jit
+def _summary_kernel(
+    k, v, g, after, S_parts, L, g_st, g_sh, g_sk, a_sc, a_sh, a_sk,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    SPLIT: tl.constexpr, PRECISION: tl.constexpr, OP: tl.constexpr,
+):  # fmt: skip
+    """One split's part of Ŝ = Σ_t (k_t ∘ w_t)ᵀ v_t, w_t = exp(b_L − b_t) = exp(after_blk +
+    g_blk − b_t), b cumulated within the block."""
+    i_k, i_v, i_ph = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
+    i_h, t_first, t_end = _split_of(i_ph, L, H, SPLIT)
+    g_h, d_h = g + i_h * g_sh, after + i_h * a_sh  # this head's gates and block decays
+    acc = tl.zeros([BK, BV], dtype=tl.float32)
+    for t0 in range(t_first, t_end, BT):
+        b_w = _block_decay(g_h, d_h, L, t0, i_k * BK, g_st, g_sk, a_sc, a_sk, K, BT, BK, True)
+        b_kw = tl.trans(_load(k + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK).to(tl.float32) * b_w).to(OP)
+        b_v = _load(v + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV).to(OP)
+        acc += tl.dot(b_kw, b_v, input_precision=PRECISION)
+    _store(S_parts + i_ph * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, acc)
+
+
 @tuned("H", "K", "V")
 @triton.jit
 def _summary_key_grad_kernel(
-    k, v, g, after, dS, d_log_A, dk, dg, L, g_st, g_sh, g_sk, a_sc, a_sh, a_sk,
+    k, v, g, after, dS, dk, dg, totals, L, g_st, g_sh, g_sk, a_sc, a_sh, a_sk,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    PRECISION: tl.constexpr, OP: tl.constexpr,
+    SPLIT: tl.constexpr, PRECISION: tl.constexpr, OP: tl.constexpr,
 ):  # fmt: skip
-    """dk_t = w_t ∘ (dŜ v_t) with w_t = exp(b_L − b_t) = exp(after_blk + g_blk − b_t), b
-    cumulated within the block; dg_s = d log Â + Σ_{t<s} k_t ∘ dk_t, a prefix sum."""
-    i_k, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    """dk_t = w_t ∘ (dŜ v_t); the gate gradient dg_s = d log Â + Σ_{t<s} k_t ∘ dk_t, a prefix
+    sum, here within the split; the split's total goes to ``totals`` (``_add_split_offsets``)."""
+    i_k, i_ph = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    i_h, t_first, t_end = _split_of(i_ph, L, H, SPLIT)
     g_h, d_h = g + i_h * g_sh, after + i_h * a_sh  # this head's gates and block decays
     cols = i_k * BK + tl.arange(0, BK)
-    prefix = tl.load(d_log_A + i_h * K + cols, mask=cols < K, other=0.0)
-    for t0 in range(0, L, BT):
+    prefix = tl.zeros([BK], dtype=tl.float32)
+    for t0 in range(t_first, t_end, BT):
         b_w = _block_decay(g_h, d_h, L, t0, i_k * BK, g_st, g_sk, a_sc, a_sk, K, BT, BK, True)
         b_dkv = tl.zeros([BT, BK], dtype=tl.float32)
         for i_v in range(tl.cdiv(V, BV)):
@@ -107,6 +115,7 @@ def _summary_key_grad_kernel(
         _store(dk + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK, b_dk)
         _store(dg + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK, prefix[None, :] + tl.cumsum(b_p, axis=0) - b_p)
         prefix += tl.sum(b_p, axis=0)
+    tl.store(totals + i_ph * K + cols, prefix, mask=cols < K)
 
 
 @tuned("H", "K", "V")
@@ -114,12 +123,13 @@ def _summary_key_grad_kernel(
 def _summary_value_grad_kernel(
     k, g, after, dS, dv, L, g_st, g_sh, g_sk, a_sc, a_sh, a_sk,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    PRECISION: tl.constexpr, OP: tl.constexpr,
+    SPLIT: tl.constexpr, PRECISION: tl.constexpr, OP: tl.constexpr,
 ):  # fmt: skip
     """dv_t = (k_t ∘ w_t)ᵀ dŜ."""
-    i_v, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    i_v, i_ph = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    i_h, t_first, t_end = _split_of(i_ph, L, H, SPLIT)
     g_h, d_h = g + i_h * g_sh, after + i_h * a_sh  # this head's gates and block decays
-    for t0 in range(0, L, BT):
+    for t0 in range(t_first, t_end, BT):
         acc = tl.zeros([BT, BV], dtype=tl.float32)
         for i_k in range(tl.cdiv(K, BK)):
             b_w = _block_decay(g_h, d_h, L, t0, i_k * BK, g_st, g_sk, a_sc, a_sk, K, BT, BK, True)
@@ -134,12 +144,13 @@ def _summary_value_grad_kernel(
 def _correction_kernel(
     o, q, g, before, S_in, scale, L, g_st, g_sh, g_sk, b_sc, b_sh, b_sk,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    PRECISION: tl.constexpr, OP: tl.constexpr,
+    SPLIT: tl.constexpr, PRECISION: tl.constexpr, OP: tl.constexpr,
 ):  # fmt: skip
     """o_t += scale (q_t ∘ exp(b_t)) S_in, b_t = before_blk + the gate cumulated in the block."""
-    i_v, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    i_v, i_ph = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    i_h, t_first, t_end = _split_of(i_ph, L, H, SPLIT)
     g_h, d_h = g + i_h * g_sh, before + i_h * b_sh  # this head's gates and block decays
-    for t0 in range(0, L, BT):
+    for t0 in range(t_first, t_end, BT):
         acc = _load(o + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV).to(tl.float32)
         for i_k in range(tl.cdiv(K, BK)):
             b_d = _block_decay(g_h, d_h, L, t0, i_k * BK, g_st, g_sk, b_sc, b_sk, K, BT, BK, False)
@@ -153,37 +164,42 @@ def _correction_kernel(
 @tuned("H", "K", "V", **STATE_TUNING)
 @triton.jit
 def _correction_state_grad_kernel(
-    q, g, before, do, dS_in, scale, L, g_st, g_sh, g_sk, b_sc, b_sh, b_sk,
+    q, g, before, do, dS_parts, scale, L, g_st, g_sh, g_sk, b_sc, b_sh, b_sk,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    PRECISION: tl.constexpr, OP: tl.constexpr,
+    SPLIT: tl.constexpr, PRECISION: tl.constexpr, OP: tl.constexpr,
 ):  # fmt: skip
-    """dS_in = scale Σ_t (q_t ∘ exp(b_t)) do_tᵀ."""
-    i_k, i_v, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
+    """One split's part of dS_in = scale Σ_t (q_t ∘ exp(b_t)) do_tᵀ."""
+    i_k, i_v, i_ph = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
+    i_h, t_first, t_end = _split_of(i_ph, L, H, SPLIT)
     g_h, d_h = g + i_h * g_sh, before + i_h * b_sh  # this head's gates and block decays
     acc = tl.zeros([BK, BV], dtype=tl.float32)
-    for t0 in range(0, L, BT):
+    for t0 in range(t_first, t_end, BT):
         b_d = _block_decay(g_h, d_h, L, t0, i_k * BK, g_st, g_sk, b_sc, b_sk, K, BT, BK, False)
         b_q = _load(q + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK).to(tl.float32)
         b_qg = tl.trans(b_q * b_d * scale).to(OP)
         b_do = _load(do + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV).to(OP)
         acc += tl.dot(b_qg, b_do, input_precision=PRECISION)
-    _store(dS_in + i_h * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, acc)
+    _store(dS_parts + i_ph * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, acc)
 
 
 @tuned("H", "K", "V")
 @triton.jit
 def _correction_query_grad_kernel(
-    q, g, before, do, S_in, dq, dg, scale, L, g_st, g_sh, g_sk, b_sc, b_sh, b_sk,
+    q, g, before, do, S_in, dq, dg, totals, scale, L, g_st, g_sh, g_sk, b_sc, b_sh, b_sk,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    PRECISION: tl.constexpr, OP: tl.constexpr,
+    SPLIT: tl.constexpr, PRECISION: tl.constexpr, OP: tl.constexpr,
 ):  # fmt: skip
-    """dq_t = scale exp(b_t) ∘ (S_in do_t); dg_s = Σ_{t≥s} q_t ∘ dq_t, a suffix sum, so this
-    program walks the blocks from the last."""
-    i_k, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    """dq_t = scale exp(b_t) ∘ (S_in do_t); the gate gradient dg_s = Σ_{t≥s} q_t ∘ dq_t, a
+    suffix sum, here within the split (walked from its last block); the split's total goes
+    to ``totals`` (``_add_split_offsets``)."""
+    i_k, i_ph = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    i_h, t_first, t_end = _split_of(i_ph, L, H, SPLIT)
     g_h, d_h = g + i_h * g_sh, before + i_h * b_sh  # this head's gates and block decays
+    cols = i_k * BK + tl.arange(0, BK)
     suffix = tl.zeros([BK], dtype=tl.float32)
-    for step in range(tl.cdiv(L, BT)):
-        t0 = (tl.cdiv(L, BT) - 1 - step) * BT
+    n_blocks = tl.cdiv(t_end - t_first, BT)
+    for step in range(n_blocks):
+        t0 = t_first + (n_blocks - 1 - step) * BT
         b_d = _block_decay(g_h, d_h, L, t0, i_k * BK, g_st, g_sk, b_sc, b_sk, K, BT, BK, False)
         b_dsq = tl.zeros([BT, BK], dtype=tl.float32)
         for i_v in range(tl.cdiv(V, BV)):
@@ -196,6 +212,7 @@ def _correction_query_grad_kernel(
         _store(dq + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK, b_dq)
         _store(dg + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK, b_dg)
         suffix += tl.sum(b_p, axis=0)
+    tl.store(totals + i_ph * K + cols, suffix, mask=cols < K)
 
 
 def _gate_strides(g: Tensor) -> tuple[int, int, int]:
@@ -203,10 +220,11 @@ def _gate_strides(g: Tensor) -> tuple[int, int, int]:
     return (g.stride(0), g.stride(1), g.stride(2)) if g.dim() == 3 else (g.stride(0), g.stride(1), 0)
 
 
-def _block_log_decays(g: Tensor) -> tuple[Tensor, Tensor]:
+def _block_log_decays(g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Per token block, the log decay from the segment's start to the block's start and from
     the block's end to the segment's end, fp32 [n_blocks, H(, K)]: block sums cumulated from
-    either side, never a difference of two long prefix sums (that loses the small ones)."""
+    either side, never a difference of two long prefix sums (that loses the small ones).
+    And the segment's total log decay [H(, K)]."""
     n_full = g.shape[0] // TOKEN_BLOCK
     sums = g[: n_full * TOKEN_BLOCK].unflatten(0, (n_full, TOKEN_BLOCK)).sum(1, dtype=torch.float32)
     if g.shape[0] > n_full * TOKEN_BLOCK:
@@ -214,7 +232,22 @@ def _block_log_decays(g: Tensor) -> tuple[Tensor, Tensor]:
     zero = torch.zeros_like(sums[:1])
     before = torch.cat([zero, sums.cumsum(0)[:-1]])
     after = torch.cat([sums.flip(0).cumsum(0).flip(0)[1:], zero])
-    return before.contiguous(), after.contiguous()
+    return before.contiguous(), after.contiguous(), sums.sum(0)
+
+
+def _splits(L: int) -> int:
+    return max(1, triton.cdiv(L, SPLIT_TOKENS))
+
+
+def _padded_gate_grad(L: int, like: Tensor) -> Tensor:
+    """Per-key-dim gate gradient [whole splits of tokens, H, K], fp32, for ``_add_split_offsets``."""
+    return like.new_empty(_splits(L) * SPLIT_TOKENS, *like.shape[1:], dtype=torch.float32)
+
+
+def _add_split_offsets(dg: Tensor, offsets: Tensor, L: int) -> Tensor:
+    """Add each split's offset [n_splits, H, K] to its tokens' gate gradients; drop the padding."""
+    dg.unflatten(0, (offsets.shape[0], SPLIT_TOKENS)).add_(offsets[:, None])
+    return dg[:L]
 
 
 def _fold_gate_grad(dg: Tensor, g: Tensor) -> Tensor:
@@ -227,34 +260,38 @@ class _SegmentSummary(torch.autograd.Function):
         L, H, K = k.shape
         V = v.shape[-1]
         prec, op = _operands(k)
-        S = k.new_empty(H, K, V, dtype=torch.float32)
-        log_A = k.new_empty(H, K, dtype=torch.float32)
-        _summary_kernel[_state_grid(K, V, H)](
-            k, v, g, S, log_A, L, *_gate_strides(g),
-            H=H, K=K, V=V, BT=TOKEN_BLOCK, PRECISION=prec, OP=op, **untuned(**state_tiles(K, V)),
+        _, after, total = _block_log_decays(g)
+        S_parts = k.new_empty(_splits(L), H, K, V, dtype=torch.float32)
+        _summary_kernel[_state_grid(K, V, _splits(L) * H)](
+            k, v, g, after, S_parts, L, *_gate_strides(g), *_gate_strides(after),
+            H=H, K=K, V=V, BT=TOKEN_BLOCK, SPLIT=SPLIT_TOKENS, PRECISION=prec, OP=op, **untuned(**state_tiles(K, V)),
         )  # fmt: skip
-        ctx.save_for_backward(k, v, g)
-        return log_A, S
+        ctx.save_for_backward(k, v, g, after)
+        log_A = total if g.dim() == 3 else total[:, None].expand(H, K)
+        return log_A, S_parts.sum(0)
 
     @staticmethod
     def backward(ctx, d_log_A, dS):
-        k, v, g = ctx.saved_tensors
+        k, v, g, after = ctx.saved_tensors
         L, H, K = k.shape
         V = v.shape[-1]
         BK, BV, (prec, op) = _block(K), _block(V), _operands(k)
         dS = dS.float().contiguous() if dS is not None else k.new_zeros(H, K, V, dtype=torch.float32)
-        d_log_A = d_log_A.float().contiguous() if d_log_A is not None else k.new_zeros(H, K, dtype=torch.float32)
-        after = _block_log_decays(g)[1]
+        d_log_A = d_log_A.float() if d_log_A is not None else k.new_zeros(H, K, dtype=torch.float32)
         dk, dv = torch.empty_like(k), torch.empty_like(v)
-        dg = k.new_empty(L, H, K, dtype=torch.float32)
+        dg, totals = _padded_gate_grad(L, k), k.new_empty(_splits(L), H, K, dtype=torch.float32)
         strides = (*_gate_strides(g), *_gate_strides(after))
-        _summary_key_grad_kernel[(triton.cdiv(K, BK), H)](
-            k, v, g, after, dS, d_log_A, dk, dg, L, *strides,
-            H=H, K=K, V=V, BT=TOKEN_BLOCK, BK=BK, BV=BV, PRECISION=prec, OP=op,
+        _summary_key_grad_kernel[(triton.cdiv(K, BK), _splits(L) * H)](
+            k, v, g, after, dS, dk, dg, totals, L, *strides,
+            H=H, K=K, V=V, BT=TOKEN_BLOCK, BK=BK, BV=BV, SPLIT=SPLIT_TOKENS, PRECISION=prec, OP=op,
         )  # fmt: skip
-        _summary_value_grad_kernel[(triton.cdiv(V, BV), H)](
-            k, g, after, dS, dv, L, *strides, H=H, K=K, V=V, BT=TOKEN_BLOCK, BK=BK, BV=BV, PRECISION=prec, OP=op
-        )
+        _summary_value_grad_kernel[(triton.cdiv(V, BV), _splits(L) * H)](
+            k, g, after, dS, dv, L, *strides,
+            H=H, K=K, V=V, BT=TOKEN_BLOCK, BK=BK, BV=BV, SPLIT=SPLIT_TOKENS, PRECISION=prec, OP=op,
+        )  # fmt: skip
+        # Every token's gate reaches b_L; a split's prefix starts after the splits before it.
+        before_split = torch.cat([torch.zeros_like(totals[:1]), totals.cumsum(0)[:-1]])
+        dg = _add_split_offsets(dg, before_split + d_log_A, L)
         return dk, dv, _fold_gate_grad(dg, g)
 
 
@@ -265,9 +302,9 @@ class _AddStateCorrection(torch.autograd.Function):
         V = o.shape[-1]
         BK, BV, (prec, op) = _block(K), _block(V), _operands(q)
         before = _block_log_decays(g)[0]
-        _correction_kernel[(triton.cdiv(V, BV), H)](
+        _correction_kernel[(triton.cdiv(V, BV), _splits(L) * H)](
             o, q, g, before, S_in, scale, L, *_gate_strides(g), *_gate_strides(before),
-            H=H, K=K, V=V, BT=TOKEN_BLOCK, BK=BK, BV=BV, PRECISION=prec, OP=op,
+            H=H, K=K, V=V, BT=TOKEN_BLOCK, BK=BK, BV=BV, SPLIT=SPLIT_TOKENS, PRECISION=prec, OP=op,
         )  # fmt: skip
         ctx.mark_dirty(o)
         ctx.save_for_backward(q, g, before, S_in)
@@ -282,18 +319,21 @@ class _AddStateCorrection(torch.autograd.Function):
         BK, BV, (prec, op) = _block(K), _block(V), _operands(q)
         do_seg = do[:L].contiguous()
         strides = (*_gate_strides(g), *_gate_strides(before))
-        dS_in = S_in.new_empty(H, K, V, dtype=torch.float32)
-        _correction_state_grad_kernel[_state_grid(K, V, H)](
-            q, g, before, do_seg, dS_in, ctx.scale, L, *strides,
-            H=H, K=K, V=V, BT=TOKEN_BLOCK, PRECISION=prec, OP=op, **untuned(**state_tiles(K, V)),
+        dS_parts = S_in.new_empty(_splits(L), H, K, V, dtype=torch.float32)
+        _correction_state_grad_kernel[_state_grid(K, V, _splits(L) * H)](
+            q, g, before, do_seg, dS_parts, ctx.scale, L, *strides,
+            H=H, K=K, V=V, BT=TOKEN_BLOCK, SPLIT=SPLIT_TOKENS, PRECISION=prec, OP=op, **untuned(**state_tiles(K, V)),
         )  # fmt: skip
         dq = torch.empty_like(q)
-        dg = q.new_empty(L, H, K, dtype=torch.float32)
-        _correction_query_grad_kernel[(triton.cdiv(K, BK), H)](
-            q, g, before, do_seg, S_in, dq, dg, ctx.scale, L, *strides,
-            H=H, K=K, V=V, BT=TOKEN_BLOCK, BK=BK, BV=BV, PRECISION=prec, OP=op,
+        dg, totals = _padded_gate_grad(L, q), q.new_empty(_splits(L), H, K, dtype=torch.float32)
+        _correction_query_grad_kernel[(triton.cdiv(K, BK), _splits(L) * H)](
+            q, g, before, do_seg, S_in, dq, dg, totals, ctx.scale, L, *strides,
+            H=H, K=K, V=V, BT=TOKEN_BLOCK, BK=BK, BV=BV, SPLIT=SPLIT_TOKENS, PRECISION=prec, OP=op,
         )  # fmt: skip
-        return do, dq, _fold_gate_grad(dg, g), dS_in.to(S_in.dtype), None
+        # A split's suffix continues with the splits after it.
+        after_split = torch.cat([totals.flip(0).cumsum(0).flip(0)[1:], torch.zeros_like(totals[:1])])
+        dg = _add_split_offsets(dg, after_split, L)
+        return do, dq, _fold_gate_grad(dg, g), dS_parts.sum(0).to(S_in.dtype), None
 
 
 def segment_summary_triton(k: Tensor, v: Tensor, g: Tensor, start: int) -> tuple[Tensor, Tensor]:

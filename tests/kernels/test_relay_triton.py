@@ -86,6 +86,24 @@ def test_tiles_the_tuner_may_pick(gate, monkeypatch):
 
 
 @pytest.mark.parametrize("gate", ["gla", "ssd"])
+@pytest.mark.parametrize("decay", [0.02, 30.0])
+def test_long_segment_split_across_programs(gate, decay, monkeypatch):
+    # A long segment (up to a rank's whole piece) is split across programs: their parts of the
+    # states are summed, and the gate gradients' prefix and suffix sums continue across splits.
+    # 64-token splits over 150 tokens: three, the last one partial. Weak decay, so that every
+    # split reaches the others; strong decay for the precision.
+    monkeypatch.setattr(relay_triton, "SPLIT_TOKENS", 64)
+    q, k, v, g = random_inputs(gate, 150, K=16, V=32, decay=decay, seed=6)
+    ours = summary_and_grads(segment_summary_triton, *leaves((k, v, g), torch.float32), 2)
+    theirs = summary_and_grads(segment_summary_ref, *leaves((k, v, g), torch.float64), 2)
+    check(ours, theirs, ["log_A", "S", "dk", "dv", "dg"], 1e-4)
+    state = torch.randn(2, 16, 32, dtype=torch.float64)
+    ours = correction_and_grads(add_state_correction_triton, *leaves((v, q, g, state), torch.float32), 140, 0.3)
+    theirs = correction_and_grads(add_state_correction_ref, *leaves((v, q, g, state), torch.float64), 140, 0.3)
+    check(ours, theirs, ["o", "do", "dq", "dg", "dstate"], 1e-4)
+
+
+@pytest.mark.parametrize("gate", ["gla", "ssd"])
 def test_bf16_inputs(gate):
     q, k, v, g = random_inputs(gate, 70, K=32, V=32, seed=3)
     ours = summary_and_grads(segment_summary_triton, *leaves((k, v, g), torch.bfloat16), 10)
