@@ -13,8 +13,8 @@ stays ≤ 0 and no [T, H, K] tensor of cumulative gates is materialised. The spl
 Ŝ and of the incoming state's gradient are summed afterwards; the gate gradients, a prefix
 sum (summary) and a suffix sum (correction), are carried along each split's walk and
 continued across splits afterwards (``_add_split_offsets``). Forward, each op reads its
-inputs twice (once for the block sums) and the correction adds into ``o`` in place;
-backward reads them once more.
+inputs once and its gate twice (once for the block sums), and the correction adds into
+``o`` in place; backward reads them once more.
 """
 
 from __future__ import annotations
