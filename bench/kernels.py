@@ -7,10 +7,10 @@ Shapes are those of a 1.3B model's mixer (hidden 2048 = 16 heads × 128), a fixe
 tokens per batch (batch = tokens / T). TFLOP/s counts the chunked algorithm's dense matrix
 products, per token and head: forward 2C(K+V) (intra-chunk scores and their product with v)
 + 4KV (state update and inter-chunk output); backward counted as twice the forward. Memory
-is the peak allocated during forward + backward beyond the inputs; first_s is the first
-forward + backward, which compiles (and autotunes baton's kernels) unless Triton's cache
-already holds them. The JSON also records the launch settings the autotuner chose. Needs a
-GPU; on CPU it times the reference only.
+is the peak allocated during forward + backward beyond the inputs. The agreement check runs
+first and also times each contender's first call (compiling, and autotuning baton's kernels);
+the JSON records the settings the autotuner chose. Needs a GPU; on CPU it times the
+reference only.
 """
 
 from __future__ import annotations
@@ -64,20 +64,14 @@ def fwd_bwd(fn, inputs, do, ds):
     torch.autograd.backward([o, s], [do, ds])
 
 
-def bench_one(fn, inputs, cuda: bool) -> tuple[float, float, float]:
-    """Median seconds of forward + backward, peak extra memory in GiB, and the seconds of the
-    first forward + backward (compiling and autotuning, unless Triton's disk cache has them)."""
-    start = time.perf_counter()
+def bench_one(fn, inputs, cuda: bool) -> tuple[float, float]:
+    """Median seconds of forward + backward, and peak extra memory in GiB."""
     o, s = fn(*inputs)
     do, ds = torch.randn_like(o), torch.randn_like(s)
-    torch.autograd.backward([o, s], [do, ds])
-    if cuda:
-        torch.cuda.synchronize()
-    first = time.perf_counter() - start
     del o, s
     run = lambda: fwd_bwd(fn, inputs, do, ds)  # noqa: E731
     if not cuda:
-        return time_it(run), float("nan"), first
+        return time_it(run), float("nan")
     from triton.testing import do_bench
 
     torch.cuda.synchronize()
@@ -87,7 +81,7 @@ def bench_one(fn, inputs, cuda: bool) -> tuple[float, float, float]:
     torch.cuda.synchronize()
     peak = (torch.cuda.max_memory_allocated() - base) / 2**30
     ms = do_bench(run, warmup=50, rep=300, grad_to_none=inputs, return_mode="median")
-    return ms / 1e3, peak, first
+    return ms / 1e3, peak
 
 
 def tuned_settings() -> dict[str, dict[str, str]]:
@@ -101,7 +95,9 @@ def tuned_settings() -> dict[str, dict[str, str]]:
 
 
 def agreement(gate: str, H: int, D: int, device: str) -> dict:
-    """Relative difference of each contender's output and dq from the reference, bf16, T=1024."""
+    """Relative difference of each contender's output and dq from the reference, bf16, T=1024;
+    and the seconds of that first forward + backward, which compiles (and autotunes baton's
+    kernels for these heads and head dims) unless Triton's cache already holds them."""
     inputs = make_inputs(gate, 1, 1024, H, D, device, torch.bfloat16, seed=1)
     result = {}
     ref_o = ref_dq = None
@@ -109,17 +105,21 @@ def agreement(gate: str, H: int, D: int, device: str) -> dict:
         leaves = [x.detach().clone().requires_grad_() for x in inputs]
         if name == "torch-ref":
             leaves = [x.detach().float().requires_grad_() for x in inputs]
+        start = time.perf_counter()
         try:
             o, _ = fn(*leaves)
             (o.float() * torch.linspace(-1, 1, o.numel(), device=device).view_as(o)).sum().backward()
         except RuntimeError as err:  # e.g. flash-linear-attention refusing a Triton version
             result[name] = f"failed: {str(err)[:120]}"
             continue
+        if device == "cuda":
+            torch.cuda.synchronize()
+        result[name] = {"first_s": round(time.perf_counter() - start, 2)}
         if ref_o is None:
             ref_o, ref_dq = o.float().detach(), leaves[0].grad.float()
             continue
         rel = lambda a, b: ((a - b).norm() / b.norm()).item()  # noqa: E731
-        result[name] = {"o": rel(o.float(), ref_o), "dq": rel(leaves[0].grad.float(), ref_dq)}
+        result[name] |= {"o": rel(o.float(), ref_o), "dq": rel(leaves[0].grad.float(), ref_dq)}
     return result
 
 
@@ -192,12 +192,9 @@ def main() -> None:
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
     H, D = args.heads, args.dim
     rows, checks = [], {}
-    if args.profile and cuda:
-        for gate in args.gates:
-            profile_kernels(gate, max(1, args.tokens // args.lengths[0]), args.lengths[0], H, D)
     for gate in args.gates:
         checks[gate] = agreement(gate, H, D, device)
-        print(f"{gate}: relative difference from the fp32 reference (bf16 inputs, T=1024): {checks[gate]}")
+        print(f"{gate}: difference from the fp32 reference, first call's seconds (bf16, T=1024): {checks[gate]}")
         for T in args.lengths:
             B = max(1, args.tokens // T)
             flops = 3 * B * T * H * (2 * CHUNK * (D + D) + 4 * D * D)
@@ -207,19 +204,22 @@ def main() -> None:
                     continue
                 inputs = make_inputs(gate, B, T, H, D, device, dtype)
                 try:
-                    seconds, mem, first = bench_one(fn, inputs, cuda)
+                    seconds, mem = bench_one(fn, inputs, cuda)
                 except torch.OutOfMemoryError:
                     row["ms"] = "oom"
                 except RuntimeError:
                     row["ms"] = "failed"  # the reason is in the agreement check above
                 else:
                     row |= {"ms": round(seconds * 1e3, 3), "TFLOP/s": round(flops / seconds / 1e12, 1)}
-                    row |= {"peak_GiB": round(mem, 2), "first_s": round(first, 2)}
+                    row["peak_GiB"] = round(mem, 2)
                 rows.append(row)
                 print_table(rows[-1:], list(row))
                 del inputs
                 if cuda:
                     torch.cuda.empty_cache()
+    if args.profile and cuda:  # after the agreement checks, which time the first (tuning) calls
+        for gate in args.gates:
+            profile_kernels(gate, max(1, args.tokens // args.lengths[0]), args.lengths[0], H, D)
     relay = []
     if args.relay:
         for gate in args.gates:
@@ -227,7 +227,7 @@ def main() -> None:
                 if cuda or T <= args.ref_max:
                     relay += relay_overhead(gate, T, H, D, device, dtype)
     print()
-    print_table(rows, ["gate", "B", "T", "impl", "ms", "TFLOP/s", "peak_GiB", "first_s"])
+    print_table(rows, ["gate", "B", "T", "impl", "ms", "TFLOP/s", "peak_GiB"])
     if relay:
         print("\nsequence-parallel summary + correction over a whole piece of T tokens (batch 1):")
         print_table(relay, list(relay[0]))

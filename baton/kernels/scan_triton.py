@@ -19,8 +19,9 @@ backward  1. state-gradient pass (the same walk in reverse), giving dS leaving e
 The recurrence runs and accumulates in fp32; bf16/fp16 operands feed the tensor cores in
 their own dtype, fp32 operands use exact (IEEE) products. The per-chunk states kept for the
 backward are stored in the input dtype (they enter only matrix products as operands);
-final states and the initial-state gradient are fp32. Launch settings (warps, pipeline
-stages) are autotuned per GPU and shape (``tuned``); tile sizes are not.
+final states and the initial-state gradient are fp32. Warps and pipeline stages, and the
+key / value tiles of the intra-chunk kernels and the state walks, are autotuned per GPU and
+shape (``tuned``).
 """
 
 from __future__ import annotations
