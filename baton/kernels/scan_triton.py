@@ -40,7 +40,8 @@ from baton.kernels.layout import build_layout, from_chunks, to_chunks
 
 SUB_BLOCK = 16
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-AUTOTUNE = os.environ.get("BATON_AUTOTUNE", "1") != "0" and not INTERPRET  # warps/stages mean nothing interpreted
+# Off under the interpreter (warps and stages mean nothing there) or with BATON_AUTOTUNE=0.
+AUTOTUNE = os.environ.get("BATON_AUTOTUNE", "1").lower() not in ("0", "false", "off", "no") and not INTERPRET
 SMALL_TILE_WARPS = (1, 2, 4, 8)  # 16x16 sub-block tiles: few warps can be the fastest
 LARGE_TILE_WARPS = (2, 4, 8)  # [C or BK, BV] tiles: one warp would spill
 TILED_DIM = {"BK": "K", "BV": "V"}  # a tunable tile size and the head dim it tiles
