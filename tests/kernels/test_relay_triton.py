@@ -70,19 +70,24 @@ def test_state_correction(gate, T, end, dim, decay):
     check(ours, theirs, ["o", "do", "dq", "dg", "dstate"], 1e-4)
 
 
+def check_both_ops_fp32(gate, T, start, end, dim_k, dim_v, decay, seed):
+    """Summary of tokens ``start:`` and correction of tokens ``:end``, against fp64 references."""
+    q, k, v, g = random_inputs(gate, T, K=dim_k, V=dim_v, decay=decay, seed=seed)
+    ours = summary_and_grads(segment_summary_triton, *leaves((k, v, g), torch.float32), start)
+    theirs = summary_and_grads(segment_summary_ref, *leaves((k, v, g), torch.float64), start)
+    check(ours, theirs, ["log_A", "S", "dk", "dv", "dg"], 1e-4)
+    state = torch.randn(2, dim_k, dim_v, dtype=torch.float64)
+    ours = correction_and_grads(add_state_correction_triton, *leaves((v, q, g, state), torch.float32), end, 0.3)
+    theirs = correction_and_grads(add_state_correction_ref, *leaves((v, q, g, state), torch.float64), end, 0.3)
+    check(ours, theirs, ["o", "do", "dq", "dg", "dstate"], 1e-4)
+
+
 @pytest.mark.parametrize("gate", ["gla", "ssd"])
 def test_tiles_the_tuner_may_pick(gate, monkeypatch):
     # On a GPU the autotuner may give the summary and the correction's state gradient other
     # key and value tiles than the untuned ones; K = V = 64 splits into several of each.
     monkeypatch.setattr(relay_triton, "state_tiles", lambda K, V: {"BK": 16, "BV": 32})
-    q, k, v, g = random_inputs(gate, 45, K=64, V=64, seed=4)
-    ours = summary_and_grads(segment_summary_triton, *leaves((k, v, g), torch.float32), 5)
-    theirs = summary_and_grads(segment_summary_ref, *leaves((k, v, g), torch.float64), 5)
-    check(ours, theirs, ["log_A", "S", "dk", "dv", "dg"], 1e-4)
-    state = torch.randn(2, 64, 64, dtype=torch.float64)
-    ours = correction_and_grads(add_state_correction_triton, *leaves((v, q, g, state), torch.float32), 40, 0.3)
-    theirs = correction_and_grads(add_state_correction_ref, *leaves((v, q, g, state), torch.float64), 40, 0.3)
-    check(ours, theirs, ["o", "do", "dq", "dg", "dstate"], 1e-4)
+    check_both_ops_fp32(gate, 45, 5, 40, 64, 64, decay=1.0, seed=4)
 
 
 @pytest.mark.parametrize("gate", ["gla", "ssd"])
@@ -93,14 +98,7 @@ def test_long_segment_split_across_programs(gate, decay, monkeypatch):
     # 64-token splits over 150 tokens: three, the last one partial. Weak decay, so that every
     # split reaches the others; strong decay for the precision.
     monkeypatch.setattr(relay_triton, "SPLIT_TOKENS", 64)
-    q, k, v, g = random_inputs(gate, 150, K=16, V=32, decay=decay, seed=6)
-    ours = summary_and_grads(segment_summary_triton, *leaves((k, v, g), torch.float32), 2)
-    theirs = summary_and_grads(segment_summary_ref, *leaves((k, v, g), torch.float64), 2)
-    check(ours, theirs, ["log_A", "S", "dk", "dv", "dg"], 1e-4)
-    state = torch.randn(2, 16, 32, dtype=torch.float64)
-    ours = correction_and_grads(add_state_correction_triton, *leaves((v, q, g, state), torch.float32), 140, 0.3)
-    theirs = correction_and_grads(add_state_correction_ref, *leaves((v, q, g, state), torch.float64), 140, 0.3)
-    check(ours, theirs, ["o", "do", "dq", "dg", "dstate"], 1e-4)
+    check_both_ops_fp32(gate, 150, 2, 140, 16, 32, decay=decay, seed=6)
 
 
 @pytest.mark.parametrize("gate", ["gla", "ssd"])
