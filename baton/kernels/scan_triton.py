@@ -7,7 +7,8 @@ or one per head [N, C, H] (SSD), which the kernels read as a GLA gate equal acro
 
 forward   1. intra-chunk scores A [N, H, C, C] (tensor cores across 16-token sub-blocks,
              the pairwise decay row by row inside one; every ``exp`` has a non-positive
-             argument; with scalar SSD gates the decay is a plain [16, 16] matrix)
+             argument; with scalar SSD gates the decay is a plain [C, C] matrix and the
+             whole chunk is one block)
           2. state pass: the state entering each chunk, one program per (sequence, head,
              key block, value block) walking that sequence's chunks
           3. output: ``scale (q ∘ exp(b)) S_in + A v``
@@ -42,7 +43,7 @@ SUB_BLOCK = 16
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # Off under the interpreter (warps and stages mean nothing there) or with BATON_AUTOTUNE=0.
 AUTOTUNE = os.environ.get("BATON_AUTOTUNE", "1").lower() not in ("0", "false", "off", "no") and not INTERPRET
-SMALL_TILE_WARPS = (1, 2, 4, 8)  # 16x16 sub-block tiles: few warps can be the fastest
+SMALL_TILE_WARPS = (1, 2, 4, 8)  # 16-row blocks of the intra-chunk kernels: few warps can do
 LARGE_TILE_WARPS = (2, 4, 8)  # [C or BK, BV] tiles: one warp would spill
 TILED_DIM = {"BK": "K", "BV": "V"}  # a tunable tile size and the head dim it tiles
 
@@ -96,6 +97,14 @@ def untuned(**tiles: int) -> dict[str, int]:
     return {} if AUTOTUNE else tiles
 
 
+def _score_block(C: int, scalar: bool) -> int:
+    """Rows of the intra-chunk kernels' blocks. Per-key-dim gates need 16-token sub-blocks
+    (across them the decay factors through a reference row, within one it is taken row by
+    row); with a scalar gate the pairwise decay is a plain matrix, so blocks can be whole
+    chunks (up to 64 tokens), whose products fill the tensor cores' tiles."""
+    return min(C, 64) if scalar else SUB_BLOCK
+
+
 def intra_key_tile(K: int, scalar: bool) -> int:
     """Untuned key-dim tile of the intra-chunk kernels: per-key-dim gates run row loops over
     [16, BK] tiles, which want them narrow."""
@@ -147,7 +156,7 @@ def _intra_scores_kernel(
     H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
     SCALAR: tl.constexpr, GW: tl.constexpr, GSK: tl.constexpr, PRECISION: tl.constexpr, OP: tl.constexpr,
 ):  # fmt: skip
-    """A[n, h, i, j] = scale · Σ_k q_ik k_jk exp(b_ik − b_jk) for j ≤ i, one 16×16 block."""
+    """A[n, h, i, j] = scale · Σ_k q_ik k_jk exp(b_ik − b_jk) for j ≤ i, one BC×BC block."""
     i_nh, i_i, i_j = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     i_n, i_h = i_nh // H, i_nh % H
     if i_j <= i_i:
@@ -465,8 +474,9 @@ def _forward(q, k, v, gc, scale, chunk_offsets, h0, scalar):
     BK, BV, (prec, op) = _block(K), _block(V), _operands(q)
     gate = _gate_layout(scalar, K)
     A = q.new_zeros(N, H, C, C, dtype=torch.float32)
-    _intra_scores_kernel[(N * H, C // SUB_BLOCK, C // SUB_BLOCK)](
-        q, k, gc, A, scale, H=H, K=K, C=C, BC=SUB_BLOCK, SCALAR=scalar, PRECISION=prec, OP=op,
+    BC = _score_block(C, scalar)
+    _intra_scores_kernel[(N * H, C // BC, C // BC)](
+        q, k, gc, A, scale, H=H, K=K, C=C, BC=BC, SCALAR=scalar, PRECISION=prec, OP=op,
         **gate, **untuned(BK=intra_key_tile(K, scalar)),
     )  # fmt: skip
     states_in = q.new_empty(N, H, K, V)  # the matrix products read them as operands anyway
@@ -503,8 +513,9 @@ def _backward(q, k, v, gc, do, d_final, scale, chunk_offsets, states_in, A, scal
     )
     dq = q.new_empty(q.shape, dtype=torch.float32)
     dk = q.new_empty(q.shape, dtype=torch.float32)
-    _intra_grad_kernel[lambda tile: (N * H, C // SUB_BLOCK, triton.cdiv(K, tile["BK"]))](
-        q, k, gc, dA, dq, dk, H=H, K=K, C=C, BC=SUB_BLOCK, SCALAR=scalar, PRECISION=prec, OP=op,
+    BC = _score_block(C, scalar)
+    _intra_grad_kernel[lambda tile: (N * H, C // BC, triton.cdiv(K, tile["BK"]))](
+        q, k, gc, dA, dq, dk, H=H, K=K, C=C, BC=BC, SCALAR=scalar, PRECISION=prec, OP=op,
         **gate, **untuned(BK=intra_key_tile(K, scalar)),
     )  # fmt: skip
     # Per key dim, accumulated in fp32 and stored once in the gate dtype; a scalar gate's is

@@ -47,7 +47,7 @@ def inputs_on_device(gate, T, dtype=torch.float32, **kwargs):
 
 
 @pytest.mark.parametrize("gate", ["gla", "ssd"])
-@pytest.mark.parametrize("T,chunk", [(45, 16), (70, 32), (64, 64)])
+@pytest.mark.parametrize("T,chunk", [(45, 16), (70, 32), (64, 64), (140, 128)])
 def test_batch_with_states_fp32(gate, T, chunk):
     inputs = inputs_on_device(gate, T, B=2, K=16, V=32, seed=T)
     h0 = torch.randn(2, 2, 16, 32).to(DEVICE)
