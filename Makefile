@@ -16,3 +16,4 @@ bench:
 	.venv/bin/python bench/sp_relay.py
 	.venv/bin/python bench/planner_sim.py
 	.venv/bin/python bench/profile_overhead.py
+	.venv/bin/python bench/checkpoint_io.py
