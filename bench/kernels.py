@@ -85,7 +85,7 @@ def bench_one(fn, inputs, cuda: bool) -> tuple[float, float]:
 
 
 def tuned_settings() -> dict[str, dict[str, str]]:
-    """The warps and stages Triton's autotuner chose for each baton kernel, per shape key."""
+    """What Triton's autotuner chose (warps, stages, tiles) for each baton kernel, per shape key."""
     from triton.runtime.autotuner import Autotuner
 
     from baton.kernels import relay_triton, scan_triton
