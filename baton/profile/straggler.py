@@ -15,6 +15,18 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def _median_speed(compute_s: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """Per rank, the median over the window's steps of tokens per compute second (0 where a
+    rank computed nothing): one slow step, such as the first one compiling and autotuning
+    the kernels, does not move it."""
+    worked = (tokens > 0) & (compute_s > 0)
+    speeds = np.where(worked, tokens / np.where(worked, compute_s, 1.0), np.nan)
+    medians = np.full(tokens.shape[1], np.nan)
+    ranks = worked.any(axis=0)
+    medians[ranks] = np.nanmedian(speeds[:, ranks], axis=0)
+    return np.nan_to_num(medians)
+
+
 @dataclass
 class StragglerReport:
     stragglers: list[int]  # ranks persistently slower than predicted for their load
@@ -54,7 +66,7 @@ class StragglerDetector:
             np.median(relative, axis=0).round(4).tolist(),
             errors,
             calibrated,
-            (tokens.sum(axis=0) / np.maximum(compute_s.sum(axis=0), 1e-12)).tolist(),
+            _median_speed(compute_s, tokens).tolist(),
             self.threshold,
         )
         return report
