@@ -229,19 +229,29 @@ def _block_log_decays(g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     sums = g[: n_full * TOKEN_BLOCK].unflatten(0, (n_full, TOKEN_BLOCK)).sum(1, dtype=torch.float32)
     if g.shape[0] > n_full * TOKEN_BLOCK:
         sums = torch.cat([sums, g[n_full * TOKEN_BLOCK :].sum(0, keepdim=True, dtype=torch.float32)])
-    zero = torch.zeros_like(sums[:1])
-    before = torch.cat([zero, sums.cumsum(0)[:-1]])
-    after = torch.cat([sums.flip(0).cumsum(0).flip(0)[1:], zero])
+    before, after = _exclusive_sums(sums)
     return before.contiguous(), after.contiguous(), sums.sum(0)
+
+
+def _exclusive_sums(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Along dim 0, the sum of the entries before each one and of those after it, each
+    cumulated from its own side."""
+    zero = torch.zeros_like(x[:1])
+    return torch.cat([zero, x.cumsum(0)[:-1]]), torch.cat([x.flip(0).cumsum(0).flip(0)[1:], zero])
 
 
 def _splits(L: int) -> int:
     return max(1, triton.cdiv(L, SPLIT_TOKENS))
 
 
-def _padded_gate_grad(L: int, like: Tensor) -> Tensor:
-    """Per-key-dim gate gradient [whole splits of tokens, H, K], fp32, for ``_add_split_offsets``."""
-    return like.new_empty(_splits(L) * SPLIT_TOKENS, *like.shape[1:], dtype=torch.float32)
+def _split_gate_grad(L: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """Buffers of a kernel's per-key-dim gate gradient, [whole splits of tokens, H, K], and of
+    each split's total, [n_splits, H, K], fp32, for ``_add_split_offsets``."""
+    shape = like.shape[1:]
+    return (
+        like.new_empty(_splits(L) * SPLIT_TOKENS, *shape, dtype=torch.float32),
+        like.new_empty(_splits(L), *shape, dtype=torch.float32),
+    )
 
 
 def _add_split_offsets(dg: Tensor, offsets: Tensor, L: int) -> Tensor:
@@ -279,7 +289,7 @@ class _SegmentSummary(torch.autograd.Function):
         dS = dS.float().contiguous() if dS is not None else k.new_zeros(H, K, V, dtype=torch.float32)
         d_log_A = d_log_A.float() if d_log_A is not None else k.new_zeros(H, K, dtype=torch.float32)
         dk, dv = torch.empty_like(k), torch.empty_like(v)
-        dg, totals = _padded_gate_grad(L, k), k.new_empty(_splits(L), H, K, dtype=torch.float32)
+        dg, totals = _split_gate_grad(L, k)
         strides = (*_gate_strides(g), *_gate_strides(after))
         _summary_key_grad_kernel[(triton.cdiv(K, BK), _splits(L) * H)](
             k, v, g, after, dS, dk, dg, totals, L, *strides,
@@ -290,8 +300,7 @@ class _SegmentSummary(torch.autograd.Function):
             H=H, K=K, V=V, BT=TOKEN_BLOCK, BK=BK, BV=BV, SPLIT=SPLIT_TOKENS, PRECISION=prec, OP=op,
         )  # fmt: skip
         # Every token's gate reaches b_L; a split's prefix starts after the splits before it.
-        before_split = torch.cat([torch.zeros_like(totals[:1]), totals.cumsum(0)[:-1]])
-        dg = _add_split_offsets(dg, before_split + d_log_A, L)
+        dg = _add_split_offsets(dg, _exclusive_sums(totals)[0] + d_log_A, L)
         return dk, dv, _fold_gate_grad(dg, g)
 
 
@@ -325,14 +334,13 @@ class _AddStateCorrection(torch.autograd.Function):
             H=H, K=K, V=V, BT=TOKEN_BLOCK, SPLIT=SPLIT_TOKENS, PRECISION=prec, OP=op, **untuned(**state_tiles(K, V)),
         )  # fmt: skip
         dq = torch.empty_like(q)
-        dg, totals = _padded_gate_grad(L, q), q.new_empty(_splits(L), H, K, dtype=torch.float32)
+        dg, totals = _split_gate_grad(L, q)
         _correction_query_grad_kernel[(triton.cdiv(K, BK), _splits(L) * H)](
             q, g, before, do_seg, S_in, dq, dg, totals, ctx.scale, L, *strides,
             H=H, K=K, V=V, BT=TOKEN_BLOCK, BK=BK, BV=BV, SPLIT=SPLIT_TOKENS, PRECISION=prec, OP=op,
         )  # fmt: skip
         # A split's suffix continues with the splits after it.
-        after_split = torch.cat([totals.flip(0).cumsum(0).flip(0)[1:], torch.zeros_like(totals[:1])])
-        dg = _add_split_offsets(dg, after_split, L)
+        dg = _add_split_offsets(dg, _exclusive_sums(totals)[1], L)
         return do, dq, _fold_gate_grad(dg, g), dS_parts.sum(0).to(S_in.dtype), None
 
 
