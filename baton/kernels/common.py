@@ -7,6 +7,8 @@ from torch import Tensor
 
 from baton.kernels.layout import ChunkLayout, build_layout, to_chunks
 
+TRITON_CHUNK_SIZES = (16, 32, 64, 128)  # the Triton scans' chunks are power-of-two tiles of 16 rows or more
+
 
 def compute_dtype(x: Tensor) -> torch.dtype:
     """State and accumulation precision: fp32, or fp64 when the inputs are fp64 (tests)."""

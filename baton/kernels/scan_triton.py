@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from baton.kernels.common import flatten_batch
+from baton.kernels.common import TRITON_CHUNK_SIZES, flatten_batch
 from baton.kernels.layout import build_layout, from_chunks, to_chunks
 
 SUB_BLOCK = 16
@@ -562,9 +562,9 @@ def chunk_scan_triton(
     chunk_size: int = 64,
 ) -> tuple[Tensor, Tensor]:
     """GLA (g [B, T, H, K]) or SSD (g [B, T, H]) chunked scan; the contract of
-    :func:`baton.kernels.gla_ref.chunk_gla_ref`. Needs ``chunk_size`` in 16, 32, 64, 128."""
-    if chunk_size not in (16, 32, 64, 128):
-        raise ValueError(f"the Triton scans need chunk_size 16, 32, 64 or 128, got {chunk_size}")
+    :func:`baton.kernels.gla_ref.chunk_gla_ref`. Needs ``chunk_size`` in ``TRITON_CHUNK_SIZES``."""
+    if chunk_size not in TRITON_CHUNK_SIZES:
+        raise ValueError(f"the Triton scans need chunk_size in {TRITON_CHUNK_SIZES}, got {chunk_size}")
     if q.dtype == torch.float64:
         raise ValueError("the Triton scans take fp32, bf16 or fp16 inputs, not fp64")
     B, T, H, K = q.shape

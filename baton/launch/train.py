@@ -27,6 +27,7 @@ from baton.data.corpus import Corpus
 from baton.data.loader import Batch, PackedLoader
 from baton.dist.env import DistEnv, init_distributed
 from baton.kernels import set_backend as set_kernel_backend
+from baton.kernels.common import TRITON_CHUNK_SIZES
 from baton.launch.config import Config, ConfigError, to_yaml
 from baton.launch.logs import record_environment, tee_output
 from baton.launch.preempt import Preemption
@@ -67,6 +68,10 @@ def pick_device(cfg: Config) -> tuple[torch.device, torch.dtype | None]:
     device = torch.device("cuda") if cuda else torch.device("cpu")
     if cfg.train.kernels == "triton" and not cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise ConfigError("train.kernels: triton needs a CUDA device (or TRITON_INTERPRET=1 to interpret on CPU)")
+    triton = cfg.train.kernels == "triton" or (cfg.train.kernels == "auto" and cuda)
+    if triton and cfg.model.chunk_size not in TRITON_CHUNK_SIZES:
+        sizes = ", ".join(map(str, TRITON_CHUNK_SIZES))
+        raise ConfigError(f"model.chunk_size: the Triton kernels need one of {sizes}, got {cfg.model.chunk_size}")
     bf16 = cfg.train.dtype == "bf16" or (cfg.train.dtype == "auto" and cuda)
     return device, torch.bfloat16 if bf16 else None
 

@@ -4,7 +4,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from baton.launch.cli import main
+from baton.launch.config import ConfigError, load_config
+from baton.launch.train import pick_device
 
 
 def test_short_run_loss_falls(tmp_path):
@@ -66,3 +70,10 @@ def test_torch_profiler_trace_of_chosen_steps(tmp_path):
     assert main(["train", *overrides]) == 0
     trace = json.loads((run / "profile" / "trace_rank0_steps2-3.json").read_text())
     assert any("aten::" in e.get("name", "") for e in trace["traceEvents"])
+
+
+def test_chunk_size_the_triton_kernels_cannot_run_is_a_config_error():
+    # conftest sets TRITON_INTERPRET=1 on CPU, so train.kernels=triton is allowed here.
+    with pytest.raises(ConfigError, match="model.chunk_size: the Triton kernels need one of 16, 32, 64, 128, got 48"):
+        pick_device(load_config(None, ["train.kernels=triton", "model.chunk_size=48"]))
+    pick_device(load_config(None, ["train.kernels=torch", "model.chunk_size=48"]))  # the reference takes any size
