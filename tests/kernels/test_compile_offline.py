@@ -1,0 +1,44 @@
+"""Every Triton kernel compiles for an H100 and an A100, checked on a machine with neither.
+
+The interpreter tests check the kernels' math; this checks that Triton's compiler (to PTX,
+then ptxas) accepts them for real GPUs, and that each kernel's shared memory fits the GPU,
+which the launch would otherwise refuse. The combinations cover both gate layouts, the bf16
+tensor-core path on Hopper (what training under bf16 autocast runs) and the exact fp32 path
+on Ampere. Head dims 128, as in a 1.3B model, with untuned launch settings (what a run with
+BATON_AUTOTUNE=0 uses; the tuner skips candidates that do not fit).
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytest.importorskip("triton")
+
+# Largest shared memory one block may use (cudaDevAttrMaxSharedMemoryPerBlockOptin).
+SHARED_LIMIT = {90: 232448, 80: 166912}
+KERNEL_SOURCES = [REPO / "baton" / "kernels" / name for name in ("scan_triton.py", "relay_triton.py")]
+
+
+def defined_kernels() -> set[str]:
+    return {name for path in KERNEL_SOURCES for name in re.findall(r"^def (_\w+_kernel)\(", path.read_text(), re.M)}
+
+
+@pytest.mark.parametrize("arch,gates,dtype", [(90, "gla", "bfloat16"), (90, "ssd", "bfloat16"), (80, "gla", "float32")])
+def test_every_kernel_compiles_and_fits_in_shared_memory(tmp_path, arch, gates, dtype):
+    out = tmp_path / "compiled.json"
+    env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.kernels.compile_offline", str(arch), gates, dtype, str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    compiled = json.loads(out.read_text())
+    assert {r["kernel"] for r in compiled} == defined_kernels()
+    too_big = [r for r in compiled if r["shared_bytes"] > SHARED_LIMIT[arch]]
+    assert not too_big, f"shared memory over sm_{arch}'s {SHARED_LIMIT[arch]} bytes: {too_big}"
