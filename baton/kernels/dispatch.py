@@ -3,9 +3,13 @@ elsewhere. ``set_backend`` (config key ``train.kernels``) forces either."""
 
 from __future__ import annotations
 
+import functools
 import os
+import re
+import warnings
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
 from baton.kernels.gla_ref import chunk_gla_ref
@@ -24,6 +28,35 @@ def set_backend(name: str) -> None:
     _backend = name
 
 
+def hopper_ptxas_warning(capability: tuple[int, int], ptxas_version: str) -> str | None:
+    """Why the assembler Triton uses for this GPU may miscompile the kernels, or None.
+
+    CUDA's ptxas before 13.3 can reuse registers that a Hopper (sm_90) asynchronous
+    tensor-core product (WGMMA) is still reading: wrong results, no error
+    (triton-lang/triton#11781). Triton before 3.9 assembles Hopper kernels with its CUDA 12
+    ptxas, and the scans feed such products operands computed in registers (gated q, k).
+    """
+    version = tuple(map(int, re.findall(r"\d+", ptxas_version)[:2]))
+    if capability[0] != 9 or version >= (13, 3):
+        return None
+    return (
+        f"Triton assembles Hopper kernels with ptxas {ptxas_version}, which can silently miscompile "
+        "tensor-core products of operands held in registers, as baton's kernels use "
+        "(triton-lang/triton#11781); install triton>=3.9 or set TRITON_PTXAS_PATH to the ptxas of CUDA >= 13.3"
+    )
+
+
+@functools.cache
+def _check_assembler(device: int) -> None:
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    capability = torch.cuda.get_device_capability(device)
+    tool = get_ptxas(capability[0] * 10 + capability[1])
+    reason = hopper_ptxas_warning(capability, tool.version if hasattr(tool, "version") else tool[1])
+    if reason:
+        warnings.warn(reason, stacklevel=4)
+
+
 def _use_triton(x: Tensor) -> bool:
     if _backend == "torch" or (_backend == "auto" and not x.is_cuda):
         return False
@@ -32,6 +65,8 @@ def _use_triton(x: Tensor) -> bool:
             "kernel backend 'triton' needs CUDA tensors; set TRITON_INTERPRET=1 to run the kernels "
             "on CPU through Triton's interpreter (slow)"
         )
+    if x.is_cuda:
+        _check_assembler(x.device.index if x.device.index is not None else torch.cuda.current_device())
     return True
 
 
