@@ -177,6 +177,16 @@ def relay_overhead(gate: str, T: int, H: int, D: int, device: str, dtype: torch.
     return rows
 
 
+def toolchain() -> dict:
+    """Triton's version and the ptxas it assembles for this GPU (a Hopper ptxas before CUDA
+    13.3 can miscompile the kernels: see ``baton.kernels.dispatch.hopper_ptxas_warning``)."""
+    import triton
+
+    from baton.kernels.dispatch import triton_ptxas
+
+    return {"triton": triton.__version__, "ptxas": triton_ptxas(torch.cuda.current_device())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 32768, 65536])
@@ -235,7 +245,7 @@ def main() -> None:
     tuned = tuned_settings() if cuda else {}
     write_json(
         "kernels", rows, device=name, heads=H, dim=D, chunk=CHUNK, dtype=str(dtype), agreement=checks, relay=relay,
-        tuned=tuned,
+        tuned=tuned, **(toolchain() if cuda else {}),
     )  # fmt: skip
 
 

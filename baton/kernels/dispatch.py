@@ -46,13 +46,18 @@ def hopper_ptxas_warning(capability: tuple[int, int], ptxas_version: str) -> str
     )
 
 
-@functools.cache
-def _check_assembler(device: int) -> None:
+def triton_ptxas(device: int) -> tuple[str, str]:
+    """Path and version of the ptxas Triton assembles kernels for this GPU with."""
     from triton.backends.nvidia.compiler import get_ptxas
 
-    capability = torch.cuda.get_device_capability(device)
-    tool = get_ptxas(capability[0] * 10 + capability[1])
-    reason = hopper_ptxas_warning(capability, tool.version if hasattr(tool, "version") else tool[1])
+    major, minor = torch.cuda.get_device_capability(device)
+    tool = get_ptxas(major * 10 + minor)
+    return (tool.path, tool.version) if hasattr(tool, "version") else tool  # older Tritons: a tuple
+
+
+@functools.cache
+def _check_assembler(device: int) -> None:
+    reason = hopper_ptxas_warning(torch.cuda.get_device_capability(device), triton_ptxas(device)[1])
     if reason:
         warnings.warn(reason, stacklevel=4)
 
