@@ -34,7 +34,7 @@ def test_every_kernel_compiles_and_fits_in_shared_memory(tmp_path, arch, gates, 
     out = tmp_path / "compiled.json"
     env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.kernels.compile_offline", str(arch), gates, dtype, str(out)],
+        [sys.executable, "-m", "baton.kernels.compile_offline", str(arch), gates, dtype, str(out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,14 +1,16 @@
-"""Compile every Triton kernel one training step launches for a GPU that is not here.
+"""Compile the Triton kernels one training step launches for a GPU that is not here.
 
-``python -m tests.kernels.compile_offline ARCH GATES DTYPE OUT.json`` runs the forward and
+``python -m baton.kernels.compile_offline ARCH GATES DTYPE OUT.json`` runs the forward and
 backward of the chunked scan and of both relay ops on CPU tensors, with Triton's real
-compiler (down to ptxas) targeting compute capability ARCH, and writes one record per
-compiled kernel. A driver that only answers "which GPU" stands in for the missing one, and
-launches stop after compiling, so the outputs are garbage and only the compilation counts.
-The interpreter, which the other kernel tests use, runs the kernels' Python on NumPy and
-so accepts code that the compiler rejects or cannot fit in a GPU's shared memory.
+compiler (down to ptxas) targeting compute capability ARCH (90: H100, 80: A100), and writes
+one record per compiled kernel. A driver that only answers "which GPU" stands in for the
+missing one and launches stop after compiling, so outputs are garbage and only the
+compilation counts. Triton's interpreter, which the kernel tests use on CPU, runs the
+kernels' Python and so accepts code the compiler rejects or a GPU's shared memory cannot
+hold; this catches both without a GPU.
 
-Runs in its own process: the kernels read TRITON_INTERPRET when they are defined.
+Needs a process that has not imported the kernels yet: they read TRITON_INTERPRET and
+BATON_AUTOTUNE when they are defined.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ import json
 import os
 import sys
 
-os.environ.pop("TRITON_INTERPRET", None)
-os.environ["BATON_AUTOTUNE"] = "0"  # the launch settings a run without tuning uses
+os.environ.pop("TRITON_INTERPRET", None)  # before Triton reads it
 
 import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.runtime.autotuner import Autotuner  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
 
@@ -42,20 +44,28 @@ class CompileOnlyDriver:
         return self.target
 
 
-def compile_one_step(arch: int, gates: str, dtype: torch.dtype) -> list[dict]:
-    """Compile what a forward and backward of the scan and the relay ops launch."""
+def compile_one_step(arch: int, gates: str, dtype: torch.dtype, every_candidate: bool = False) -> list[tuple]:
+    """Compile what a forward and backward of the scan and the relay ops launch: with the
+    untuned launch settings, or (``every_candidate``) every setting the autotuner would time.
+    Returns (record, compiled kernel) pairs; a record names the kernel and its settings."""
+    os.environ["BATON_AUTOTUNE"] = "1" if every_candidate else "0"
     triton.runtime.driver.set_active(CompileOnlyDriver(arch))
-    records = []
+    compiled = []
     run = JITFunction.run
 
     def compile_only(self, *args, grid, warmup, **kwargs):
         kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
         meta = kernel.metadata
-        records.append({"kernel": self.__name__, "warps": meta.num_warps, "stages": meta.num_stages,
-                        "shared_bytes": meta.shared})  # fmt: skip
+        tiles = {name: kwargs[name] for name in ("BK", "BV") if name in kwargs}
+        record = {"kernel": self.__name__, "warps": meta.num_warps, "stages": meta.num_stages, "tiles": tiles,
+                  "shared_bytes": meta.shared}  # fmt: skip
+        if record not in [r for r, _ in compiled]:  # the tuner re-runs its choice
+            compiled.append((record, kernel))
         return kernel
 
     JITFunction.run = compile_only
+    # The tuner compiles each candidate through JITFunction.run; the timing is skipped.
+    Autotuner.do_bench = property(lambda self: lambda call, quantiles: (call(), [1.0] * len(quantiles))[1])
     from baton.kernels.relay_triton import add_state_correction_triton, segment_summary_triton
     from baton.kernels.scan_triton import chunk_scan_triton
 
@@ -71,10 +81,10 @@ def compile_one_step(arch: int, gates: str, dtype: torch.dtype) -> list[dict]:
     o = torch.zeros(1, T, H, V, dtype=dtype, requires_grad=True)
     state = torch.randn(H, K, V, requires_grad=True)
     add_state_correction_triton(o.clone(), q, g, state, 100, 0.1).float().sum().backward()
-    return records
+    return compiled
 
 
 if __name__ == "__main__":
     arch, gates, dtype, out = int(sys.argv[1]), sys.argv[2], getattr(torch, sys.argv[3]), sys.argv[4]
     with open(out, "w") as f:
-        json.dump(compile_one_step(arch, gates, dtype), f)
+        json.dump([record for record, _ in compile_one_step(arch, gates, dtype)], f)
