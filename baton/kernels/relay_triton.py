@@ -31,7 +31,7 @@ from baton.kernels.scan_triton import (
     _operands,
     _state_grid,
     _store,
-    state_tiles,
+    head_tiles,
     tuned,
     untuned,
 )
@@ -274,7 +274,7 @@ class _SegmentSummary(torch.autograd.Function):
         S_parts = k.new_empty(_splits(L), H, K, V, dtype=torch.float32)
         _summary_kernel[_state_grid(K, V, _splits(L) * H)](
             k, v, g, after, S_parts, L, *_gate_strides(g), *_gate_strides(after),
-            H=H, K=K, V=V, BT=TOKEN_BLOCK, SPLIT=SPLIT_TOKENS, PRECISION=prec, OP=op, **untuned(**state_tiles(K, V)),
+            H=H, K=K, V=V, BT=TOKEN_BLOCK, SPLIT=SPLIT_TOKENS, PRECISION=prec, OP=op, **untuned(**head_tiles(K, V)),
         )  # fmt: skip
         ctx.save_for_backward(k, v, g, after)
         log_A = total if g.dim() == 3 else total[:, None].expand(H, K)
@@ -331,7 +331,7 @@ class _AddStateCorrection(torch.autograd.Function):
         dS_parts = S_in.new_empty(_splits(L), H, K, V, dtype=torch.float32)
         _correction_state_grad_kernel[_state_grid(K, V, _splits(L) * H)](
             q, g, before, do_seg, dS_parts, ctx.scale, L, *strides,
-            H=H, K=K, V=V, BT=TOKEN_BLOCK, SPLIT=SPLIT_TOKENS, PRECISION=prec, OP=op, **untuned(**state_tiles(K, V)),
+            H=H, K=K, V=V, BT=TOKEN_BLOCK, SPLIT=SPLIT_TOKENS, PRECISION=prec, OP=op, **untuned(**head_tiles(K, V)),
         )  # fmt: skip
         dq = torch.empty_like(q)
         dg, totals = _split_gate_grad(L, q)

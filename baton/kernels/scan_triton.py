@@ -111,15 +111,18 @@ def intra_key_tile(K: int, scalar: bool) -> int:
     return _block(K, 64 if scalar else 32)
 
 
-def state_tiles(K: int, V: int) -> dict[str, int]:
-    """Untuned tiles of the state walks."""
+def head_tiles(K: int, V: int) -> dict[str, int]:
+    """Untuned key and value tiles of the kernels that tile both head dims."""
     return {"BK": _block(K), "BV": _block(V)}
 
 
 # The intra-chunk kernels take most of a pass; the state walks are few programs on long
-# sequences, where narrower tiles mean more of them.
+# sequences, where narrower tiles mean more of them. The per-chunk products (output, dv, the
+# inter-chunk gradients) tune the value tile; their key tile stays 64, as a 32-wide one with
+# 4 warps is the shape of a known Hopper miscompile under CUDA 12's ptxas (triton-lang/triton#11366).
 INTRA_TUNING = dict(warps=SMALL_TILE_WARPS, stages=(2, 3), tiles={"BK": (32, 64, 128)})
 STATE_TUNING = dict(stages=(2, 3), tiles={"BK": (32, 64), "BV": (32, 64)})
+PRODUCT_TUNING = dict(tiles={"BK": (64,), "BV": (64, 128)})
 
 
 @triton.jit
@@ -229,7 +232,7 @@ def _state_forward_kernel(
     _store(final + p_state, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, b_h)
 
 
-@tuned("H", "K", "V", "C", "GW")
+@tuned("H", "K", "V", "C", "GW", **PRODUCT_TUNING)
 @triton.jit
 def _output_kernel(
     q, v, gc, states_in, A, o, scale,
@@ -303,7 +306,7 @@ def _score_grad_kernel(
     _store(dA + i_nh * C * C, C, C, C, 1, 0, 0, C, C, acc)
 
 
-@tuned("H", "K", "V", "C", "GW")
+@tuned("H", "K", "V", "C", "GW", **PRODUCT_TUNING)
 @triton.jit
 def _value_grad_kernel(
     k, gc, do, A, d_out, dv,
@@ -403,7 +406,7 @@ def _intra_grad_kernel(
     _store(dk + base, C, K, H * K, 1, i_i * BC, i_k * BK, BC, BK, b_dk)
 
 
-@tuned("H", "K", "V", "C", "GW")
+@tuned("H", "K", "V", "C", "GW", **PRODUCT_TUNING)
 @triton.jit
 def _inter_grad_kernel(
     q, k, v, gc, do, states_in, d_out, dq_intra, dk_intra, dq, dk, dg, scale,
@@ -471,7 +474,7 @@ def _forward(q, k, v, gc, scale, chunk_offsets, h0, scalar):
     N, C, H, K = q.shape
     V = v.shape[-1]
     S = chunk_offsets.numel() - 1
-    BK, BV, (prec, op) = _block(K), _block(V), _operands(q)
+    prec, op = _operands(q)
     gate = _gate_layout(scalar, K)
     A = q.new_zeros(N, H, C, C, dtype=torch.float32)
     BC = _score_block(C, scalar)
@@ -483,12 +486,13 @@ def _forward(q, k, v, gc, scale, chunk_offsets, h0, scalar):
     final = q.new_empty(S, H, K, V, dtype=torch.float32)
     _state_forward_kernel[_state_grid(K, V, S * H)](
         k, v, gc, chunk_offsets, h0, states_in, final,
-        H=H, K=K, V=V, C=C, HAS_H0=h0 is not None, PRECISION=prec, OP=op, **gate, **untuned(**state_tiles(K, V)),
+        H=H, K=K, V=V, C=C, HAS_H0=h0 is not None, PRECISION=prec, OP=op, **gate, **untuned(**head_tiles(K, V)),
     )  # fmt: skip
     o = torch.empty_like(v)
-    _output_kernel[(triton.cdiv(V, BV), N * H)](
-        q, v, gc, states_in, A, o, scale, H=H, K=K, V=V, C=C, BK=BK, BV=BV, PRECISION=prec, OP=op, **gate
-    )
+    _output_kernel[lambda tile: (triton.cdiv(V, tile["BV"]), N * H)](
+        q, v, gc, states_in, A, o, scale,
+        H=H, K=K, V=V, C=C, PRECISION=prec, OP=op, **gate, **untuned(**head_tiles(K, V)),
+    )  # fmt: skip
     return o, final, states_in, A
 
 
@@ -496,20 +500,20 @@ def _backward(q, k, v, gc, do, d_final, scale, chunk_offsets, states_in, A, scal
     N, C, H, K = q.shape
     V = v.shape[-1]
     S = chunk_offsets.numel() - 1
-    BK, BV, (prec, op) = _block(K), _block(V), _operands(q)
+    BV, (prec, op) = _block(V), _operands(q)
     gate = _gate_layout(scalar, K)
     d_out = q.new_empty(N, H, K, V)
     d_h0 = q.new_empty(S, H, K, V, dtype=torch.float32)
     _state_backward_kernel[_state_grid(K, V, S * H)](
         q, do, gc, chunk_offsets, d_final, d_out, d_h0, scale,
         H=H, K=K, V=V, C=C, HAS_DFINAL=d_final is not None, PRECISION=prec, OP=op,
-        **gate, **untuned(**state_tiles(K, V)),
+        **gate, **untuned(**head_tiles(K, V)),
     )  # fmt: skip
     dA = q.new_empty(N, H, C, C, dtype=torch.float32)
     _score_grad_kernel[(N * H,)](do, v, dA, scale, H=H, V=V, C=C, BV=BV, PRECISION=prec, OP=op)
     dv = torch.empty_like(v)
-    _value_grad_kernel[(triton.cdiv(V, BV), N * H)](
-        k, gc, do, A, d_out, dv, H=H, K=K, V=V, C=C, BK=BK, BV=BV, PRECISION=prec, OP=op, **gate
+    _value_grad_kernel[lambda tile: (triton.cdiv(V, tile["BV"]), N * H)](
+        k, gc, do, A, d_out, dv, H=H, K=K, V=V, C=C, PRECISION=prec, OP=op, **gate, **untuned(**head_tiles(K, V))
     )
     dq = q.new_empty(q.shape, dtype=torch.float32)
     dk = q.new_empty(q.shape, dtype=torch.float32)
@@ -522,9 +526,9 @@ def _backward(q, k, v, gc, do, d_final, scale, chunk_offsets, states_in, A, scal
     # summed over the key dims first, in fp32.
     dg = q.new_empty(q.shape, dtype=torch.float32 if scalar else g_dtype)
     dq_intra, dk_intra, dq, dk = dq, dk, torch.empty_like(q), torch.empty_like(k)
-    _inter_grad_kernel[(triton.cdiv(K, BK), N * H)](
+    _inter_grad_kernel[lambda tile: (triton.cdiv(K, tile["BK"]), N * H)](
         q, k, v, gc, do, states_in, d_out, dq_intra, dk_intra, dq, dk, dg, scale,
-        H=H, K=K, V=V, C=C, BK=BK, BV=BV, PRECISION=prec, OP=op, **gate,
+        H=H, K=K, V=V, C=C, PRECISION=prec, OP=op, **gate, **untuned(**head_tiles(K, V)),
     )  # fmt: skip
     return dq, dk, dv, dg.sum(-1).to(g_dtype) if scalar else dg, d_h0
 

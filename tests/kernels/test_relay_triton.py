@@ -86,7 +86,7 @@ def check_both_ops_fp32(gate, T, start, end, dim_k, dim_v, decay, seed):
 def test_tiles_the_tuner_may_pick(gate, monkeypatch):
     # On a GPU the autotuner may give the summary and the correction's state gradient other
     # key and value tiles than the untuned ones; K = V = 64 splits into several of each.
-    monkeypatch.setattr(relay_triton, "state_tiles", lambda K, V: {"BK": 16, "BV": 32})
+    monkeypatch.setattr(relay_triton, "head_tiles", lambda K, V: {"BK": 16, "BV": 32})
     check_both_ops_fp32(gate, 45, 5, 40, 64, 64, decay=1.0, seed=4)
 
 

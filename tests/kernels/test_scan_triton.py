@@ -72,12 +72,12 @@ def test_head_dims(gate, head_dim):
 
 
 @pytest.mark.parametrize("gate", ["gla", "ssd"])
-@pytest.mark.parametrize("intra_key_tile,state_tiles", [(16, {"BK": 32, "BV": 16}), (64, {"BK": 16, "BV": 32})])
-def test_tiles_the_tuner_may_pick(gate, intra_key_tile, state_tiles, monkeypatch):
-    # On a GPU the autotuner may give the intra-chunk kernels and the state walks other tiles
-    # than the untuned ones these tests run with; K = V = 64 splits into several of each.
+@pytest.mark.parametrize("intra_key_tile,head_tiles", [(16, {"BK": 32, "BV": 16}), (64, {"BK": 16, "BV": 32})])
+def test_tiles_the_tuner_may_pick(gate, intra_key_tile, head_tiles, monkeypatch):
+    # On a GPU the autotuner may give the kernels other tiles than the untuned ones these
+    # tests run with; K = V = 64 splits into several of each.
     monkeypatch.setattr(scan_triton, "intra_key_tile", lambda K, scalar: intra_key_tile)
-    monkeypatch.setattr(scan_triton, "state_tiles", lambda K, V: state_tiles)
+    monkeypatch.setattr(scan_triton, "head_tiles", lambda K, V: head_tiles)
     inputs = inputs_on_device(gate, 40, H=1, K=64, V=64, seed=3)
     assert_close(gate, inputs, torch.randn(1, 1, 64, 64).to(DEVICE), 1e-4, chunk_size=32)
 
