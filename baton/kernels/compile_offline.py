@@ -9,8 +9,8 @@ compilation counts. Triton's interpreter, which the kernel tests use on CPU, run
 kernels' Python and so accepts code the compiler rejects or a GPU's shared memory cannot
 hold; this catches both without a GPU.
 
-Needs a process that has not imported the kernels yet: they read TRITON_INTERPRET and
-BATON_AUTOTUNE when they are defined.
+Needs a process of its own: the kernels read TRITON_INTERPRET and BATON_AUTOTUNE when they
+are defined, and Triton stays patched to compile without launching.
 """
 
 from __future__ import annotations
@@ -78,9 +78,9 @@ def compile_one_step(arch: int, gates: str, dtype: torch.dtype, every_candidate:
     (o.float().sum() + final.sum()).backward()
     log_A, S = segment_summary_triton(k, v, g, 100)
     (log_A.float().sum() + S.sum()).backward()
-    o = torch.zeros(1, T, H, V, dtype=dtype, requires_grad=True)
+    scan_out = torch.zeros(1, T, H, V, dtype=dtype, requires_grad=True)
     state = torch.randn(H, K, V, requires_grad=True)
-    add_state_correction_triton(o.clone(), q, g, state, 100, 0.1).float().sum().backward()
+    add_state_correction_triton(scan_out.clone(), q, g, state, 100, 0.1).float().sum().backward()
     return compiled
 
 

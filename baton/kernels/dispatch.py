@@ -57,6 +57,8 @@ def triton_ptxas(device: int) -> tuple[str, str]:
 
 @functools.cache
 def _check_assembler(device: int) -> None:
+    if torch.version.hip:  # ROCm: no ptxas, and its capabilities are not NVIDIA's
+        return
     reason = hopper_ptxas_warning(torch.cuda.get_device_capability(device), triton_ptxas(device)[1])
     if reason:
         warnings.warn(reason, stacklevel=4)
