@@ -1,10 +1,10 @@
 """What each Triton kernel costs a GPU's SM, from the compiler alone (no GPU needed).
 
-python bench/kernel_resources.py [--arch 90] [--gates gla] [--dtype bfloat16] [--every-candidate]
+python bench/kernel_resources.py [--arch 90] [--gates gla] [--dtype bfloat16] [--chunk 64] [--every-candidate]
 
 Compiles the kernels of one forward + backward of the scan and the relay ops for compute
 capability ``--arch`` (``baton.kernels.compile_offline``), at the bench's head dims (K = V =
-128, chunk 64), then assembles each kernel's PTX again with ptxas -v for its registers per
+128, chunk ``--chunk``), then assembles each kernel's PTX again with ptxas -v for its registers per
 thread and spill bytes; shared memory comes from Triton. ``--every-candidate`` compiles every
 launch setting the autotuner would time (minutes on 2 cores). Also shows which kernels feed
 a Hopper tensor-core product (WGMMA) an operand held in registers, the pattern that CUDA 12's
@@ -59,10 +59,13 @@ def main() -> None:
     parser.add_argument("--arch", type=int, default=90)
     parser.add_argument("--gates", choices=["gla", "ssd"], default="gla")
     parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
+    parser.add_argument("--chunk", type=int, choices=[16, 32, 64, 128], default=64)
     parser.add_argument("--every-candidate", action="store_true")
     args = parser.parse_args()
     rows = []
-    for record, kernel in compile_one_step(args.arch, args.gates, getattr(torch, args.dtype), args.every_candidate):
+    for record, kernel in compile_one_step(
+        args.arch, args.gates, getattr(torch, args.dtype), args.chunk, args.every_candidate
+    ):
         registers, spills = ptxas_usage(kernel.asm["ptx"], args.arch)
         rows.append({
             "kernel": record["kernel"].strip("_").removesuffix("_kernel"),
@@ -75,8 +78,8 @@ def main() -> None:
     print()
     print_table(rows, list(rows[0]))
     write_json(
-        f"kernel_resources_sm{args.arch}_{args.gates}_{args.dtype}", rows,
-        arch=args.arch, gates=args.gates, dtype=args.dtype, every_candidate=args.every_candidate, head_dims=128,
+        f"kernel_resources_sm{args.arch}_{args.gates}_{args.dtype}_c{args.chunk}", rows, arch=args.arch,
+        gates=args.gates, dtype=args.dtype, chunk=args.chunk, every_candidate=args.every_candidate, head_dims=128,
     )  # fmt: skip
 
 

@@ -1,7 +1,7 @@
 """Compile the Triton kernels one training step launches for a GPU that is not here.
 
-``python -m baton.kernels.compile_offline ARCH GATES DTYPE OUT.json`` runs the forward and
-backward of the chunked scan and of both relay ops on CPU tensors, with Triton's real
+``python -m baton.kernels.compile_offline ARCH GATES DTYPE CHUNK OUT.json`` runs the forward
+and backward of the chunked scan and of both relay ops on CPU tensors, with Triton's real
 compiler (down to ptxas) targeting compute capability ARCH (90: H100, 80: A100), and writes
 one record per compiled kernel. A driver that only answers "which GPU" stands in for the
 missing one and launches stop after compiling, so outputs are garbage and only the
@@ -44,7 +44,9 @@ class CompileOnlyDriver:
         return self.target
 
 
-def compile_one_step(arch: int, gates: str, dtype: torch.dtype, every_candidate: bool = False) -> list[tuple]:
+def compile_one_step(
+    arch: int, gates: str, dtype: torch.dtype, chunk_size: int = 64, every_candidate: bool = False
+) -> list[tuple]:
     """Compile what a forward and backward of the scan and the relay ops launch: with the
     untuned launch settings, or (``every_candidate``) every setting the autotuner would time.
     Returns (record, compiled kernel) pairs; a record names the kernel and its settings."""
@@ -69,12 +71,12 @@ def compile_one_step(arch: int, gates: str, dtype: torch.dtype, every_candidate:
     from baton.kernels.relay_triton import add_state_correction_triton, segment_summary_triton
     from baton.kernels.scan_triton import chunk_scan_triton
 
-    T, H, K, V = 160, 2, 128, 128  # a 1.3B model's head dims; 2.5 chunks, so masks are compiled too
+    T, H, K, V = 2 * chunk_size + 32, 2, 128, 128  # a 1.3B model's head dims; a partial chunk too
     q, k = torch.randn(1, T, H, K, dtype=dtype), torch.randn(1, T, H, K, dtype=dtype)
     v = torch.randn(1, T, H, V, dtype=dtype)
     g = -torch.rand(1, T, H, K) if gates == "gla" else -torch.rand(1, T, H)
     q, k, v, g = (x.requires_grad_() for x in (q, k, v, g))
-    o, final = chunk_scan_triton(q, k, v, g, initial_state=torch.zeros(1, H, K, V), chunk_size=64)
+    o, final = chunk_scan_triton(q, k, v, g, initial_state=torch.zeros(1, H, K, V), chunk_size=chunk_size)
     (o.float().sum() + final.sum()).backward()
     log_A, S = segment_summary_triton(k, v, g, 100)
     (log_A.float().sum() + S.sum()).backward()
@@ -85,6 +87,6 @@ def compile_one_step(arch: int, gates: str, dtype: torch.dtype, every_candidate:
 
 
 if __name__ == "__main__":
-    arch, gates, dtype, out = int(sys.argv[1]), sys.argv[2], getattr(torch, sys.argv[3]), sys.argv[4]
+    arch, gates, dtype, chunk, out = sys.argv[1:]
     with open(out, "w") as f:
-        json.dump([record for record, _ in compile_one_step(arch, gates, dtype)], f)
+        json.dump([record for record, _ in compile_one_step(int(arch), gates, getattr(torch, dtype), int(chunk))], f)

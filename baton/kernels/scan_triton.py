@@ -93,8 +93,10 @@ def tuned(
 
 
 def untuned(**tiles: int) -> dict[str, int]:
-    """The tile sizes a launch passes when its kernel is not tuned (else the tuner picks them)."""
-    return {} if AUTOTUNE else tiles
+    """The tile sizes a launch passes when its kernel is not tuned (else the tuner picks them),
+    with two pipeline stages: at three, chunks of 128 in fp32 need up to 225 KiB of shared
+    memory, more than an A100 has (``bench/kernel_resources.py``)."""
+    return {} if AUTOTUNE else {**tiles, "num_stages": 2}
 
 
 def _score_block(C: int, scalar: bool) -> int:
