@@ -66,7 +66,7 @@ def tuned(
 
     Not tuning (the interpreter, where warps and stages mean nothing, or ``BATON_AUTOTUNE=0``,
     as tuning compiles every candidate), the kernel runs with Triton's default warps and
-    stages and the launch passes the tile sizes itself (:func:`untuned`).
+    the launch passes the tile sizes and, for tiled kernels, two stages itself (:func:`untuned`).
     """
     if not AUTOTUNE:
         return lambda kernel: kernel
