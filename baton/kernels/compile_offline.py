@@ -10,16 +10,23 @@ kernels' Python and so accepts code the compiler rejects or a GPU's shared memor
 hold; this catches both without a GPU.
 
 Needs a process of its own: the kernels read TRITON_INTERPRET and BATON_AUTOTUNE when they
-are defined, and Triton stays patched to compile without launching.
+are defined, and Triton stays patched to compile without launching. Its cache directory is
+a fresh temporary one, so every kernel is really compiled and the tuner's placeholder
+timings never reach the cache a GPU run would read its tuned settings from.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import sys
+import tempfile
 
-os.environ.pop("TRITON_INTERPRET", None)  # before Triton reads it
+os.environ.pop("TRITON_INTERPRET", None)  # before Triton reads them
+os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="baton-compile-offline-")
+atexit.register(shutil.rmtree, os.environ["TRITON_CACHE_DIR"], ignore_errors=True)
 
 import torch  # noqa: E402
 import triton  # noqa: E402
