@@ -172,6 +172,19 @@ def _preflight(env: DistEnv, device: torch.device, timeout_s: float) -> None:
         raise DistSetupError(f"pre-flight all-reduce gave {ones.item()}, expected {env.world_size}")
 
 
+def exit_after_error(code: int) -> int:
+    """The exit status of a run that stopped on a user error. In a process group, end the
+    process at once, with no teardown: the error was found by every rank (or one rank ends
+    the job), and tearing gloo down while a peer is still closing its side aborts a process
+    ("terminate called without an active exception"), turning exit status 2 into a SIGABRT.
+    In one process, return it."""
+    if not dist.is_initialized():
+        return code
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def shutdown() -> None:
     """Leave the process group together: a rank tearing down gloo while a peer still talks
     to it aborts the peer ("terminate called without an active exception")."""

@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from baton.checkpoint import CheckpointError
-    from baton.dist.env import DistSetupError
+    from baton.dist.env import DistSetupError, exit_after_error
     from baton.launch.config import ConfigError
     from baton.parallel.plan import PlanError
     from baton.profile.report import ReportError
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except (CheckpointError, ConfigError, CorpusError, DistSetupError, PlanError, ReportError) as exc:
         print(f"baton: error: {exc}", file=sys.stderr)
-        return 2
+        return exit_after_error(2)
     except KeyboardInterrupt:
         print("baton: interrupted", file=sys.stderr)
         return 130
