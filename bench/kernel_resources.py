@@ -27,17 +27,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table, write_json  # noqa: E402
 
 from baton.kernels.compile_offline import compile_one_step  # noqa: E402
+from baton.kernels.dispatch import triton_ptxas  # noqa: E402
 
 
 def ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
     """Registers per thread and spill-store bytes, from the ptxas Triton uses for ``arch``."""
-    from triton.backends.nvidia.compiler import get_ptxas
-
     gpu = f"sm_{arch}a" if arch == 90 else f"sm_{arch}"  # Triton targets sm_90a on Hopper
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "k.ptx").write_text(ptx)
         log = subprocess.run(
-            [get_ptxas(arch).path, "-v", f"--gpu-name={gpu}", f"{tmp}/k.ptx", "-o", f"{tmp}/k.cubin"],
+            [triton_ptxas(arch)[0], "-v", f"--gpu-name={gpu}", f"{tmp}/k.ptx", "-o", f"{tmp}/k.cubin"],
             capture_output=True, text=True, check=True,
         ).stderr  # fmt: skip
     registers = re.search(r"Used (\d+) registers", log)

@@ -184,7 +184,8 @@ def toolchain() -> dict:
 
     from baton.kernels.dispatch import triton_ptxas
 
-    return {"triton": triton.__version__, "ptxas": triton_ptxas(torch.cuda.current_device())}
+    major, minor = torch.cuda.get_device_capability()
+    return {"triton": triton.__version__, "ptxas": triton_ptxas(major * 10 + minor)}
 
 
 def main() -> None:

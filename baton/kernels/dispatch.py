@@ -46,12 +46,12 @@ def hopper_ptxas_warning(capability: tuple[int, int], ptxas_version: str) -> str
     )
 
 
-def triton_ptxas(device: int) -> tuple[str, str]:
-    """Path and version of the ptxas Triton assembles kernels for this GPU with."""
+def triton_ptxas(arch: int) -> tuple[str, str]:
+    """Path and version of the ptxas Triton assembles kernels for compute capability ``arch``
+    (90 for 9.0) with."""
     from triton.backends.nvidia.compiler import get_ptxas
 
-    major, minor = torch.cuda.get_device_capability(device)
-    tool = get_ptxas(major * 10 + minor)
+    tool = get_ptxas(arch)
     return (tool.path, tool.version) if hasattr(tool, "version") else tool  # older Tritons: a tuple
 
 
@@ -59,7 +59,8 @@ def triton_ptxas(device: int) -> tuple[str, str]:
 def _check_assembler(device: int) -> None:
     if torch.version.hip:  # ROCm: no ptxas, and its capabilities are not NVIDIA's
         return
-    reason = hopper_ptxas_warning(torch.cuda.get_device_capability(device), triton_ptxas(device)[1])
+    major, minor = torch.cuda.get_device_capability(device)
+    reason = hopper_ptxas_warning((major, minor), triton_ptxas(major * 10 + minor)[1])
     if reason:
         warnings.warn(reason, stacklevel=4)
 
