@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -25,12 +26,16 @@ from baton.checkpoint.store import (
     checkpoint_files,
     commit,
     hash_share,
+    latest_checkpoint,
     partial_dir,
     prune,
     remove_partials,
     verify,
 )
 from baton.dist.env import DistEnv
+
+# Every single-process save and load says it assumes a single process; here that is the case.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 # Testing aid: "RANK:STEP" makes that rank SIGKILL itself after writing its shard of that
 # step's checkpoint, before the checkpoint is committed.
@@ -106,6 +111,11 @@ class Checkpointer:
             prune(self.root, self.keep)
         self._barrier()
         return final
+
+    def newest(self) -> Path | None:
+        """The newest complete checkpoint, once the save in flight (if any) is committed."""
+        self.finish()
+        return latest_checkpoint(self.root)
 
     def load(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, model_config: dict, ds=None) -> dict:
         """Restore model and optimizer (resharded to the current ranks); return the extras."""

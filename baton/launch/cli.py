@@ -66,6 +66,21 @@ def _export(args: argparse.Namespace) -> None:
     print(f"{target}: weights of {path} (and config.json beside it)")
 
 
+def _count(text: str, least: int = 1) -> int:
+    """An argparse type: an integer >= ``least`` (argparse names the option on failure)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
+    return value
+
+
+def _count_or_zero(text: str) -> int:
+    return _count(text, least=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="baton", description="Distributed training of recurrent language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,9 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub_ = sub.add_parser("submit", help="submit a training job to SLURM: baton submit [config.yaml] [key=value ...]")
     sub_.add_argument("config", nargs="?", help="YAML config (default: the built-in tiny-cpu preset)")
     sub_.add_argument("overrides", nargs="*", help="config overrides")
-    sub_.add_argument("--nodes", type=int, default=1)
-    sub_.add_argument("--gpus-per-node", type=int, default=0, help="GPUs (and training processes) per node")
-    sub_.add_argument("--procs-per-node", type=int, help="training processes per node (default: the GPUs, or 1)")
+    sub_.add_argument("--nodes", type=_count, default=1)
+    sub_.add_argument("--gpus-per-node", type=_count_or_zero, default=0, help="GPUs (and training processes) per node")
+    sub_.add_argument("--procs-per-node", type=_count, help="training processes per node (default: the GPUs, or 1)")
     sub_.add_argument("--time", default="1:00:00", help="time limit, as sbatch takes it (default 1:00:00)")
     sub_.add_argument("--partition")
     sub_.add_argument("--dry-run", action="store_true", help="write and print the script, do not submit")
@@ -93,11 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--out", required=True, help="corpus directory to create")
     build.add_argument("--tokenizer", choices=("byte", "bpe"), default="byte")
-    build.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size")
+    build.add_argument("--vocab-size", type=_count, default=8192, help="BPE vocabulary size")
     build.set_defaults(func=_data_build)
     synth = data.add_parser("synth", help="generate the synthetic corpus")
     synth.add_argument("--out", required=True)
-    synth.add_argument("--docs", type=int, default=20000)
+    synth.add_argument("--docs", type=_count, default=20000)
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=_data_synth)
     rep = sub.add_parser("report", help="per-rank throughput table and plots of a run: baton report RUN_DIR")
@@ -114,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     from baton.checkpoint import CheckpointError
     from baton.dist.env import DistSetupError, exit_after_error
     from baton.launch.config import ConfigError
+    from baton.launch.train import TrainingDiverged
     from baton.parallel.plan import PlanError
     from baton.profile.report import ReportError
 
@@ -123,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ConfigError, CorpusError, DistSetupError, PlanError, ReportError) as exc:
         print(f"baton: error: {exc}", file=sys.stderr)
         return exit_after_error(2)
+    except TrainingDiverged as exc:
+        print(f"baton: error: {exc}", file=sys.stderr)
+        return exit_after_error(1)
     except KeyboardInterrupt:
         print("baton: interrupted", file=sys.stderr)
         return 130

@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from baton.kernels.dispatch import BACKENDS
@@ -38,7 +39,7 @@ class OptimConfig:
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # the gradient norm is clipped to this (0: off)
 
 
 @dataclass
@@ -130,14 +131,44 @@ CHOICES = {
     "parallel.zero.engine": ENGINES,
     "parallel.zero.stage": (1, 2, 3),
 }
-POSITIVE = (
-    "data.tokens_per_batch",
-    "train.steps",
-    "train.log_every",
-    "train.eval_every",
-    "parallel.sp.size",
-    "checkpoint.keep",
-)
+# Numeric keys and the values they take: (lowest, highest, whether each end is allowed).
+INF = float("inf")
+RANGES = {
+    "data.tokens_per_batch": (1, INF, True, True),
+    "data.synthetic_docs": (1, INF, True, True),
+    "data.eval_docs": (1, INF, True, True),
+    "data.eval_batches": (1, INF, True, True),
+    "optim.lr": (0, INF, False, True),
+    "optim.min_lr_ratio": (0, 1, True, True),
+    "optim.warmup_steps": (0, INF, True, True),
+    "optim.weight_decay": (0, INF, True, True),
+    "optim.beta1": (0, 1, True, False),
+    "optim.beta2": (0, 1, True, False),
+    "optim.grad_clip": (0, INF, True, True),
+    "parallel.sp.size": (1, INF, True, True),
+    "parallel.planner.ranks_per_node": (1, INF, True, True),
+    "parallel.planner.hop_seconds": (0, INF, True, True),
+    "parallel.planner.inter_node_hop_seconds": (0, INF, True, True),
+    "dist.init_timeout_s": (0, INF, False, True),
+    "dist.timeout_s": (0, INF, False, True),
+    "checkpoint.every": (0, INF, True, True),
+    "checkpoint.keep": (1, INF, True, True),
+    "profile.peak_tflops": (0, INF, True, True),
+    "profile.straggler_threshold": (1, INF, False, True),
+    "profile.slow_seconds_per_ktoken": (0, INF, True, True),
+    "train.steps": (1, INF, True, True),
+    "train.stop_at_step": (0, INF, True, True),
+    "train.deadline_margin_s": (0, INF, True, True),
+    "train.log_every": (1, INF, True, True),
+    "train.eval_every": (1, INF, True, True),
+}
+
+
+def range_text(low: float, high: float, low_in: bool, high_in: bool) -> str:
+    """``>= 1``, ``> 0``, ``in [0, 1)``: how an error message states a range."""
+    if high == INF:
+        return f"{'>=' if low_in else '>'} {low}"
+    return f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
 
 
 def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -145,9 +176,7 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
     try:
         cfg = OmegaConf.structured(Config)
         if path is not None:
-            if not Path(path).is_file():
-                raise ConfigError(f"{path}: config file not found")
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+            cfg = OmegaConf.merge(cfg, _read_yaml(Path(path)))
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"override {item!r}: expected key=value")
@@ -161,6 +190,18 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
     return obj
 
 
+def _read_yaml(path: Path) -> DictConfig:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        loaded = OmegaConf.load(path)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of config sections (model:, train:, ...), got a list")
+    return loaded
+
+
 def _get(cfg: Config, key: str):
     obj = cfg
     for part in key.split("."):
@@ -172,24 +213,20 @@ def validate(cfg: Config) -> None:
     for key, allowed in CHOICES.items():
         if _get(cfg, key) not in allowed:
             raise ConfigError(f"{key}: must be one of {', '.join(map(str, allowed))}, got {_get(cfg, key)!r}")
-    for key in POSITIVE:
-        if _get(cfg, key) < 1:
-            raise ConfigError(f"{key}: must be >= 1, got {_get(cfg, key)}")
+    for key, (low, high, low_in, high_in) in RANGES.items():
+        value = _get(cfg, key)
+        if not ((low <= value if low_in else low < value) and (value <= high if high_in else value < high)):
+            raise ConfigError(f"{key}: must be {range_text(low, high, low_in, high_in)}, got {value}")
     if cfg.parallel.zero.engine == "fsdp2" and cfg.parallel.zero.stage == 1:
         raise ConfigError(
             "parallel.zero.stage: fsdp2 shards parameters, gradients and optimizer state (stage 3, or 2 "
             "keeping parameters unsharded until backward); stage 1 needs parallel.zero.engine=deepspeed"
         )
-    for key in ("dist.init_timeout_s", "dist.timeout_s"):
-        if _get(cfg, key) <= 0:
-            raise ConfigError(f"{key}: must be > 0 seconds, got {_get(cfg, key)}")
     if cfg.checkpoint.async_save and cfg.parallel.zero.engine == "deepspeed":
         raise ConfigError(
             "checkpoint.async_save: background saves use torch.distributed.checkpoint (parallel.zero.engine "
             "none or fsdp2); DeepSpeed writes its checkpoints synchronously"
         )
-    if cfg.checkpoint.every < 0:
-        raise ConfigError(f"checkpoint.every: must be >= 0 (0: never), got {cfg.checkpoint.every}")
     try:
         cfg.model.validate()
     except ValueError as exc:

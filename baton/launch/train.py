@@ -8,6 +8,7 @@ number of targets, so the result equals one process training on the whole batch.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 from baton.checkpoint import latest_checkpoint
 from baton.checkpoint.state import Checkpointer, saved_world_size
@@ -29,7 +31,7 @@ from baton.dist.env import DistEnv, init_distributed
 from baton.kernels import set_backend as set_kernel_backend
 from baton.kernels.common import TRITON_CHUNK_SIZES
 from baton.launch.config import Config, ConfigError, to_yaml
-from baton.launch.logs import record_environment, tee_output
+from baton.launch.logs import drop_records_after, record_environment, tee_output
 from baton.launch.preempt import Preemption
 from baton.launch.progress import Progress
 from baton.launch.schedule import build_optimizer, build_scheduler
@@ -79,9 +81,22 @@ def pick_device(cfg: Config) -> tuple[torch.device, torch.dtype | None]:
 KILL_AT_STEP = "BATON_TEST_KILL_AT_STEP"  # "RANK:STEP": that rank SIGKILLs itself (tests)
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm stopped being finite; the step did not reach the weights
+    (DeepSpeed's norm is known only after its step) and nothing was saved after it."""
+
+    def __init__(self, step: int, what: str, last_checkpoint: Path | None) -> None:
+        saved = f"the newest checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written"
+        super().__init__(
+            f"step {step}: {what}; training stopped before the optimizer step and {saved}. "
+            "Lower optim.lr or raise optim.warmup_steps (optim.grad_clip bounds each step), then resume=auto"
+        )
+
+
 @dataclass
 class StepResult:
     loss: float
+    grad_norm: float | None  # before clipping; None where DeepSpeed does not compute it
     tokens: int
     plan: dict
     comm: dict
@@ -89,9 +104,17 @@ class StepResult:
 
 
 def resolve_resume(resume: str, root: Path) -> Path | None:
-    """``none``: start fresh; ``auto``: the newest complete checkpoint under ``root``, if
-    any; otherwise a checkpoint directory, which must exist."""
+    """``none``: start fresh, which must not overwrite an earlier run's checkpoints; ``auto``:
+    the newest complete checkpoint under ``root``, if any; otherwise a checkpoint directory,
+    which must exist."""
     if resume == "none":
+        newest = latest_checkpoint(root)
+        if newest is not None:
+            raise ConfigError(
+                f"resume: none, but {root} holds an earlier run's checkpoints (newest: {newest.name}), which "
+                "starting over would overwrite; resume=auto continues that run, and a new run needs another "
+                "train.run_dir (or checkpoint.dir)"
+            )
         return None
     if resume == "auto":
         return latest_checkpoint(root)
@@ -149,6 +172,18 @@ class Trainer:
         )
         self._planner_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baton-planner")
         self._ahead: Future | None = None
+        self.preemption = Preemption(self.run_dir, self.env, cfg.train.deadline_margin_s)
+        if resume_from is not None:
+            self.restore(resume_from)
+        if self.env.is_main:  # only once a resume has succeeded: a failed one changes nothing
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            dropped = drop_records_after(self.run_dir, self.step)
+            if dropped:
+                print(f"baton: dropped {dropped} records of steps after {self.step} (an earlier attempt's)", flush=True)
+            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+            record_environment(self.run_dir / "environment.jsonl", self.env, self.device)
+        if self.env.distributed:
+            dist.barrier()  # the records are trimmed before any rank appends to them
         if cfg.profile.enabled:
             self.profiler = RankProfiler(
                 self.run_dir,
@@ -160,13 +195,6 @@ class Trainer:
             )
         else:
             self.profiler = NullProfiler()
-        self.preemption = Preemption(self.run_dir, self.env, cfg.train.deadline_margin_s)
-        if resume_from is not None:
-            self.restore(resume_from)
-        if self.env.is_main:  # only once a resume has succeeded: a failed one changes nothing
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
-            record_environment(self.run_dir / "environment.jsonl", self.env, self.device)
 
     def _broadcast_parameters(self) -> None:
         for p in self.model.parameters():
@@ -273,17 +301,31 @@ class Trainer:
         with prof.phase("grad_comm"):
             total = self._all_reduce_grads_and(loss)
         with prof.phase("optimizer"):
-            if self.deepspeed is not None:  # clips, steps optimizer and schedule, zeroes grads
-                self.deepspeed.step()
-            else:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
+            grad_norm = self._optimizer_step(total)
         self.step += 1
         comm = self.sp.stats.to_dict()
         prof.record(self.step, local.tokens.numel(), comm)
-        return StepResult(total, batch.n_tokens, plan.to_dict() | plan_info, comm, batch.doc_ids)
+        return StepResult(total, grad_norm, batch.n_tokens, plan.to_dict() | plan_info, comm, batch.doc_ids)
+
+    def _optimizer_step(self, loss: float) -> float | None:
+        """Clip (``optim.grad_clip``; 0: off) and step; the gradient norm before clipping.
+        Every rank sees the same global loss and norm, so all stop together if one is not finite."""
+        if not math.isfinite(loss):
+            raise TrainingDiverged(self.step + 1, f"the loss is {loss}", self.checkpointer.newest())
+        if self.deepspeed is not None:  # clips, steps optimizer and schedule, zeroes grads
+            self.deepspeed.step()
+            norm = self.deepspeed.get_global_grad_norm()
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip or math.inf)
+            norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
+        norm = None if norm is None else float(norm)
+        if norm is not None and not math.isfinite(norm):
+            raise TrainingDiverged(self.step + 1, f"the gradient norm is {norm}", self.checkpointer.newest())
+        if self.deepspeed is None:
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return norm
 
     def save_checkpoint(self) -> None:
         cursor = self._ahead.result()[3] if self._ahead is not None else self.loader.state_dict()
@@ -360,12 +402,18 @@ class Trainer:
                 f"({self.corpus.n_docs} docs, {self.corpus.n_tokens} tokens)",
                 flush=True,
             )
+        last = min(cfg.train.steps, cfg.train.stop_at_step or cfg.train.steps)
+        if self.step >= last:  # e.g. a requeued job whose run had already finished
+            if main:
+                print(f"baton: nothing to train: the run is at step {self.step} and ends at step {last}", flush=True)
+            self.profiler.close()
+            self._planner_thread.shutdown(wait=True)
+            return {"steps": self.step}
         metrics = open(self.run_dir / "metrics.jsonl", "a") if main else None
         progress = Progress(cfg.train.steps, enabled=main)
         start, tokens, window_start, window_tokens = time.perf_counter(), 0, time.perf_counter(), 0
         first_loss = last_loss = eval_loss = None
         stop = ""
-        last = min(cfg.train.steps, cfg.train.stop_at_step or cfg.train.steps)
         while self.step < last:
             self._trace(starting=True)
             result = self.train_step()
@@ -377,6 +425,7 @@ class Trainer:
             record = {
                 "step": self.step,
                 "loss": result.loss,
+                "grad_norm": result.grad_norm,
                 "lr": self.scheduler.get_last_lr()[0],
                 "tokens": result.tokens,
                 "plan": result.plan,
@@ -392,7 +441,10 @@ class Trainer:
                 rate = window_tokens / (now - window_start)
                 record["tokens_per_s"] = rate
                 window_start, window_tokens = now, 0
-                text = f"loss {result.loss:.4f} | {rate / 1e3:.1f}k tok/s"
+                text = f"loss {result.loss:.4f}"
+                if result.grad_norm is not None:
+                    text += f" | grad norm {result.grad_norm:.2f}"
+                text += f" | {rate / 1e3:.1f}k tok/s"
                 if "eval_loss" in record:
                     text += f" | eval {record['eval_loss']:.4f}"
                 if summary and self.env.distributed:

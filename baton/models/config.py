@@ -30,20 +30,26 @@ class ModelConfig:
         """Raise ValueError naming the ``model.*`` key that is out of range."""
         if self.mixer not in ("gla", "ssd"):
             raise ValueError(f"model.mixer must be 'gla' or 'ssd', got {self.mixer!r}")
+        for name in (
+            "vocab_size", "d_model", "n_layers", "n_heads", "chunk_size", "conv_size",
+            "gate_low_rank", "ssd_expand", "ssd_head_dim", "ssd_state_dim",
+        ):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("expand_k", "expand_v", "gate_normalizer", "mlp_ratio", "norm_eps", "init_std"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"model.{name} must be > 0, got {getattr(self, name)}")
         if self.mixer == "gla":
             for name, width in (("expand_k", self.key_dim), ("expand_v", self.value_dim)):
-                if width % self.n_heads:
+                if width < self.n_heads or width % self.n_heads:
                     raise ValueError(
-                        f"model.{name} * model.d_model = {width} must be divisible by model.n_heads={self.n_heads}"
+                        f"model.{name} * model.d_model = {width} must be a multiple of model.n_heads={self.n_heads}"
                     )
         elif (self.ssd_expand * self.d_model) % self.ssd_head_dim:
             raise ValueError(
                 f"model.ssd_expand * model.d_model = {self.ssd_expand * self.d_model} must be divisible "
                 f"by model.ssd_head_dim={self.ssd_head_dim}"
             )
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "chunk_size", "conv_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
 
     @property
     def key_dim(self) -> int:

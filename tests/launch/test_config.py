@@ -24,7 +24,17 @@ def test_overrides_apply_with_types():
         ("train.kernels=cuda", "train.kernels: must be one of auto, triton, torch"),
         ("parallel.sp.relay=ring", "parallel.sp.relay: must be one of chain, allgather, logscan"),
         ("data.tokens_per_batch=0", "data.tokens_per_batch: must be >= 1"),
-        ("model.n_heads=3", "divisible by model.n_heads=3"),
+        ("model.n_heads=3", "must be a multiple of model.n_heads=3"),
+        ("model.expand_k=0", "model.expand_k must be > 0, got 0.0"),
+        (["model.mixer=ssd", "model.ssd_head_dim=0"], "model.ssd_head_dim must be >= 1, got 0"),
+        ("optim.lr=0", "optim.lr: must be > 0, got 0.0"),
+        ("optim.beta2=1", "optim.beta2: must be in [0, 1), got 1.0"),
+        ("optim.min_lr_ratio=1.5", "optim.min_lr_ratio: must be in [0, 1], got 1.5"),
+        ("optim.warmup_steps=-3", "optim.warmup_steps: must be >= 0, got -3"),
+        ("data.eval_docs=0", "data.eval_docs: must be >= 1, got 0"),
+        ("train.stop_at_step=-1", "train.stop_at_step: must be >= 0, got -1"),
+        ("profile.straggler_threshold=1", "profile.straggler_threshold: must be > 1, got 1.0"),
+        ("dist.timeout_s=0", "dist.timeout_s: must be > 0, got 0.0"),
         ("steps", "override 'steps': expected key=value"),
         (["parallel.zero.engine=deepspeed", "checkpoint.async_save=true"], "DeepSpeed writes its checkpoints"),
     ],
@@ -39,6 +49,20 @@ def test_unknown_key_in_yaml(tmp_path):
     (tmp_path / "c.yaml").write_text("optim:\n  learning_rate: 0.1\n")
     with pytest.raises(ConfigError, match="optim.learning_rate"):
         load_config(str(tmp_path / "c.yaml"))
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("model: [1, 2\n", "not valid YAML (while parsing a flow sequence"),
+        ("- model\n- train\n", "expected a mapping of config sections"),
+    ],
+)
+def test_malformed_yaml(tmp_path, text, message):
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        load_config(str(tmp_path / "c.yaml"))
+    assert str(exc.value).startswith(f"{tmp_path / 'c.yaml'}: {message}")
 
 
 def test_missing_file():
