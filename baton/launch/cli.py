@@ -1,4 +1,4 @@
-"""The ``baton`` command: ``train``, ``submit``, ``data build``, ``data synth``, ``report``, ``export``."""
+"""The ``baton`` command: ``train``, ``config``, ``submit``, ``data build``, ``data synth``, ``report``, ``export``."""
 
 from __future__ import annotations
 
@@ -9,25 +9,34 @@ from pathlib import Path
 from baton.data.corpus import CorpusError
 
 
+def _config_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """``baton train key=value ...`` has no file: its first argument is an override."""
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config:
+        return None, [config, *overrides]
+    return config, overrides
+
+
 def _train(args: argparse.Namespace) -> None:
     from baton.dist.env import shutdown
     from baton.launch.config import load_config
     from baton.launch.train import Trainer
 
-    config, overrides = args.config, list(args.overrides)
-    if config is not None and "=" in config:  # `baton train key=value ...` with no file
-        config, overrides = None, [config, *overrides]
-    cfg = load_config(config, overrides)
+    cfg = load_config(*_config_and_overrides(args))
     Trainer(cfg).fit()
     shutdown()
+
+
+def _config(args: argparse.Namespace) -> None:
+    from baton.launch.config import load_config, to_yaml
+
+    print(to_yaml(load_config(*_config_and_overrides(args))), end="")
 
 
 def _submit(args: argparse.Namespace) -> None:
     from baton.launch.submit import submit
 
-    config, overrides = args.config, list(args.overrides)
-    if config is not None and "=" in config:
-        config, overrides = None, [config, *overrides]
+    config, overrides = _config_and_overrides(args)
     submit(config, overrides, args.nodes, args.gpus_per_node, args.procs_per_node, args.time, args.partition,
            args.dry_run)  # fmt: skip
 
@@ -89,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", nargs="?", help="YAML config (default: the built-in tiny-cpu preset)")
     train.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=100 model.mixer=ssd")
     train.set_defaults(func=_train)
+
+    show = sub.add_parser("config", help="print the resolved config: baton config [config.yaml] [key=value ...]")
+    show.add_argument("config", nargs="?", help="YAML config (default: the built-in tiny-cpu preset)")
+    show.add_argument("overrides", nargs="*", help="config overrides")
+    show.set_defaults(func=_config)
 
     sub_ = sub.add_parser("submit", help="submit a training job to SLURM: baton submit [config.yaml] [key=value ...]")
     sub_.add_argument("config", nargs="?", help="YAML config (default: the built-in tiny-cpu preset)")

@@ -70,27 +70,38 @@ def record_environment(path: Path, env: DistEnv, device: torch.device) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def _last_step(record: dict) -> int:
-    return record["steps"][-1] if "steps" in record else record["step"]
+def _last_step(line: str) -> int | None:
+    """The last step a record covers; None for a line torn by a crash mid-write."""
+    try:
+        record = json.loads(line)
+        return record["steps"][-1] if "steps" in record else record["step"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
 
 
 def drop_records_after(run_dir: Path, step: int) -> int:
     """Remove the step records (``metrics.jsonl``, ``profile/*.jsonl``, ``summary.json``) of
     steps after ``step``, where this start of the run begins: they are an earlier attempt's,
     which no checkpoint kept, and the steps are about to be trained (and recorded) again.
-    Returns how many records went. Call before anything opens these files for appending."""
+    Lines a crash left unfinished go too. Returns how many records went. Call before
+    anything opens these files for appending."""
     dropped = 0
     for path in [run_dir / "metrics.jsonl", *sorted((run_dir / "profile").glob("*.jsonl"))]:
         if not path.is_file():
             continue
-        lines = path.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if line.strip() and _last_step(json.loads(line)) <= step]
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        kept = [line for line in lines if (last := _last_step(line)) is not None and last <= step]
         if len(kept) < len(lines):
             dropped += len(lines) - len(kept)
             tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(kept))
+            tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, path)
-    summary = run_dir / "summary.json"
-    if summary.is_file() and json.loads(summary.read_text())["steps"] > step:
-        summary.unlink()
+    summary = run_dir / "summary.json"  # written when a run finishes
+    if summary.is_file():
+        try:
+            finished_at = json.loads(summary.read_text())["steps"]
+        except (ValueError, KeyError):
+            finished_at = None
+        if finished_at is None or finished_at > step:
+            summary.unlink()
     return dropped

@@ -2,6 +2,7 @@
 
 import pytest
 
+from baton.launch.cli import main
 from baton.launch.config import ConfigError, load_config
 from tests.conftest import CONFIGS
 
@@ -68,3 +69,12 @@ def test_malformed_yaml(tmp_path, text, message):
 def test_missing_file():
     with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
         load_config("nope.yaml")
+
+
+def test_baton_config_prints_what_a_run_would_use(tmp_path, capsys):
+    args = [str(CONFIGS / "125m.yaml"), "optim.lr=0.001", "parallel.sp.size=2"]
+    assert main(["config", *args]) == 0
+    (tmp_path / "resolved.yaml").write_text(capsys.readouterr().out)
+    assert load_config(str(tmp_path / "resolved.yaml")) == load_config(args[0], args[1:])
+    assert main(["config", "optim.lr=0"]) == 2
+    assert capsys.readouterr().err == "baton: error: optim.lr: must be > 0, got 0.0\n"
