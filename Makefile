@@ -8,7 +8,7 @@ train:
 test:
 	@scripts/setup-env.sh dev
 	.venv/bin/ruff check baton tests bench
-	OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q $(ARGS)
+	OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q --durations=15 $(ARGS)
 
 bench:
 	@scripts/setup-env.sh dev

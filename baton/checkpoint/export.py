@@ -9,7 +9,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch.distributed.checkpoint as dcp
-from safetensors.torch import save_file
 from torch import Tensor
 
 from baton.checkpoint.store import DEEPSPEED_TAG, CheckpointError, verify
@@ -46,6 +45,11 @@ def _tied_source(name: str, full: dict) -> str:
 
 def export_safetensors(path: Path, out_dir: Path) -> Path:
     """Write ``out_dir/model.safetensors`` and ``out_dir/config.json``; return the former."""
+    try:  # the `export` extra; loading the weights needs none
+        from safetensors.torch import save_file
+    except ImportError:
+        raise CheckpointError("exporting needs safetensors: pip install safetensors (or baton[export])") from None
+
     config, state = load_model_state(path)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / "model.safetensors"

@@ -1,4 +1,5 @@
-"""The ``baton`` command: ``train``, ``config``, ``submit``, ``data build``, ``data synth``, ``report``, ``export``."""
+"""The ``baton`` command: ``train``, ``config``, ``submit``, ``data build``, ``data synth``, ``report``,
+``replay``, ``export``."""
 
 from __future__ import annotations
 
@@ -31,6 +32,25 @@ def _config(args: argparse.Namespace) -> None:
     from baton.launch.config import load_config, to_yaml
 
     print(to_yaml(load_config(*_config_and_overrides(args))), end="")
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from baton.launch.replay import relative, replay_step
+
+    replay = replay_step(Path(args.run_dir), args.step, args.overrides)
+    print(
+        f"step {replay.step} of {args.run_dir}: {replay.world_size} rank(s) logged it; "
+        f"replayed in one process ({replay.dtype} on {replay.device})"
+    )
+    print(replay.table())
+    if args.rtol is None:
+        return 0
+    pairs = [(replay.loss, replay.logged_loss), (replay.grad_norm, replay.logged_grad_norm)]
+    worst = max(relative(ours, logged) for ours, logged in pairs if logged is not None)
+    if worst > args.rtol:
+        print(f"baton: replay differs from the log by {worst:.2e} relative, over --rtol {args.rtol:g}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _submit(args: argparse.Namespace) -> None:
@@ -132,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="per-rank throughput table and plots of a run: baton report RUN_DIR")
     rep.add_argument("run_dir")
     rep.set_defaults(func=_report)
+    rpl = sub.add_parser(
+        "replay", help="recompute a logged step in one process and compare: baton replay RUN_DIR --step N"
+    )
+    rpl.add_argument("run_dir")
+    rpl.add_argument("--step", type=_count, required=True, help="the logged step to recompute")
+    rpl.add_argument("--rtol", type=float, help="exit with status 1 if loss or gradient norm differ by more (relative)")
+    rpl.add_argument("overrides", nargs="*", help="over the run's config, e.g. train.device=cpu train.dtype=fp32")
+    rpl.set_defaults(func=_replay)
     exp = sub.add_parser("export", help="consolidate a checkpoint into model.safetensors + config.json")
     exp.add_argument("checkpoint", help="a checkpoint directory, or a run directory (its newest checkpoint)")
     exp.add_argument("--out", required=True, help="directory to write into")
@@ -149,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except (CheckpointError, ConfigError, CorpusError, DistSetupError, PlanError, ReportError) as exc:
         print(f"baton: error: {exc}", file=sys.stderr)
         return exit_after_error(2)
@@ -159,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("baton: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

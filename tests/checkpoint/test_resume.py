@@ -76,7 +76,13 @@ def uninterrupted(tmp_path_factory, data_dir):
     return get
 
 
-@pytest.mark.parametrize("engine", list(ENGINES))
+# Stage 2 of each engine is left to the tests below: FSDP2's stage 2 writes the same DCP
+# checkpoint as its stage 3, and DeepSpeed's stage 2 is resumed on another world size and
+# after a kill.
+BITWISE = ["none", "fsdp2-stage3", "deepspeed-stage1", "deepspeed-stage3"]
+
+
+@pytest.mark.parametrize("engine", BITWISE)
 def test_resume_same_world_size_is_bitwise(tmp_path, data_dir, uninterrupted, engine):
     whole = uninterrupted(engine, 2)
     split = tmp_path / "split"
@@ -94,13 +100,21 @@ def test_every_engine_logs_the_same_gradient_norm(uninterrupted):
     DeepSpeed): the same gradients, summed in other orders, so equal to fp32 round-off."""
     reference = torch.tensor([r["grad_norm"] for r in jsonl(uninterrupted("none", 2) / "metrics.jsonl")])
     assert (reference > 0).all()
-    for engine in ENGINES:
+    for engine in [*BITWISE, "deepspeed-stage2"]:  # the runs the other tests train anyway
         norms = torch.tensor([r["grad_norm"] for r in jsonl(uninterrupted(engine, 2) / "metrics.jsonl")])
         assert torch.allclose(norms, reference, rtol=1e-5, atol=0), engine
 
 
-@pytest.mark.parametrize("engine", ["none", "fsdp2-stage3", "deepspeed-stage2"])
-@pytest.mark.parametrize("before,after", [(4, 2), (2, 3)])
+@pytest.mark.parametrize(
+    "engine,before,after",
+    [
+        ("none", 2, 3),  # replicated weights: only the optimizer state's layout changes
+        ("fsdp2-stage3", 4, 2),
+        ("fsdp2-stage3", 2, 3),
+        ("deepspeed-stage2", 4, 2),
+        ("deepspeed-stage2", 2, 3),
+    ],
+)
 def test_resume_on_another_world_size(tmp_path, data_dir, uninterrupted, engine, before, after):
     whole = uninterrupted(engine, before)
     split = tmp_path / "split"

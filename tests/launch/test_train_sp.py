@@ -16,10 +16,23 @@ def train(tmp_path, name, nproc, *overrides):
     return [m["loss"] for m in jsonl(run / "metrics.jsonl")]
 
 
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory):
+    """The single-process loss curve of a mixer, trained once per module."""
+    curves = {}
+
+    def get(mixer: str) -> list[float]:
+        if mixer not in curves:
+            curves[mixer] = train(tmp_path_factory.mktemp(f"single-{mixer}"), "run", 1, f"model.mixer={mixer}")
+        return curves[mixer]
+
+    return get
+
+
 @pytest.mark.parametrize("mixer", ["gla", "ssd"])
 @pytest.mark.parametrize("nproc,sp,relay", [(2, 2, "chain"), (4, 2, "logscan"), (4, 4, "allgather")])
-def test_sp_loss_curve_matches_single_process(tmp_path, mixer, nproc, sp, relay):
-    single = train(tmp_path, "single", 1, f"model.mixer={mixer}")
+def test_sp_loss_curve_matches_single_process(tmp_path, single_process, mixer, nproc, sp, relay):
+    single = single_process(mixer)
     parallel = train(
         tmp_path, "sp", nproc, f"model.mixer={mixer}", f"parallel.sp.size={sp}", f"parallel.sp.relay={relay}"
     )
@@ -31,11 +44,11 @@ def test_sp_loss_curve_matches_single_process(tmp_path, mixer, nproc, sp, relay)
 @pytest.mark.parametrize(
     "engine", [["parallel.zero.engine=fsdp2", "parallel.zero.stage=3"], ["parallel.zero.engine=deepspeed"]]
 )
-def test_sp_composes_with_sharding(tmp_path, engine):
+def test_sp_composes_with_sharding(tmp_path, single_process, engine):
     # Both ranks share one sequence and one sharding group; the all-gather relay's async
     # collectives run beside the engines' own (FSDP2's all-gathers and reduce-scatters,
     # DeepSpeed's gradient reduction) without reordering them.
-    single = train(tmp_path, "single", 1)
+    single = single_process("gla")  # the default mixer
     parallel = train(tmp_path, "sp", 2, "parallel.sp.size=2", "parallel.sp.relay=allgather", *engine)
     assert len(single) == len(parallel) == 6
     for a, b in zip(single, parallel):
