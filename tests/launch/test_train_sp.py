@@ -29,8 +29,16 @@ def single_process(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("mixer", ["gla", "ssd"])
-@pytest.mark.parametrize("nproc,sp,relay", [(2, 2, "chain"), (4, 2, "logscan"), (4, 4, "allgather")])
+@pytest.mark.parametrize(
+    "mixer,nproc,sp,relay",
+    [  # every relay with GLA; SSD's state passes through the same relays (chain and log-depth)
+        ("gla", 2, 2, "chain"),
+        ("gla", 4, 2, "logscan"),
+        ("gla", 4, 4, "allgather"),
+        ("ssd", 2, 2, "chain"),
+        ("ssd", 4, 2, "logscan"),
+    ],
+)
 def test_sp_loss_curve_matches_single_process(tmp_path, single_process, mixer, nproc, sp, relay):
     single = single_process(mixer)
     parallel = train(
