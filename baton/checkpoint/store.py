@@ -40,6 +40,11 @@ def partial_dir(root: Path, step: int) -> Path:
     return root / f"step_{step:08d}{PARTIAL}"
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step of a committed checkpoint directory (``step_0000000N``)."""
+    return int(_NAME.match(path.name).group(1))
+
+
 def complete_checkpoints(root: Path) -> list[Path]:
     """Committed checkpoints under ``root``, oldest first."""
     if not root.is_dir():

@@ -15,15 +15,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from baton.checkpoint import CheckpointError, complete_checkpoints
 from baton.checkpoint.export import load_model_state
+from baton.checkpoint.store import checkpoint_step, final_dir
 from baton.data.loader import PackedLoader
 from baton.kernels import set_backend as set_kernel_backend
 from baton.launch.config import ConfigError, load_config
-from baton.launch.train import open_corpus, pick_device
+from baton.launch.train import document_split, open_corpus, pick_device
 from baton.models.lm import RecurrentLM, token_losses
 
 
@@ -70,16 +70,16 @@ def _weights_and_cursor(cfg, run_dir: Path, step: int) -> tuple[RecurrentLM, int
         torch.manual_seed(cfg.train.seed)  # as the trainer does before it builds the model
         return RecurrentLM(cfg.model), 0
     root = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else run_dir / "checkpoints"
-    before = {int(p.name.split("_")[1]): p for p in complete_checkpoints(root)}
-    if step - 1 not in before:
+    done, before = complete_checkpoints(root), final_dir(root, step - 1)
+    if before not in done:
         raise CheckpointError(
             f"{root}: no complete checkpoint of step {step - 1}, which replaying step {step} starts from "
-            f"(checkpoints of steps: {sorted(before) or 'none'}; step 1 needs none)"
+            f"(checkpoints of steps: {[checkpoint_step(p) for p in done] or 'none'}; step 1 needs none)"
         )
-    config, state = load_model_state(before[step - 1])
+    config, state = load_model_state(before)
     model = RecurrentLM(config)
     model.load_state_dict(state)
-    return model, json.loads((before[step - 1] / "trainer.json").read_text())["loader"]["cursor"]
+    return model, json.loads((before / "trainer.json").read_text())["loader"]["cursor"]
 
 
 def replay_step(run_dir: Path, step: int, overrides: list[str] | tuple[str, ...] = ()) -> Replay:
@@ -92,9 +92,7 @@ def replay_step(run_dir: Path, step: int, overrides: list[str] | tuple[str, ...]
     model, cursor = _weights_and_cursor(cfg, run_dir, step)
     model = model.to(device)
     corpus = open_corpus(cfg)
-    loader = PackedLoader(
-        corpus, cfg.data.tokens_per_batch, cfg.train.seed, np.arange(corpus.n_docs - cfg.data.eval_docs)
-    )
+    loader = PackedLoader(corpus, cfg.data.tokens_per_batch, cfg.train.seed, document_split(cfg, corpus)[0])
     loader.load_state_dict({"cursor": cursor})
     batch = loader.next_batch()
     if batch.doc_ids != record["doc_ids"]:

@@ -63,6 +63,12 @@ def open_corpus(cfg: Config) -> Corpus:
     return corpus
 
 
+def document_split(cfg: Config, corpus: Corpus) -> tuple[np.ndarray, np.ndarray]:
+    """Training and held-out document ids: the last ``data.eval_docs`` documents are held out."""
+    n_train = corpus.n_docs - cfg.data.eval_docs
+    return np.arange(n_train), np.arange(n_train, corpus.n_docs)
+
+
 def pick_device(cfg: Config) -> tuple[torch.device, torch.dtype | None]:
     if cfg.train.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device: cuda requested but no CUDA device is available")
@@ -136,9 +142,8 @@ class Trainer:
         set_kernel_backend(cfg.train.kernels)
         torch.manual_seed(cfg.train.seed)
         self.corpus = open_corpus(cfg)
-        n_train = self.corpus.n_docs - cfg.data.eval_docs
-        self.loader = PackedLoader(self.corpus, cfg.data.tokens_per_batch, cfg.train.seed, np.arange(n_train))
-        self.eval_ids = np.arange(n_train, self.corpus.n_docs)
+        train_ids, self.eval_ids = document_split(cfg, self.corpus)
+        self.loader = PackedLoader(self.corpus, cfg.data.tokens_per_batch, cfg.train.seed, train_ids)
         self.model = RecurrentLM(cfg.model).to(self.device)
         self.sp = SequenceParallel(self.env.rank, self.env.world_size, cfg.parallel.sp.relay)
         zero = cfg.parallel.zero
