@@ -142,7 +142,7 @@ def profile_kernels(gate: str, B: int, T: int, H: int, D: int) -> None:
 
 def relay_ops(cuda: bool) -> dict:
     """The two ops a rank adds around its scan under sequence parallelism."""
-    from baton.kernels.relay_ops import add_state_correction_ref, segment_summary_ref
+    from baton.kernels.relay_ref import add_state_correction_ref, segment_summary_ref
 
     ops = {"torch-ref": (segment_summary_ref, add_state_correction_ref)}
     if cuda:

@@ -21,14 +21,9 @@ from common import print_table, write_json  # noqa: E402
 
 from baton.launch.config import load_config  # noqa: E402
 from baton.models.flops import scan_shape  # noqa: E402
+from baton.parallel.baselines import attention_cost_plan, best_fit_groups_plan  # noqa: E402
 from baton.parallel.plan import PlanError  # noqa: E402
-from baton.parallel.planner import (  # noqa: E402
-    CostModel,
-    attention_cost_plan,
-    balanced_plan,
-    concat_chunk_plan,
-    fixed_sp_plan,
-)
+from baton.parallel.planner import CostModel, balanced_plan, concat_chunk_plan  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -79,7 +74,7 @@ def main() -> None:
                 planners = {
                     "adaptive": lambda c=cost, b=bounds: balanced_plan(b, c),
                     "concat-chunk": lambda c=cost, b=bounds: concat_chunk_plan(b, c),
-                    f"fixed-sp{args.sp_size}": lambda c=cost, b=bounds: fixed_sp_plan(b, c, args.sp_size),
+                    f"fixed-sp{args.sp_size}": lambda c=cost, b=bounds: best_fit_groups_plan(b, c, args.sp_size),
                     "attention-cost": lambda c=cost, b=bounds: attention_cost_plan(b, c),
                 }
                 results = {}

@@ -28,7 +28,8 @@ from baton.data.loader import pack  # noqa: E402
 from baton.dist.local import run_local  # noqa: E402
 from baton.models.config import ModelConfig  # noqa: E402
 from baton.models.lm import RecurrentLM, token_losses  # noqa: E402
-from baton.parallel.plan import fixed_degree_plan, local_batch  # noqa: E402
+from baton.parallel.plan import local_batch  # noqa: E402
+from baton.parallel.planner import even_groups_plan  # noqa: E402
 from baton.parallel.sequence import SequenceParallel, apply_sequence_parallel  # noqa: E402
 
 MODEL = dict(d_model=256, n_layers=2, n_heads=4, chunk_size=64)
@@ -40,7 +41,7 @@ def one_document(T: int):
 
 
 def step(model: RecurrentLM, sp: SequenceParallel | None, rank: int, world: int, batch) -> None:
-    plan = fixed_degree_plan(batch, world, world)
+    plan = even_groups_plan(batch, world, world)
     local = local_batch(plan, rank, batch)
     if sp is not None:
         sp.set_step(plan, local)

@@ -6,9 +6,7 @@ rank's RNG state as a tensor file read with ``weights_only=True``."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import warnings
@@ -33,19 +31,41 @@ from baton.checkpoint.store import (
     verify,
 )
 from baton.dist.env import DistEnv
+from baton.dist.faults import KILL_IN_SAVE, kill_if_asked
 
 # Every single-process save and load says it assumes a single process; here that is the case.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
-# Testing aid: "RANK:STEP" makes that rank SIGKILL itself after writing its shard of that
-# step's checkpoint, before the checkpoint is committed.
-KILL_IN_SAVE = "BATON_TEST_KILL_IN_SAVE"
+
+def resume_point(resume: str, root: Path) -> Path | None:
+    """The checkpoint a run starts from (``resume``). ``none``: start fresh, which must not
+    overwrite an earlier run's checkpoints under ``root``; ``auto``: the newest complete one,
+    if any; otherwise a checkpoint directory, which must exist."""
+    if resume == "none":
+        newest = latest_checkpoint(root)
+        if newest is not None:
+            raise CheckpointError(
+                f"resume: none, but {root} holds an earlier run's checkpoints (newest: {newest.name}), which "
+                "starting over would overwrite; resume=auto continues that run, and a new run needs another "
+                "train.run_dir (or checkpoint.dir)"
+            )
+        return None
+    if resume == "auto":
+        return latest_checkpoint(root)
+    path = Path(resume)
+    if not path.is_dir():
+        raise CheckpointError(f"resume: {resume}: no such checkpoint directory")
+    return path
 
 
 class Checkpointer:
-    def __init__(self, root: Path, env: DistEnv, keep: int, async_save: bool, checksums: bool = True) -> None:
+    """Saves every ``every`` steps and at the last one (0: never), keeps the newest ``keep``."""
+
+    def __init__(
+        self, root: Path, env: DistEnv, keep: int, async_save: bool, checksums: bool = True, every: int = 0
+    ) -> None:
         self.root, self.env, self.keep, self.async_save = root, env, keep, async_save
-        self.checksums = checksums
+        self.checksums, self.every = checksums, every
         self._pending: tuple | None = None  # (future or None, partial dir, step)
         # Async writes coordinate in a background thread: on a group of their own, so that
         # they never interleave with the training loop's collectives.
@@ -57,6 +77,10 @@ class Checkpointer:
     def _barrier(self) -> None:
         if self.env.distributed:
             dist.barrier()
+
+    def should_save(self, step: int, last: int) -> bool:
+        """Whether step ``step`` (of a run ending at ``last``) is one to checkpoint."""
+        return bool(self.every) and (step % self.every == 0 or step == last)
 
     def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, extras: dict, ds=None) -> None:
         """Write this rank's shard of step ``step``; committed now, or (async) at the next
@@ -95,8 +119,7 @@ class Checkpointer:
         self._pending = None
         if future is not None:
             future.result()
-        if os.environ.get(KILL_IN_SAVE) == f"{self.env.rank}:{step}":
-            os.kill(os.getpid(), signal.SIGKILL)
+        kill_if_asked(KILL_IN_SAVE, self.env.rank, step)  # tests: a rank dying before the commit
         self._barrier()
         digests = {}
         if self.checksums:  # every rank hashes a share of the files, rank 0 records them all

@@ -191,3 +191,12 @@ def shutdown() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def sum_over_ranks(values: list[float]) -> list[float]:
+    """Element-wise sums over all ranks (float64); the values themselves in one process."""
+    if not dist.is_initialized():
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from baton.kernels.gla_ref import chunk_gla_ref
-from baton.kernels.relay_ops import add_state_correction_ref, segment_summary_ref
+from baton.kernels.relay_ref import add_state_correction_ref, segment_summary_ref
 from baton.kernels.ssd_ref import chunk_ssd_ref
 
 BACKENDS = ("auto", "triton", "torch")
@@ -78,30 +78,66 @@ def _use_triton(x: Tensor) -> bool:
     return True
 
 
-def _dispatching(reference: Callable, name: str, gates: str) -> Callable:
-    def scan(
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        g: Tensor,
-        scale: float | None = None,
-        initial_state: Tensor | None = None,
-        cu_seqlens: Tensor | None = None,
-        chunk_size: int = 64,
-    ) -> tuple[Tensor, Tensor]:
-        if _use_triton(q):
-            from baton.kernels.scan_triton import chunk_scan_triton
+def _scan(reference: Callable, *args) -> tuple[Tensor, Tensor]:
+    """The Triton scans (one implementation for both gate layouts) or ``reference``."""
+    if _use_triton(args[0]):
+        from baton.kernels.scan_triton import chunk_scan_triton
 
-            return chunk_scan_triton(q, k, v, g, scale, initial_state, cu_seqlens, chunk_size)
-        return reference(q, k, v, g, scale, initial_state, cu_seqlens, chunk_size)
-
-    scan.__name__ = scan.__qualname__ = name
-    scan.__doc__ = f"Chunked {gates} scan: Triton on CUDA tensors, else :func:`{reference.__name__}` (same contract)."
-    return scan
+        return chunk_scan_triton(*args)
+    return reference(*args)
 
 
-chunk_gla = _dispatching(chunk_gla_ref, "chunk_gla", "GLA (per-key-dim gates g [B, T, H, K])")
-chunk_ssd = _dispatching(chunk_ssd_ref, "chunk_ssd", "SSD (scalar gates g [B, T, H])")
+def chunk_gla(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    scale: float | None = None,
+    initial_state: Tensor | None = None,
+    cu_seqlens: Tensor | None = None,
+    chunk_size: int = 64,
+) -> tuple[Tensor, Tensor]:
+    """Chunked GLA scan, ``S_t = diag(exp(g_t)) S_{t-1} + k_t v_tᵀ``, ``o_t = scale · S_tᵀ q_t``:
+    the Triton kernels on CUDA tensors, else :func:`~baton.kernels.gla_ref.chunk_gla_ref`.
+
+    Args:
+        q, k: [B, T, H, K]; v: [B, T, H, V].
+        g: [B, T, H, K] log-space forget gates, <= 0.
+        scale: multiplies q (default K ** -0.5).
+        initial_state: [N, H, K, V], one per sequence (None: zeros).
+        cu_seqlens: [N + 1] document boundaries of a packed stream (then B == 1); each
+            document starts from its own initial state.
+        chunk_size: tokens per chunk (the Triton kernels take 16, 32, 64 or 128).
+
+    Returns:
+        o [B, T, H, V] in v's dtype, and the final state of every sequence [N, H, K, V] in
+        fp32 (fp64 for fp64 inputs).
+    """
+    return _scan(chunk_gla_ref, q, k, v, g, scale, initial_state, cu_seqlens, chunk_size)
+
+
+def chunk_ssd(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    scale: float | None = None,
+    initial_state: Tensor | None = None,
+    cu_seqlens: Tensor | None = None,
+    chunk_size: int = 64,
+) -> tuple[Tensor, Tensor]:
+    """Chunked SSD (Mamba2) scan, ``S_t = exp(g_t) S_{t-1} + k_t v_tᵀ`` with one gate per head
+    and token: the Triton kernels on CUDA tensors, else :func:`~baton.kernels.ssd_ref.chunk_ssd_ref`.
+
+    Args:
+        q, k: [B, T, H, K] (Mamba2's C and B); v: [B, T, H, V] (its x · dt).
+        g: [B, T, H] log-space gates, <= 0.
+        scale, initial_state, cu_seqlens, chunk_size: as for :func:`chunk_gla`.
+
+    Returns:
+        o [B, T, H, V] in v's dtype, and the final state of every sequence [N, H, K, V] fp32.
+    """
+    return _scan(chunk_ssd_ref, q, k, v, g, scale, initial_state, cu_seqlens, chunk_size)
 
 
 def segment_summary(k: Tensor, v: Tensor, g: Tensor, start: int) -> tuple[Tensor, Tensor]:

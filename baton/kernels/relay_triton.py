@@ -1,5 +1,5 @@
 """The two ops sequence parallelism adds around a scan, in Triton (the GPU path of
-``relay_ops.py``; same contracts, forward and backward).
+``relay_ref.py``; same contracts, forward and backward).
 
 - summary of the stream's last segment: ``Ŝ = Σ_t (k_t ∘ exp(b_L − b_t)) v_tᵀ`` and
   ``log Â = b_L`` (b: the cumulative log gate from the segment start);
@@ -24,17 +24,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from baton.kernels.scan_triton import (
-    STATE_TUNING,
-    _block,
-    _load,
-    _operands,
-    _state_grid,
-    _store,
-    head_tiles,
-    tuned,
-    untuned,
-)
+from baton.kernels.tiles import load, store
+from baton.kernels.tuning import STATE_TUNING, block, head_tiles, operands, state_grid, tuned, untuned
 
 TOKEN_BLOCK = 32
 # Tokens of one program's walk: a long segment (up to a rank's whole piece) is split across
@@ -59,7 +50,7 @@ def _block_decay(
     each block's log decay from the start to its first token, or from its end to the end
     (``_block_log_decays``); inside the block the gate is cumulated here. Arguments ≤ 0."""
     cols = c0 + tl.arange(0, BK)
-    b_g = _load(g, L, K, g_st, g_sk, t0, c0, BT, BK).to(tl.float32)
+    b_g = load(g, L, K, g_st, g_sk, t0, c0, BT, BK).to(tl.float32)
     b_d = tl.load(decays + (t0 // BT) * d_sc + cols * d_sk, mask=cols < K, other=0.0)
     if TO_END:
         log_decay = b_d[None, :] + tl.sum(b_g, axis=0)[None, :] - tl.cumsum(b_g, axis=0)
@@ -83,10 +74,10 @@ def _summary_kernel(
     acc = tl.zeros([BK, BV], dtype=tl.float32)
     for t0 in range(t_first, t_end, BT):
         b_w = _block_decay(g_h, d_h, L, t0, i_k * BK, g_st, g_sk, a_sc, a_sk, K, BT, BK, True)
-        b_kw = tl.trans(_load(k + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK).to(tl.float32) * b_w).to(OP)
-        b_v = _load(v + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV).to(OP)
+        b_kw = tl.trans(load(k + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK).to(tl.float32) * b_w).to(OP)
+        b_v = load(v + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV).to(OP)
         acc += tl.dot(b_kw, b_v, input_precision=PRECISION)
-    _store(S_parts + i_ph * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, acc)
+    store(S_parts + i_ph * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, acc)
 
 
 @tuned("H", "K", "V")
@@ -107,13 +98,13 @@ def _summary_key_grad_kernel(
         b_w = _block_decay(g_h, d_h, L, t0, i_k * BK, g_st, g_sk, a_sc, a_sk, K, BT, BK, True)
         b_dkv = tl.zeros([BT, BK], dtype=tl.float32)
         for i_v in range(tl.cdiv(V, BV)):
-            b_v = _load(v + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV).to(OP)
-            b_dst = _load(dS + i_h * K * V, V, K, 1, V, i_v * BV, i_k * BK, BV, BK).to(OP)
+            b_v = load(v + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV).to(OP)
+            b_dst = load(dS + i_h * K * V, V, K, 1, V, i_v * BV, i_k * BK, BV, BK).to(OP)
             b_dkv += tl.dot(b_v, b_dst, input_precision=PRECISION)
         b_dk = b_w * b_dkv
-        b_p = _load(k + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK).to(tl.float32) * b_dk
-        _store(dk + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK, b_dk)
-        _store(dg + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK, prefix[None, :] + tl.cumsum(b_p, axis=0) - b_p)
+        b_p = load(k + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK).to(tl.float32) * b_dk
+        store(dk + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK, b_dk)
+        store(dg + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK, prefix[None, :] + tl.cumsum(b_p, axis=0) - b_p)
         prefix += tl.sum(b_p, axis=0)
     tl.store(totals + i_ph * K + cols, prefix, mask=cols < K)
 
@@ -133,10 +124,10 @@ def _summary_value_grad_kernel(
         acc = tl.zeros([BT, BV], dtype=tl.float32)
         for i_k in range(tl.cdiv(K, BK)):
             b_w = _block_decay(g_h, d_h, L, t0, i_k * BK, g_st, g_sk, a_sc, a_sk, K, BT, BK, True)
-            b_kw = (_load(k + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK).to(tl.float32) * b_w).to(OP)
-            b_ds = _load(dS + i_h * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV).to(OP)
+            b_kw = (load(k + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK).to(tl.float32) * b_w).to(OP)
+            b_ds = load(dS + i_h * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV).to(OP)
             acc += tl.dot(b_kw, b_ds, input_precision=PRECISION)
-        _store(dv + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV, acc)
+        store(dv + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV, acc)
 
 
 @tuned("H", "K", "V", restore=("o",))
@@ -151,14 +142,14 @@ def _correction_kernel(
     i_h, t_first, t_end = _split_of(i_ph, L, H, SPLIT)
     g_h, d_h = g + i_h * g_sh, before + i_h * b_sh  # this head's gates and block decays
     for t0 in range(t_first, t_end, BT):
-        acc = _load(o + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV).to(tl.float32)
+        acc = load(o + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV).to(tl.float32)
         for i_k in range(tl.cdiv(K, BK)):
             b_d = _block_decay(g_h, d_h, L, t0, i_k * BK, g_st, g_sk, b_sc, b_sk, K, BT, BK, False)
-            b_q = _load(q + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK).to(tl.float32)
+            b_q = load(q + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK).to(tl.float32)
             b_qg = (b_q * b_d * scale).to(OP)
-            b_s = _load(S_in + i_h * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV).to(OP)
+            b_s = load(S_in + i_h * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV).to(OP)
             acc += tl.dot(b_qg, b_s, input_precision=PRECISION)
-        _store(o + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV, acc)
+        store(o + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV, acc)
 
 
 @tuned("H", "K", "V", **STATE_TUNING)
@@ -175,11 +166,11 @@ def _correction_state_grad_kernel(
     acc = tl.zeros([BK, BV], dtype=tl.float32)
     for t0 in range(t_first, t_end, BT):
         b_d = _block_decay(g_h, d_h, L, t0, i_k * BK, g_st, g_sk, b_sc, b_sk, K, BT, BK, False)
-        b_q = _load(q + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK).to(tl.float32)
+        b_q = load(q + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK).to(tl.float32)
         b_qg = tl.trans(b_q * b_d * scale).to(OP)
-        b_do = _load(do + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV).to(OP)
+        b_do = load(do + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV).to(OP)
         acc += tl.dot(b_qg, b_do, input_precision=PRECISION)
-    _store(dS_parts + i_ph * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, acc)
+    store(dS_parts + i_ph * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, acc)
 
 
 @tuned("H", "K", "V")
@@ -203,14 +194,14 @@ def _correction_query_grad_kernel(
         b_d = _block_decay(g_h, d_h, L, t0, i_k * BK, g_st, g_sk, b_sc, b_sk, K, BT, BK, False)
         b_dsq = tl.zeros([BT, BK], dtype=tl.float32)
         for i_v in range(tl.cdiv(V, BV)):
-            b_do = _load(do + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV).to(OP)
-            b_st = _load(S_in + i_h * K * V, V, K, 1, V, i_v * BV, i_k * BK, BV, BK).to(OP)
+            b_do = load(do + i_h * V, L, V, H * V, 1, t0, i_v * BV, BT, BV).to(OP)
+            b_st = load(S_in + i_h * K * V, V, K, 1, V, i_v * BV, i_k * BK, BV, BK).to(OP)
             b_dsq += tl.dot(b_do, b_st, input_precision=PRECISION)
         b_dq = b_dsq * b_d * scale
-        b_p = _load(q + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK).to(tl.float32) * b_dq
+        b_p = load(q + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK).to(tl.float32) * b_dq
         b_dg = suffix[None, :] + tl.cumsum(b_p, axis=0, reverse=True)
-        _store(dq + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK, b_dq)
-        _store(dg + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK, b_dg)
+        store(dq + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK, b_dq)
+        store(dg + i_h * K, L, K, H * K, 1, t0, i_k * BK, BT, BK, b_dg)
         suffix += tl.sum(b_p, axis=0)
     tl.store(totals + i_ph * K + cols, suffix, mask=cols < K)
 
@@ -264,57 +255,101 @@ def _fold_gate_grad(dg: Tensor, g: Tensor) -> Tensor:
     return (dg if g.dim() == 3 else dg.sum(-1)).to(g.dtype)
 
 
+def _launch_shape(x: Tensor, v_dim: int) -> dict:
+    """Shape constants and operand settings of a relay kernel over a segment x [L, H, K]."""
+    L, H, K = x.shape
+    prec, op = operands(x)
+    return {"H": H, "K": K, "V": v_dim, "BT": TOKEN_BLOCK, "SPLIT": SPLIT_TOKENS, "PRECISION": prec, "OP": op}
+
+
+def summary_state(*, k: Tensor, v: Tensor, g: Tensor, after: Tensor) -> Tensor:
+    """Ŝ [H, K, V] fp32: each split's part, summed."""
+    L, H, K = k.shape
+    V = v.shape[-1]
+    S_parts = k.new_empty(_splits(L), H, K, V, dtype=torch.float32)
+    _summary_kernel[state_grid(K, V, _splits(L) * H)](
+        k, v, g, after, S_parts, L, *_gate_strides(g), *_gate_strides(after),
+        **_launch_shape(k, V), **untuned(**head_tiles(K, V)),
+    )  # fmt: skip
+    return S_parts.sum(0)
+
+
+def summary_grads(
+    *, k: Tensor, v: Tensor, g: Tensor, after: Tensor, dS: Tensor, d_log_A: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """dk, dv and the gate gradient (a prefix sum: every token's gate reaches b_L, a split's
+    prefix starts after the splits before it)."""
+    L, H, K = k.shape
+    V = v.shape[-1]
+    shape, BK, BV = _launch_shape(k, V), block(K), block(V)
+    strides = (*_gate_strides(g), *_gate_strides(after))
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    dg, totals = _split_gate_grad(L, k)
+    _summary_key_grad_kernel[(triton.cdiv(K, BK), _splits(L) * H)](
+        k, v, g, after, dS, dk, dg, totals, L, *strides, **shape, BK=BK, BV=BV
+    )
+    _summary_value_grad_kernel[(triton.cdiv(V, BV), _splits(L) * H)](
+        k, g, after, dS, dv, L, *strides, **shape, BK=BK, BV=BV
+    )
+    dg = _add_split_offsets(dg, _exclusive_sums(totals)[0] + d_log_A, L)
+    return dk, dv, _fold_gate_grad(dg, g)
+
+
+def correct_in_place(*, o: Tensor, q: Tensor, g: Tensor, before: Tensor, S_in: Tensor, scale: float) -> None:
+    """o[:L] += scale (q ∘ exp(b)) S_in."""
+    L, H, K = q.shape
+    V = o.shape[-1]
+    BK, BV = block(K), block(V)
+    _correction_kernel[(triton.cdiv(V, BV), _splits(L) * H)](
+        o, q, g, before, S_in, scale, L, *_gate_strides(g), *_gate_strides(before),
+        **_launch_shape(q, V), BK=BK, BV=BV,
+    )  # fmt: skip
+
+
+def correction_grads(
+    *, q: Tensor, g: Tensor, before: Tensor, S_in: Tensor, do: Tensor, scale: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """dq, the gate gradient (a suffix sum, continued across splits) and dS_in."""
+    L, H, K = q.shape
+    V = do.shape[-1]
+    shape, BK = _launch_shape(q, V), block(K)
+    strides = (*_gate_strides(g), *_gate_strides(before))
+    dS_parts = S_in.new_empty(_splits(L), H, K, V, dtype=torch.float32)
+    _correction_state_grad_kernel[state_grid(K, V, _splits(L) * H)](
+        q, g, before, do, dS_parts, scale, L, *strides, **shape, **untuned(**head_tiles(K, V))
+    )
+    dq = torch.empty_like(q)
+    dg, totals = _split_gate_grad(L, q)
+    _correction_query_grad_kernel[(triton.cdiv(K, BK), _splits(L) * H)](
+        q, g, before, do, S_in, dq, dg, totals, scale, L, *strides, **shape, BK=BK, BV=block(V)
+    )
+    dg = _add_split_offsets(dg, _exclusive_sums(totals)[1], L)
+    return dq, _fold_gate_grad(dg, g), dS_parts.sum(0).to(S_in.dtype)
+
+
 class _SegmentSummary(torch.autograd.Function):
     @staticmethod
     def forward(ctx, k, v, g):
-        L, H, K = k.shape
-        V = v.shape[-1]
-        prec, op = _operands(k)
         _, after, total = _block_log_decays(g)
-        S_parts = k.new_empty(_splits(L), H, K, V, dtype=torch.float32)
-        _summary_kernel[_state_grid(K, V, _splits(L) * H)](
-            k, v, g, after, S_parts, L, *_gate_strides(g), *_gate_strides(after),
-            H=H, K=K, V=V, BT=TOKEN_BLOCK, SPLIT=SPLIT_TOKENS, PRECISION=prec, OP=op, **untuned(**head_tiles(K, V)),
-        )  # fmt: skip
+        S = summary_state(k=k, v=v, g=g, after=after)
         ctx.save_for_backward(k, v, g, after)
-        log_A = total if g.dim() == 3 else total[:, None].expand(H, K)
-        return log_A, S_parts.sum(0)
+        log_A = total if g.dim() == 3 else total[:, None].expand(*k.shape[1:])
+        return log_A, S
 
     @staticmethod
     def backward(ctx, d_log_A, dS):
         k, v, g, after = ctx.saved_tensors
         L, H, K = k.shape
-        V = v.shape[-1]
-        BK, BV, (prec, op) = _block(K), _block(V), _operands(k)
-        dS = dS.float().contiguous() if dS is not None else k.new_zeros(H, K, V, dtype=torch.float32)
+        dS = dS.float().contiguous() if dS is not None else k.new_zeros(H, K, v.shape[-1], dtype=torch.float32)
         d_log_A = d_log_A.float() if d_log_A is not None else k.new_zeros(H, K, dtype=torch.float32)
-        dk, dv = torch.empty_like(k), torch.empty_like(v)
-        dg, totals = _split_gate_grad(L, k)
-        strides = (*_gate_strides(g), *_gate_strides(after))
-        _summary_key_grad_kernel[(triton.cdiv(K, BK), _splits(L) * H)](
-            k, v, g, after, dS, dk, dg, totals, L, *strides,
-            H=H, K=K, V=V, BT=TOKEN_BLOCK, BK=BK, BV=BV, SPLIT=SPLIT_TOKENS, PRECISION=prec, OP=op,
-        )  # fmt: skip
-        _summary_value_grad_kernel[(triton.cdiv(V, BV), _splits(L) * H)](
-            k, g, after, dS, dv, L, *strides,
-            H=H, K=K, V=V, BT=TOKEN_BLOCK, BK=BK, BV=BV, SPLIT=SPLIT_TOKENS, PRECISION=prec, OP=op,
-        )  # fmt: skip
-        # Every token's gate reaches b_L; a split's prefix starts after the splits before it.
-        dg = _add_split_offsets(dg, _exclusive_sums(totals)[0] + d_log_A, L)
-        return dk, dv, _fold_gate_grad(dg, g)
+        return summary_grads(k=k, v=v, g=g, after=after, dS=dS, d_log_A=d_log_A)
 
 
 class _AddStateCorrection(torch.autograd.Function):
     @staticmethod
     def forward(ctx, o, q, g, S_in, scale):
-        L, H, K = q.shape
-        V = o.shape[-1]
-        BK, BV, (prec, op) = _block(K), _block(V), _operands(q)
         before = _block_log_decays(g)[0]
-        _correction_kernel[(triton.cdiv(V, BV), _splits(L) * H)](
-            o, q, g, before, S_in, scale, L, *_gate_strides(g), *_gate_strides(before),
-            H=H, K=K, V=V, BT=TOKEN_BLOCK, BK=BK, BV=BV, SPLIT=SPLIT_TOKENS, PRECISION=prec, OP=op,
-        )  # fmt: skip
+        correct_in_place(o=o, q=q, g=g, before=before, S_in=S_in, scale=scale)
         ctx.mark_dirty(o)
         ctx.save_for_backward(q, g, before, S_in)
         ctx.scale = scale
@@ -323,35 +358,19 @@ class _AddStateCorrection(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, g, before, S_in = ctx.saved_tensors
-        L, H, K = q.shape
-        V = do.shape[-1]
-        BK, BV, (prec, op) = _block(K), _block(V), _operands(q)
-        do_seg = do[:L].contiguous()
-        strides = (*_gate_strides(g), *_gate_strides(before))
-        dS_parts = S_in.new_empty(_splits(L), H, K, V, dtype=torch.float32)
-        _correction_state_grad_kernel[_state_grid(K, V, _splits(L) * H)](
-            q, g, before, do_seg, dS_parts, ctx.scale, L, *strides,
-            H=H, K=K, V=V, BT=TOKEN_BLOCK, SPLIT=SPLIT_TOKENS, PRECISION=prec, OP=op, **untuned(**head_tiles(K, V)),
-        )  # fmt: skip
-        dq = torch.empty_like(q)
-        dg, totals = _split_gate_grad(L, q)
-        _correction_query_grad_kernel[(triton.cdiv(K, BK), _splits(L) * H)](
-            q, g, before, do_seg, S_in, dq, dg, totals, ctx.scale, L, *strides,
-            H=H, K=K, V=V, BT=TOKEN_BLOCK, BK=BK, BV=BV, SPLIT=SPLIT_TOKENS, PRECISION=prec, OP=op,
-        )  # fmt: skip
-        # A split's suffix continues with the splits after it.
-        dg = _add_split_offsets(dg, _exclusive_sums(totals)[1], L)
-        return do, dq, _fold_gate_grad(dg, g), dS_parts.sum(0).to(S_in.dtype), None
+        do_seg = do[: q.shape[0]].contiguous()
+        dq, dg, dS_in = correction_grads(q=q, g=g, before=before, S_in=S_in, do=do_seg, scale=ctx.scale)
+        return do, dq, dg, dS_in, None
 
 
 def segment_summary_triton(k: Tensor, v: Tensor, g: Tensor, start: int) -> tuple[Tensor, Tensor]:
-    """:func:`baton.kernels.relay_ops.segment_summary_ref` in Triton."""
+    """:func:`baton.kernels.relay_ref.segment_summary_ref` in Triton."""
     k, v, g = (x[0, start:].contiguous() for x in (k, v, g))
     log_A, S = _SegmentSummary.apply(k, v, g)
     return (log_A if g.dim() == 3 else log_A[:, :1]), S
 
 
 def add_state_correction_triton(o: Tensor, q: Tensor, g: Tensor, state: Tensor, end: int, scale: float) -> Tensor:
-    """:func:`baton.kernels.relay_ops.add_state_correction_ref` in Triton, in place on ``o``."""
+    """:func:`baton.kernels.relay_ref.add_state_correction_ref` in Triton, in place on ``o``."""
     q, g = (x[0, :end].contiguous() for x in (q, g))
     return _AddStateCorrection.apply(o[0].contiguous(), q, g, state.contiguous(), float(scale))[None]

@@ -27,10 +27,6 @@ shape (``tuned``).
 
 from __future__ import annotations
 
-import itertools
-import os
-from collections.abc import Callable
-
 import torch
 import triton
 import triton.language as tl
@@ -38,113 +34,20 @@ from torch import Tensor
 
 from baton.kernels.common import TRITON_CHUNK_SIZES, flatten_batch
 from baton.kernels.layout import build_layout, from_chunks, to_chunks
-
-SUB_BLOCK = 16
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-# Off under the interpreter (warps and stages mean nothing there) or with BATON_AUTOTUNE=0.
-AUTOTUNE = os.environ.get("BATON_AUTOTUNE", "1").lower() not in ("0", "false", "off", "no") and not INTERPRET
-SMALL_TILE_WARPS = (1, 2, 4, 8)  # 16-row blocks of the intra-chunk kernels: few warps can do
-LARGE_TILE_WARPS = (2, 4, 8)  # [C or BK, BV] tiles: one warp would spill
-TILED_DIM = {"BK": "K", "BV": "V"}  # a tunable tile size and the head dim it tiles
-
-
-def _block(dim: int, cap: int = 64) -> int:
-    return max(16, min(cap, triton.next_power_of_2(dim)))
-
-
-def tuned(
-    *key: str,
-    warps: tuple[int, ...] = LARGE_TILE_WARPS,
-    stages: tuple[int, ...] = (2, 3, 4),
-    tiles: dict[str, tuple[int, ...]] | None = None,
-    restore: tuple[str, ...] = (),
-):
-    """Autotune a kernel on the GPU it runs on, once per ``key`` (shape constants; Triton adds
-    the dtypes), the choice cached on disk across processes: warps, pipeline stages and the
-    sizes in ``tiles`` (each capped at the head dim it tiles). ``restore`` names outputs a
-    kernel adds into in place, which the tuner's repeated runs must not accumulate.
-
-    Not tuning (the interpreter, where warps and stages mean nothing, or ``BATON_AUTOTUNE=0``,
-    as tuning compiles every candidate), the kernel runs with Triton's default warps and
-    the launch passes the tile sizes and, for tiled kernels, two stages itself (:func:`untuned`).
-    """
-    if not AUTOTUNE:
-        return lambda kernel: kernel
-    tiles = tiles or {}
-    configs = [
-        triton.Config(dict(zip(tiles, sizes)), num_warps=w, num_stages=s)
-        for sizes in itertools.product(*tiles.values())
-        for w in warps
-        for s in stages
-    ]
-
-    def capped(configs, named_args, **shape):
-        distinct = {}
-        for c in configs:
-            sizes = {name: min(size, _block(shape[TILED_DIM[name]], 128)) for name, size in c.kwargs.items()}
-            setting = (*sizes.items(), c.num_warps, c.num_stages)
-            distinct.setdefault(setting, triton.Config(sizes, num_warps=c.num_warps, num_stages=c.num_stages))
-        return list(distinct.values())
-
-    return triton.autotune(
-        configs, key=list(key), prune_configs_by={"early_config_prune": capped} if tiles else None,
-        restore_value=list(restore), cache_results=True,
-    )  # fmt: skip
-
-
-def untuned(**tiles: int) -> dict[str, int]:
-    """The tile sizes a launch passes when its kernel is not tuned (else the tuner picks them),
-    with two pipeline stages: at three, chunks of 128 in fp32 need up to 225 KiB of shared
-    memory, more than an A100 has (``bench/kernel_resources.py``)."""
-    return {} if AUTOTUNE else {**tiles, "num_stages": 2}
-
-
-def _score_block(C: int, scalar: bool) -> int:
-    """Rows of the intra-chunk kernels' blocks. Per-key-dim gates need 16-token sub-blocks
-    (across them the decay factors through a reference row, within one it is taken row by
-    row); with a scalar gate the pairwise decay is a plain matrix, so blocks can be whole
-    chunks (up to 64 tokens), whose products fill the tensor cores' tiles."""
-    return min(C, 64) if scalar else SUB_BLOCK
-
-
-def intra_key_tile(K: int, scalar: bool) -> int:
-    """Untuned key-dim tile of the intra-chunk kernels: per-key-dim gates run row loops over
-    [16, BK] tiles, which want them narrow."""
-    return _block(K, 64 if scalar else 32)
-
-
-def head_tiles(K: int, V: int) -> dict[str, int]:
-    """Untuned key and value tiles of the kernels that tile both head dims."""
-    return {"BK": _block(K), "BV": _block(V)}
-
-
-# The intra-chunk kernels take most of a pass; the state walks are few programs on long
-# sequences, where narrower tiles mean more of them. The per-chunk products (output, dv, the
-# inter-chunk gradients) tune the value tile; their key tile stays 64, as a 32-wide one with
-# 4 warps is the shape of a known Hopper miscompile under CUDA 12's ptxas (triton-lang/triton#11366).
-INTRA_TUNING = dict(warps=SMALL_TILE_WARPS, stages=(2, 3), tiles={"BK": (32, 64, 128)})
-STATE_TUNING = dict(stages=(2, 3), tiles={"BK": (32, 64), "BV": (32, 64)})
-PRODUCT_TUNING = dict(tiles={"BK": (64,), "BV": (64, 128)})
-
-
-@triton.jit
-def _tile(base, rows, cols, stride_r, stride_c, r0, c0, BR: tl.constexpr, BCOL: tl.constexpr):
-    """Pointers and bounds mask of the [BR, BCOL] tile at (r0, c0) of a rows × cols matrix."""
-    r = r0 + tl.arange(0, BR)
-    c = c0 + tl.arange(0, BCOL)
-    return base + r[:, None] * stride_r + c[None, :] * stride_c, (r[:, None] < rows) & (c[None, :] < cols)
-
-
-@triton.jit
-def _load(base, rows, cols, stride_r, stride_c, r0, c0, BR: tl.constexpr, BCOL: tl.constexpr):
-    ptrs, mask = _tile(base, rows, cols, stride_r, stride_c, r0, c0, BR, BCOL)
-    return tl.load(ptrs, mask=mask, other=0.0)
-
-
-@triton.jit
-def _store(base, rows, cols, stride_r, stride_c, r0, c0, BR: tl.constexpr, BCOL: tl.constexpr, value):
-    ptrs, mask = _tile(base, rows, cols, stride_r, stride_c, r0, c0, BR, BCOL)
-    tl.store(ptrs, value.to(base.dtype.element_ty), mask=mask)
+from baton.kernels.tiles import load, store
+from baton.kernels.tuning import (
+    INTRA_TUNING,
+    PRODUCT_TUNING,
+    STATE_TUNING,
+    block,
+    head_tiles,
+    intra_key_tile,
+    operands,
+    score_block,
+    state_grid,
+    tuned,
+    untuned,
+)
 
 
 @triton.jit
@@ -172,8 +75,8 @@ def _intra_scores_kernel(
         if SCALAR:
             # One gate per token: A = (q kᵀ) ∘ exp(b_i − b_j), the decay a plain [16, 16] matrix.
             for i_k in range(tl.cdiv(K, BK)):
-                b_q = _load(q + base, C, K, H * K, 1, i_i * BC, i_k * BK, BC, BK)
-                b_kt = _load(k + base, K, C, 1, H * K, i_k * BK, i_j * BC, BK, BC)
+                b_q = load(q + base, C, K, H * K, 1, i_i * BC, i_k * BK, BC, BK)
+                b_kt = load(k + base, K, C, 1, H * K, i_k * BK, i_j * BC, BK, BC)
                 acc += tl.dot(b_q.to(OP), b_kt.to(OP), input_precision=PRECISION)
             g_i = tl.load(gc + base_g + (i_i * BC + rows) * H * GW)
             g_j = tl.load(gc + base_g + (i_j * BC + rows) * H * GW)
@@ -182,13 +85,13 @@ def _intra_scores_kernel(
         else:
             for i_k in range(tl.cdiv(K, BK)):
                 cols = i_k * BK + tl.arange(0, BK)
-                b_q = _load(q + base, C, K, H * K, 1, i_i * BC, i_k * BK, BC, BK).to(tl.float32)
-                b_gq = _load(gc + base_g, C, K, H * GW, GSK, i_i * BC, i_k * BK, BC, BK)
+                b_q = load(q + base, C, K, H * K, 1, i_i * BC, i_k * BK, BC, BK).to(tl.float32)
+                b_gq = load(gc + base_g, C, K, H * GW, GSK, i_i * BC, i_k * BK, BC, BK)
                 if i_j < i_i:
                     # exp(b_i − b_j) = exp(b_i − b_ref) · exp(b_ref − b_j), ref = first row of block i.
                     g_ref = _gate_row(gc + base_g, i_i * BC, cols, H, K, GW, GSK)
-                    b_kt = _load(k + base, K, C, 1, H * K, i_k * BK, i_j * BC, BK, BC).to(tl.float32)
-                    b_gkt = _load(gc + base_g, K, C, GSK, H * GW, i_k * BK, i_j * BC, BK, BC)
+                    b_kt = load(k + base, K, C, 1, H * K, i_k * BK, i_j * BC, BK, BC).to(tl.float32)
+                    b_gkt = load(gc + base_g, K, C, GSK, H * GW, i_k * BK, i_j * BC, BK, BC)
                     b_qg = (b_q * tl.exp(b_gq - g_ref[None, :])).to(OP)
                     b_kg = (b_kt * tl.exp(g_ref[:, None] - b_gkt)).to(OP)
                     acc += tl.dot(b_qg, b_kg, input_precision=PRECISION)
@@ -201,7 +104,7 @@ def _intra_scores_kernel(
                         decay = tl.exp(tl.where(rows[:, None] >= j, b_gq - g_j[None, :], float("-inf")))
                         col = tl.sum(b_q * k_j[None, :] * decay, axis=1)
                         acc += tl.where(rows[None, :] == j, col[:, None], 0.0)
-        _store(A + i_nh * C * C, C, C, C, 1, i_i * BC, i_j * BC, BC, BC, acc * scale)
+        store(A + i_nh * C * C, C, C, C, 1, i_i * BC, i_j * BC, BC, BC, acc * scale)
 
 
 @tuned("H", "K", "V", "C", "GW", **STATE_TUNING)
@@ -220,18 +123,18 @@ def _state_forward_kernel(
     p_state = (i_sh * K) * V  # [S, H, K, V] offset of this (sequence, head)
     b_h = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_H0:
-        b_h += _load(h0 + p_state, K, V, V, 1, i_k * BK, i_v * BV, BK, BV)
+        b_h += load(h0 + p_state, K, V, V, 1, i_k * BK, i_v * BV, BK, BV)
     for c in range(c_first, c_end):
-        _store(states_in + (c * H + i_h) * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, b_h)
+        store(states_in + (c * H + i_h) * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, b_h)
         base_k = (c * C * H + i_h) * K
         base_g = (c * C * H + i_h) * GW
         g_last = _gate_row(gc + base_g, C - 1, cols, H, K, GW, GSK)
-        b_kt = _load(k + base_k, K, C, 1, H * K, i_k * BK, 0, BK, C).to(tl.float32)
-        b_gt = _load(gc + base_g, K, C, GSK, H * GW, i_k * BK, 0, BK, C)
-        b_v = _load(v + (c * C * H + i_h) * V, C, V, H * V, 1, 0, i_v * BV, C, BV)
+        b_kt = load(k + base_k, K, C, 1, H * K, i_k * BK, 0, BK, C).to(tl.float32)
+        b_gt = load(gc + base_g, K, C, GSK, H * GW, i_k * BK, 0, BK, C)
+        b_v = load(v + (c * C * H + i_h) * V, C, V, H * V, 1, 0, i_v * BV, C, BV)
         b_kg = (b_kt * tl.exp(g_last[:, None] - b_gt)).to(OP)
         b_h = b_h * tl.exp(g_last)[:, None] + tl.dot(b_kg, b_v.to(OP), input_precision=PRECISION)
-    _store(final + p_state, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, b_h)
+    store(final + p_state, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, b_h)
 
 
 @tuned("H", "K", "V", "C", "GW", **PRODUCT_TUNING)
@@ -248,14 +151,14 @@ def _output_kernel(
     for i_k in range(tl.cdiv(K, BK)):
         base_k = (i_n * C * H + i_h) * K
         base_g = (i_n * C * H + i_h) * GW
-        b_q = _load(q + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK)
-        b_g = _load(gc + base_g, C, K, H * GW, GSK, 0, i_k * BK, C, BK)
+        b_q = load(q + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK)
+        b_g = load(gc + base_g, C, K, H * GW, GSK, 0, i_k * BK, C, BK)
         b_qg = (b_q.to(tl.float32) * tl.exp(b_g) * scale).to(OP)
-        b_h = _load(states_in + i_nh * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV).to(OP)
+        b_h = load(states_in + i_nh * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV).to(OP)
         acc += tl.dot(b_qg, b_h, input_precision=PRECISION)
-    b_v = _load(v + (i_n * C * H + i_h) * V, C, V, H * V, 1, 0, i_v * BV, C, BV)
-    acc += tl.dot(_load(A + i_nh * C * C, C, C, C, 1, 0, 0, C, C).to(OP), b_v.to(OP), input_precision=PRECISION)
-    _store(o + (i_n * C * H + i_h) * V, C, V, H * V, 1, 0, i_v * BV, C, BV, acc)
+    b_v = load(v + (i_n * C * H + i_h) * V, C, V, H * V, 1, 0, i_v * BV, C, BV)
+    acc += tl.dot(load(A + i_nh * C * C, C, C, C, 1, 0, 0, C, C).to(OP), b_v.to(OP), input_precision=PRECISION)
+    store(o + (i_n * C * H + i_h) * V, C, V, H * V, 1, 0, i_v * BV, C, BV, acc)
 
 
 @tuned("H", "K", "V", "C", "GW", **STATE_TUNING)
@@ -274,18 +177,18 @@ def _state_backward_kernel(
     p_state = (i_sh * K) * V
     b_dh = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_DFINAL:
-        b_dh += _load(d_final + p_state, K, V, V, 1, i_k * BK, i_v * BV, BK, BV)
+        b_dh += load(d_final + p_state, K, V, V, 1, i_k * BK, i_v * BV, BK, BV)
     for step in range(c_end - c_first):
         c = c_end - 1 - step
-        _store(d_out + (c * H + i_h) * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, b_dh)
+        store(d_out + (c * H + i_h) * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, b_dh)
         base_k = (c * C * H + i_h) * K
         base_g = (c * C * H + i_h) * GW
         g_last = _gate_row(gc + base_g, C - 1, cols, H, K, GW, GSK)
-        b_do = _load(do + (c * C * H + i_h) * V, C, V, H * V, 1, 0, i_v * BV, C, BV)
-        b_qt = _load(q + base_k, K, C, 1, H * K, i_k * BK, 0, BK, C).to(tl.float32)
-        b_qg = (b_qt * tl.exp(_load(gc + base_g, K, C, GSK, H * GW, i_k * BK, 0, BK, C)) * scale).to(OP)
+        b_do = load(do + (c * C * H + i_h) * V, C, V, H * V, 1, 0, i_v * BV, C, BV)
+        b_qt = load(q + base_k, K, C, 1, H * K, i_k * BK, 0, BK, C).to(tl.float32)
+        b_qg = (b_qt * tl.exp(load(gc + base_g, K, C, GSK, H * GW, i_k * BK, 0, BK, C)) * scale).to(OP)
         b_dh = b_dh * tl.exp(g_last)[:, None] + tl.dot(b_qg, b_do.to(OP), input_precision=PRECISION)
-    _store(d_h0 + p_state, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, b_dh)
+    store(d_h0 + p_state, K, V, V, 1, i_k * BK, i_v * BV, BK, BV, b_dh)
 
 
 @tuned("H", "V", "C")
@@ -301,11 +204,11 @@ def _score_grad_kernel(
     acc = tl.zeros([C, C], dtype=tl.float32)
     for i_v in range(tl.cdiv(V, BV)):
         base_v = (i_n * C * H + i_h) * V
-        b_do = _load(do + base_v, C, V, H * V, 1, 0, i_v * BV, C, BV)
-        b_vt = _load(v + base_v, V, C, 1, H * V, i_v * BV, 0, BV, C).to(OP)
+        b_do = load(do + base_v, C, V, H * V, 1, 0, i_v * BV, C, BV)
+        b_vt = load(v + base_v, V, C, 1, H * V, i_v * BV, 0, BV, C).to(OP)
         acc += tl.dot(b_do.to(OP), b_vt, input_precision=PRECISION)
     acc = tl.where(rows[:, None] >= rows[None, :], acc * scale, 0.0)
-    _store(dA + i_nh * C * C, C, C, C, 1, 0, 0, C, C, acc)
+    store(dA + i_nh * C * C, C, C, C, 1, 0, 0, C, C, acc)
 
 
 @tuned("H", "K", "V", "C", "GW", **PRODUCT_TUNING)
@@ -319,19 +222,19 @@ def _value_grad_kernel(
     i_v, i_nh = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
     i_n, i_h = i_nh // H, i_nh % H
     base_v = (i_n * C * H + i_h) * V
-    b_do = _load(do + base_v, C, V, H * V, 1, 0, i_v * BV, C, BV)
-    acc = tl.dot(_load(A + i_nh * C * C, C, C, 1, C, 0, 0, C, C).to(OP), b_do.to(OP), input_precision=PRECISION)
+    b_do = load(do + base_v, C, V, H * V, 1, 0, i_v * BV, C, BV)
+    acc = tl.dot(load(A + i_nh * C * C, C, C, 1, C, 0, 0, C, C).to(OP), b_do.to(OP), input_precision=PRECISION)
     for i_k in range(tl.cdiv(K, BK)):
         cols = i_k * BK + tl.arange(0, BK)
         base_k = (i_n * C * H + i_h) * K
         base_g = (i_n * C * H + i_h) * GW
         g_last = _gate_row(gc + base_g, C - 1, cols, H, K, GW, GSK)
-        b_k = _load(k + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK).to(tl.float32)
-        b_g = _load(gc + base_g, C, K, H * GW, GSK, 0, i_k * BK, C, BK)
+        b_k = load(k + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK).to(tl.float32)
+        b_g = load(gc + base_g, C, K, H * GW, GSK, 0, i_k * BK, C, BK)
         b_kg = (b_k * tl.exp(g_last[None, :] - b_g)).to(OP)
-        b_dh = _load(d_out + i_nh * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV).to(OP)
+        b_dh = load(d_out + i_nh * K * V, K, V, V, 1, i_k * BK, i_v * BV, BK, BV).to(OP)
         acc += tl.dot(b_kg, b_dh, input_precision=PRECISION)
-    _store(dv + base_v, C, V, H * V, 1, 0, i_v * BV, C, BV, acc)
+    store(dv + base_v, C, V, H * V, 1, 0, i_v * BV, C, BV, acc)
 
 
 @tuned("H", "K", "C", "SCALAR", **INTRA_TUNING)
@@ -355,7 +258,7 @@ def _intra_grad_kernel(
     rows = tl.arange(0, BC)
     cols = i_k * BK + tl.arange(0, BK)
     n_blocks = tl.cdiv(C, BC)
-    b_g = _load(gc + base_g, C, K, H * GW, GSK, i_i * BC, i_k * BK, BC, BK)
+    b_g = load(gc + base_g, C, K, H * GW, GSK, i_i * BC, i_k * BK, BC, BK)
     b_dq = tl.zeros([BC, BK], dtype=tl.float32)
     b_dk = tl.zeros([BC, BK], dtype=tl.float32)
     if SCALAR:
@@ -365,31 +268,31 @@ def _intra_grad_kernel(
             g_there = tl.load(gc + base_g + (i_j * BC + rows) * H * GW)
             causal = i_i * BC + rows[:, None] >= i_j * BC + rows[None, :]
             decay = tl.exp(tl.where(causal, g_here[:, None] - g_there[None, :], float("-inf")))
-            b_w = _load(p_dA, C, C, C, 1, i_i * BC, i_j * BC, BC, BC) * decay
-            b_kj = _load(k + base, C, K, H * K, 1, i_j * BC, i_k * BK, BC, BK)
+            b_w = load(p_dA, C, C, C, 1, i_i * BC, i_j * BC, BC, BC) * decay
+            b_kj = load(k + base, C, K, H * K, 1, i_j * BC, i_k * BK, BC, BK)
             b_dq += tl.dot(b_w.to(OP), b_kj.to(OP), input_precision=PRECISION)
         for i_j in range(i_i, n_blocks):
             g_there = tl.load(gc + base_g + (i_j * BC + rows) * H * GW)
             causal = i_j * BC + rows[None, :] >= i_i * BC + rows[:, None]
             decay = tl.exp(tl.where(causal, g_there[None, :] - g_here[:, None], float("-inf")))
-            b_wt = _load(p_dA, C, C, 1, C, i_i * BC, i_j * BC, BC, BC) * decay  # [j, i]
-            b_qj = _load(q + base, C, K, H * K, 1, i_j * BC, i_k * BK, BC, BK)
+            b_wt = load(p_dA, C, C, 1, C, i_i * BC, i_j * BC, BC, BC) * decay  # [j, i]
+            b_qj = load(q + base, C, K, H * K, 1, i_j * BC, i_k * BK, BC, BK)
             b_dk += tl.dot(b_wt.to(OP), b_qj.to(OP), input_precision=PRECISION)
     else:
         g_first = _gate_row(gc + base_g, i_i * BC, cols, H, K, GW, GSK)
         for i_j in range(i_i):
-            b_kj = _load(k + base, C, K, H * K, 1, i_j * BC, i_k * BK, BC, BK).to(tl.float32)
-            b_gj = _load(gc + base_g, C, K, H * GW, GSK, i_j * BC, i_k * BK, BC, BK)
+            b_kj = load(k + base, C, K, H * K, 1, i_j * BC, i_k * BK, BC, BK).to(tl.float32)
+            b_gj = load(gc + base_g, C, K, H * GW, GSK, i_j * BC, i_k * BK, BC, BK)
             b_kg = (b_kj * tl.exp(g_first[None, :] - b_gj)).to(OP)
-            b_da = _load(p_dA, C, C, C, 1, i_i * BC, i_j * BC, BC, BC).to(OP)
+            b_da = load(p_dA, C, C, C, 1, i_i * BC, i_j * BC, BC, BC).to(OP)
             b_dq += tl.dot(b_da, b_kg, input_precision=PRECISION)
         b_dq *= tl.exp(b_g - g_first[None, :])
         g_last = _gate_row(gc + base_g, i_i * BC + BC - 1, cols, H, K, GW, GSK)
         for i_j in range(i_i + 1, n_blocks):
-            b_qj = _load(q + base, C, K, H * K, 1, i_j * BC, i_k * BK, BC, BK).to(tl.float32)
-            b_gj = _load(gc + base_g, C, K, H * GW, GSK, i_j * BC, i_k * BK, BC, BK)
+            b_qj = load(q + base, C, K, H * K, 1, i_j * BC, i_k * BK, BC, BK).to(tl.float32)
+            b_gj = load(gc + base_g, C, K, H * GW, GSK, i_j * BC, i_k * BK, BC, BK)
             b_qg = (b_qj * tl.exp(b_gj - g_last[None, :])).to(OP)
-            b_dat = _load(p_dA, C, C, 1, C, i_i * BC, i_j * BC, BC, BC).to(OP)  # dA[j, i]
+            b_dat = load(p_dA, C, C, 1, C, i_i * BC, i_j * BC, BC, BC).to(OP)  # dA[j, i]
             b_dk += tl.dot(b_dat, b_qg, input_precision=PRECISION)
         b_dk *= tl.exp(g_last[None, :] - b_g)
         # Diagonal block, one row t at a time: t as the key side of dq, as the query side of dk.
@@ -404,8 +307,8 @@ def _intra_grad_kernel(
             to_k = tl.exp(tl.where(rows[:, None] <= t, g_t[None, :] - b_g, float("-inf")))
             b_dq += dA_col[:, None] * k_t[None, :] * to_q
             b_dk += dA_row[:, None] * q_t[None, :] * to_k
-    _store(dq + base, C, K, H * K, 1, i_i * BC, i_k * BK, BC, BK, b_dq)
-    _store(dk + base, C, K, H * K, 1, i_i * BC, i_k * BK, BC, BK, b_dk)
+    store(dq + base, C, K, H * K, 1, i_i * BC, i_k * BK, BC, BK, b_dq)
+    store(dk + base, C, K, H * K, 1, i_i * BC, i_k * BK, BC, BK, b_dk)
 
 
 @tuned("H", "K", "V", "C", "GW", **PRODUCT_TUNING)
@@ -429,110 +332,165 @@ def _inter_grad_kernel(
     b_h_dh = tl.zeros([BK], dtype=tl.float32)
     for i_v in range(tl.cdiv(V, BV)):
         base_v = (i_n * C * H + i_h) * V
-        b_do = _load(do + base_v, C, V, H * V, 1, 0, i_v * BV, C, BV)
-        b_ht = _load(states_in + i_nh * K * V, V, K, 1, V, i_v * BV, i_k * BK, BV, BK)
-        b_dht = _load(d_out + i_nh * K * V, V, K, 1, V, i_v * BV, i_k * BK, BV, BK)
+        b_do = load(do + base_v, C, V, H * V, 1, 0, i_v * BV, C, BV)
+        b_ht = load(states_in + i_nh * K * V, V, K, 1, V, i_v * BV, i_k * BK, BV, BK)
+        b_dht = load(d_out + i_nh * K * V, V, K, 1, V, i_v * BV, i_k * BK, BV, BK)
         b_dq_inter += tl.dot(b_do.to(OP), b_ht.to(OP), input_precision=PRECISION)
-        b_v = _load(v + base_v, C, V, H * V, 1, 0, i_v * BV, C, BV)
+        b_v = load(v + base_v, C, V, H * V, 1, 0, i_v * BV, C, BV)
         b_dk_inter += tl.dot(b_v.to(OP), b_dht.to(OP), input_precision=PRECISION)
         b_h_dh += tl.sum(b_ht.to(tl.float32) * b_dht.to(tl.float32), axis=0)
-    b_q = _load(q + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK).to(tl.float32)
-    b_k = _load(k + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK).to(tl.float32)
-    b_g = _load(gc + base_g, C, K, H * GW, GSK, 0, i_k * BK, C, BK)
+    b_q = load(q + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK).to(tl.float32)
+    b_k = load(k + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK).to(tl.float32)
+    b_g = load(gc + base_g, C, K, H * GW, GSK, 0, i_k * BK, C, BK)
     g_last = _gate_row(gc + base_g, C - 1, cols, H, K, GW, GSK)
     b_dk_inter *= tl.exp(g_last[None, :] - b_g)
-    b_dq = _load(dq_intra + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK) + b_dq_inter * scale * tl.exp(b_g)
-    b_dk = _load(dk_intra + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK) + b_dk_inter
+    b_dq = load(dq_intra + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK) + b_dq_inter * scale * tl.exp(b_g)
+    b_dk = load(dk_intra + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK) + b_dk_inter
     # Through b_last: the carried state exp(b_last) S_in and the chunk's update.
     last = b_h_dh * tl.exp(g_last) + tl.sum(b_k * b_dk_inter, axis=0)
     b_dgc = b_q * b_dq - b_k * b_dk + tl.where(rows[:, None] == C - 1, last[None, :], 0.0)
     b_dg = tl.cumsum(b_dgc, axis=0, reverse=True)
-    _store(dq + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK, b_dq)
-    _store(dk + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK, b_dk)
-    _store(dg + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK, b_dg)
+    store(dq + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK, b_dq)
+    store(dk + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK, b_dk)
+    store(dg + base_k, C, K, H * K, 1, 0, i_k * BK, C, BK, b_dg)
 
 
-def _operands(x: Tensor) -> tuple[str, tl.dtype]:
-    """Tensor-core operand dtype and the product precision: bf16/fp16 operands as given, fp32
-    ones exact (not tf32). The interpreter's bf16 products are wrong (Triton 3.9), so there
-    the operands are fp32; compiled kernels on a GPU use the real bf16 path."""
-    if x.dtype == torch.float32 or INTERPRET:
-        return "ieee", tl.float32
-    return "tf32", {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[x.dtype]
-
-
-def _gate_layout(scalar: bool, K: int) -> dict[str, int]:
+def _gate_layout(gc: Tensor) -> dict[str, int]:
     """How the kernels read the cumulative gates: GW values per (token, head) with key stride
     GSK, [N, C, H, K] per-key-dim gates or [N, C, H] scalar ones read as if broadcast."""
-    return {"GW": 1, "GSK": 0} if scalar else {"GW": K, "GSK": 1}
+    return {"GW": 1, "GSK": 0} if gc.dim() == 3 else {"GW": gc.shape[-1], "GSK": 1}
 
 
-def _state_grid(K: int, V: int, walks: int) -> Callable[[dict], tuple[int, int, int]]:
-    """One program per (key tile, value tile, walk): the walks are the sequences times heads."""
-    return lambda tile: (triton.cdiv(K, tile["BK"]), triton.cdiv(V, tile["BV"]), walks)
-
-
-def _forward(q, k, v, gc, scale, chunk_offsets, h0, scalar):
+def _shape(q: Tensor, v: Tensor) -> dict[str, int]:
+    """The kernels' shape constants from chunked q [N, C, H, K] and v [N, C, H, V]."""
     N, C, H, K = q.shape
-    V = v.shape[-1]
-    S = chunk_offsets.numel() - 1
-    prec, op = _operands(q)
-    gate = _gate_layout(scalar, K)
+    return {"H": H, "K": K, "V": v.shape[-1], "C": C}
+
+
+def intra_chunk_scores(*, q: Tensor, k: Tensor, gc: Tensor, scale: float) -> Tensor:
+    """Forward pass 1: A [N, H, C, C] fp32, causal, the scale folded in."""
+    N, C, H, K = q.shape
+    scalar, (prec, op) = gc.dim() == 3, operands(q)
     A = q.new_zeros(N, H, C, C, dtype=torch.float32)
-    BC = _score_block(C, scalar)
+    BC = score_block(C, scalar)
     _intra_scores_kernel[(N * H, C // BC, C // BC)](
         q, k, gc, A, scale, H=H, K=K, C=C, BC=BC, SCALAR=scalar, PRECISION=prec, OP=op,
-        **gate, **untuned(BK=intra_key_tile(K, scalar)),
+        **_gate_layout(gc), **untuned(BK=intra_key_tile(K, scalar)),
     )  # fmt: skip
-    states_in = q.new_empty(N, H, K, V)  # the matrix products read them as operands anyway
-    final = q.new_empty(S, H, K, V, dtype=torch.float32)
-    _state_forward_kernel[_state_grid(K, V, S * H)](
-        k, v, gc, chunk_offsets, h0, states_in, final,
-        H=H, K=K, V=V, C=C, HAS_H0=h0 is not None, PRECISION=prec, OP=op, **gate, **untuned(**head_tiles(K, V)),
+    return A
+
+
+def chunk_states(
+    *, k: Tensor, v: Tensor, gc: Tensor, chunk_offsets: Tensor, h0: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Forward pass 2: the state entering every chunk [N, H, K, V] (in the input dtype: the
+    products read them as operands anyway) and each sequence's final state [S, H, K, V] fp32."""
+    N, C, H, K = k.shape
+    V, S, (prec, op) = v.shape[-1], chunk_offsets.numel() - 1, operands(k)
+    states_in = k.new_empty(N, H, K, V)
+    final = k.new_empty(S, H, K, V, dtype=torch.float32)
+    _state_forward_kernel[state_grid(K, V, S * H)](
+        k, v, gc, chunk_offsets, h0, states_in, final, H=H, K=K, V=V, C=C, HAS_H0=h0 is not None,
+        PRECISION=prec, OP=op, **_gate_layout(gc), **untuned(**head_tiles(K, V)),
     )  # fmt: skip
+    return states_in, final
+
+
+def chunk_output(*, q: Tensor, v: Tensor, gc: Tensor, states_in: Tensor, A: Tensor, scale: float) -> Tensor:
+    """Forward pass 3: o = scale (q ∘ exp(b)) S_in + A v, [N, C, H, V] in v's dtype."""
+    shape, (prec, op) = _shape(q, v), operands(q)
     o = torch.empty_like(v)
-    _output_kernel[lambda tile: (triton.cdiv(V, tile["BV"]), N * H)](
-        q, v, gc, states_in, A, o, scale,
-        H=H, K=K, V=V, C=C, PRECISION=prec, OP=op, **gate, **untuned(**head_tiles(K, V)),
+    _output_kernel[lambda tile: (triton.cdiv(shape["V"], tile["BV"]), q.shape[0] * shape["H"])](
+        q, v, gc, states_in, A, o, scale, **shape, PRECISION=prec, OP=op,
+        **_gate_layout(gc), **untuned(**head_tiles(shape["K"], shape["V"])),
     )  # fmt: skip
+    return o
+
+
+def chunk_state_grads(
+    *, q: Tensor, do: Tensor, gc: Tensor, chunk_offsets: Tensor, d_final: Tensor | None, scale: float
+) -> tuple[Tensor, Tensor]:
+    """Backward pass 1: dS leaving every chunk [N, H, K, V] and the initial states' gradient
+    [S, H, K, V] fp32."""
+    N, C, H, K = q.shape
+    V, S, (prec, op) = do.shape[-1], chunk_offsets.numel() - 1, operands(q)
+    d_out = q.new_empty(N, H, K, V)
+    d_h0 = q.new_empty(S, H, K, V, dtype=torch.float32)
+    _state_backward_kernel[state_grid(K, V, S * H)](
+        q, do, gc, chunk_offsets, d_final, d_out, d_h0, scale, H=H, K=K, V=V, C=C, HAS_DFINAL=d_final is not None,
+        PRECISION=prec, OP=op, **_gate_layout(gc), **untuned(**head_tiles(K, V)),
+    )  # fmt: skip
+    return d_out, d_h0
+
+
+def score_grads(*, do: Tensor, v: Tensor, scale: float) -> Tensor:
+    """Backward pass 2a: dA = scale · do vᵀ [N, H, C, C] fp32, causal."""
+    N, C, H, V = v.shape
+    prec, op = operands(v)
+    dA = v.new_empty(N, H, C, C, dtype=torch.float32)
+    _score_grad_kernel[(N * H,)](do, v, dA, scale, H=H, V=V, C=C, BV=block(V), PRECISION=prec, OP=op)
+    return dA
+
+
+def value_grads(*, k: Tensor, gc: Tensor, do: Tensor, A: Tensor, d_out: Tensor) -> Tensor:
+    """Backward pass 2b: dv = Aᵀ do + (k ∘ exp(b_last − b)) dS_out, in do's dtype."""
+    shape, (prec, op) = _shape(k, do), operands(k)
+    dv = torch.empty_like(do)
+    _value_grad_kernel[lambda tile: (triton.cdiv(shape["V"], tile["BV"]), k.shape[0] * shape["H"])](
+        k, gc, do, A, d_out, dv, **shape, PRECISION=prec, OP=op,
+        **_gate_layout(gc), **untuned(**head_tiles(shape["K"], shape["V"])),
+    )  # fmt: skip
+    return dv
+
+
+def intra_chunk_grads(*, q: Tensor, k: Tensor, gc: Tensor, dA: Tensor) -> tuple[Tensor, Tensor]:
+    """Backward pass 3: the intra-chunk parts of dq and dk, fp32."""
+    N, C, H, K = q.shape
+    scalar, (prec, op) = gc.dim() == 3, operands(q)
+    dq = q.new_empty(q.shape, dtype=torch.float32)
+    dk = q.new_empty(q.shape, dtype=torch.float32)
+    BC = score_block(C, scalar)
+    _intra_grad_kernel[lambda tile: (N * H, C // BC, triton.cdiv(K, tile["BK"]))](
+        q, k, gc, dA, dq, dk, H=H, K=K, C=C, BC=BC, SCALAR=scalar, PRECISION=prec, OP=op,
+        **_gate_layout(gc), **untuned(BK=intra_key_tile(K, scalar)),
+    )  # fmt: skip
+    return dq, dk
+
+
+def inter_chunk_grads(
+    *, q: Tensor, k: Tensor, v: Tensor, gc: Tensor, do: Tensor, states_in: Tensor, d_out: Tensor,
+    dq_intra: Tensor, dk_intra: Tensor, scale: float, g_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """Backward pass 4: dq, dk (intra plus inter-chunk parts) and the gate gradient, per key
+    dim, accumulated in fp32 and stored once in the gate dtype; a scalar gate's is summed over
+    the key dims first, in fp32."""
+    shape, (prec, op), scalar = _shape(q, v), operands(q), gc.dim() == 3
+    dg = q.new_empty(q.shape, dtype=torch.float32 if scalar else g_dtype)
+    dq, dk = torch.empty_like(q), torch.empty_like(k)
+    _inter_grad_kernel[lambda tile: (triton.cdiv(shape["K"], tile["BK"]), q.shape[0] * shape["H"])](
+        q, k, v, gc, do, states_in, d_out, dq_intra, dk_intra, dq, dk, dg, scale, **shape, PRECISION=prec, OP=op,
+        **_gate_layout(gc), **untuned(**head_tiles(shape["K"], shape["V"])),
+    )  # fmt: skip
+    return dq, dk, dg.sum(-1).to(g_dtype) if scalar else dg
+
+
+def _forward(q, k, v, gc, scale, chunk_offsets, h0):
+    A = intra_chunk_scores(q=q, k=k, gc=gc, scale=scale)
+    states_in, final = chunk_states(k=k, v=v, gc=gc, chunk_offsets=chunk_offsets, h0=h0)
+    o = chunk_output(q=q, v=v, gc=gc, states_in=states_in, A=A, scale=scale)
     return o, final, states_in, A
 
 
-def _backward(q, k, v, gc, do, d_final, scale, chunk_offsets, states_in, A, scalar, g_dtype):
-    N, C, H, K = q.shape
-    V = v.shape[-1]
-    S = chunk_offsets.numel() - 1
-    BV, (prec, op) = _block(V), _operands(q)
-    gate = _gate_layout(scalar, K)
-    d_out = q.new_empty(N, H, K, V)
-    d_h0 = q.new_empty(S, H, K, V, dtype=torch.float32)
-    _state_backward_kernel[_state_grid(K, V, S * H)](
-        q, do, gc, chunk_offsets, d_final, d_out, d_h0, scale,
-        H=H, K=K, V=V, C=C, HAS_DFINAL=d_final is not None, PRECISION=prec, OP=op,
-        **gate, **untuned(**head_tiles(K, V)),
+def _backward(q, k, v, gc, do, d_final, scale, chunk_offsets, states_in, A, g_dtype):
+    d_out, d_h0 = chunk_state_grads(q=q, do=do, gc=gc, chunk_offsets=chunk_offsets, d_final=d_final, scale=scale)
+    dA = score_grads(do=do, v=v, scale=scale)
+    dv = value_grads(k=k, gc=gc, do=do, A=A, d_out=d_out)
+    dq_intra, dk_intra = intra_chunk_grads(q=q, k=k, gc=gc, dA=dA)
+    dq, dk, dg = inter_chunk_grads(
+        q=q, k=k, v=v, gc=gc, do=do, states_in=states_in, d_out=d_out, dq_intra=dq_intra, dk_intra=dk_intra,
+        scale=scale, g_dtype=g_dtype,
     )  # fmt: skip
-    dA = q.new_empty(N, H, C, C, dtype=torch.float32)
-    _score_grad_kernel[(N * H,)](do, v, dA, scale, H=H, V=V, C=C, BV=BV, PRECISION=prec, OP=op)
-    dv = torch.empty_like(v)
-    _value_grad_kernel[lambda tile: (triton.cdiv(V, tile["BV"]), N * H)](
-        k, gc, do, A, d_out, dv, H=H, K=K, V=V, C=C, PRECISION=prec, OP=op, **gate, **untuned(**head_tiles(K, V))
-    )
-    dq = q.new_empty(q.shape, dtype=torch.float32)
-    dk = q.new_empty(q.shape, dtype=torch.float32)
-    BC = _score_block(C, scalar)
-    _intra_grad_kernel[lambda tile: (N * H, C // BC, triton.cdiv(K, tile["BK"]))](
-        q, k, gc, dA, dq, dk, H=H, K=K, C=C, BC=BC, SCALAR=scalar, PRECISION=prec, OP=op,
-        **gate, **untuned(BK=intra_key_tile(K, scalar)),
-    )  # fmt: skip
-    # Per key dim, accumulated in fp32 and stored once in the gate dtype; a scalar gate's is
-    # summed over the key dims first, in fp32.
-    dg = q.new_empty(q.shape, dtype=torch.float32 if scalar else g_dtype)
-    dq_intra, dk_intra, dq, dk = dq, dk, torch.empty_like(q), torch.empty_like(k)
-    _inter_grad_kernel[lambda tile: (triton.cdiv(K, tile["BK"]), N * H)](
-        q, k, v, gc, do, states_in, d_out, dq_intra, dk_intra, dq, dk, dg, scale,
-        H=H, K=K, V=V, C=C, PRECISION=prec, OP=op, **gate, **untuned(**head_tiles(K, V)),
-    )  # fmt: skip
-    return dq, dk, dv, dg.sum(-1).to(g_dtype) if scalar else dg, d_h0
+    return dq, dk, dv, dg, d_h0
 
 
 class _ChunkScan(torch.autograd.Function):
@@ -540,11 +498,11 @@ class _ChunkScan(torch.autograd.Function):
     o [N, C, H, V] and final states [S, H, K, V] (fp32)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, g, h0, scale, chunk_offsets, scalar):
+    def forward(ctx, q, k, v, g, h0, scale, chunk_offsets):
         gc = g.cumsum(1, dtype=torch.float32)
-        o, final, states_in, A = _forward(q, k, v, gc, scale, chunk_offsets, h0, scalar)
+        o, final, states_in, A = _forward(q, k, v, gc, scale, chunk_offsets, h0)
         ctx.save_for_backward(q, k, v, gc, states_in, A, chunk_offsets)
-        ctx.scale, ctx.has_h0, ctx.scalar, ctx.g_dtype = scale, h0 is not None, scalar, g.dtype
+        ctx.scale, ctx.has_h0, ctx.g_dtype = scale, h0 is not None, g.dtype
         return o, final
 
     @staticmethod
@@ -552,9 +510,9 @@ class _ChunkScan(torch.autograd.Function):
         q, k, v, gc, states_in, A, chunk_offsets = ctx.saved_tensors
         d_final = d_final.contiguous() if d_final is not None else None
         dq, dk, dv, dg, d_h0 = _backward(
-            q, k, v, gc, do.contiguous(), d_final, ctx.scale, chunk_offsets, states_in, A, ctx.scalar, ctx.g_dtype
+            q, k, v, gc, do.contiguous(), d_final, ctx.scale, chunk_offsets, states_in, A, ctx.g_dtype
         )
-        return dq, dk, dv, dg, d_h0 if ctx.has_h0 else None, None, None, None
+        return dq, dk, dv, dg, d_h0 if ctx.has_h0 else None, None, None
 
 
 def chunk_scan_triton(
@@ -578,9 +536,8 @@ def chunk_scan_triton(
     cu, _ = flatten_batch(q, cu_seqlens, initial_state)
     layout = build_layout(cu, chunk_size, q.device)
     q_c, k_c, v_c = (to_chunks(x.reshape(B * T, *x.shape[2:]), layout).contiguous() for x in (q, k, v))
-    scalar = g.dim() == 3  # SSD: one gate per head, [B, T, H]
-    g_c = to_chunks(g.reshape(B * T, *g.shape[2:]), layout)
+    g_c = to_chunks(g.reshape(B * T, *g.shape[2:]), layout)  # SSD's scalar gates: [N, C, H]
     offsets = torch.tensor(layout.chunk_offsets, dtype=torch.int64, device=q.device)
     h0 = initial_state.float().contiguous() if initial_state is not None else None
-    o, final = _ChunkScan.apply(q_c, k_c, v_c, g_c, h0, float(scale), offsets, scalar)
+    o, final = _ChunkScan.apply(q_c, k_c, v_c, g_c, h0, float(scale), offsets)
     return from_chunks(o, layout).reshape(B, T, H, v.shape[-1]), final

@@ -23,8 +23,11 @@ def _train(args: argparse.Namespace) -> None:
     from baton.launch.config import load_config
     from baton.launch.train import Trainer
 
-    cfg = load_config(*_config_and_overrides(args))
-    Trainer(cfg).fit()
+    trainer = Trainer(load_config(*_config_and_overrides(args)))
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
     shutdown()
 
 

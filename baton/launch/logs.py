@@ -12,6 +12,7 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from baton.dist.env import DistEnv
 
@@ -105,3 +106,19 @@ def drop_records_after(run_dir: Path, step: int) -> int:
         if finished_at is None or finished_at > step:
             summary.unlink()
     return dropped
+
+
+def prepare_run_dir(run_dir: Path, env: DistEnv, step: int, config_yaml: str, device: torch.device) -> None:
+    """Collective, at a run's start (after a resume has succeeded: a failed one changes
+    nothing): rank 0 drops the records of steps after ``step``, which this run trains again,
+    and writes the resolved config and the environment; every rank waits for it, so that the
+    records are trimmed before any rank appends to them."""
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dropped = drop_records_after(run_dir, step)
+        if dropped:
+            print(f"baton: dropped {dropped} records of steps after {step} (an earlier attempt's)", flush=True)
+        (run_dir / "config.yaml").write_text(config_yaml)
+        record_environment(run_dir / "environment.jsonl", env, device)
+    if env.distributed:
+        dist.barrier()

@@ -23,7 +23,7 @@ from baton.checkpoint.store import checkpoint_step, final_dir
 from baton.data.loader import PackedLoader
 from baton.kernels import set_backend as set_kernel_backend
 from baton.launch.config import ConfigError, load_config
-from baton.launch.train import document_split, open_corpus, pick_device
+from baton.launch.setup import document_split, open_corpus, pick_device
 from baton.models.lm import RecurrentLM, token_losses
 
 

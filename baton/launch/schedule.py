@@ -31,3 +31,15 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer, total: int, cfg: OptimConfig
 ) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, cfg))
+
+
+def schedule_state(scheduler: torch.optim.lr_scheduler.LambdaLR) -> dict:
+    """What a checkpoint keeps of the schedule: its position, as plain JSON (LambdaLR's own
+    state_dict would hold the lambda, which is rebuilt from the config instead)."""
+    state = scheduler.state_dict()
+    return {k: state[k] for k in ("last_epoch", "_step_count", "_last_lr", "base_lrs")}
+
+
+def load_schedule_state(scheduler: torch.optim.lr_scheduler.LambdaLR, state: dict) -> None:
+    """Restore :func:`schedule_state`; the lambda stays the one built from the config."""
+    scheduler.load_state_dict({**state, "lr_lambdas": [None] * len(state["base_lrs"])})

@@ -127,37 +127,3 @@ def local_batch(plan: StepPlan, rank: int, batch: Batch) -> LocalBatch:
         continues_from_prev=prev is not None and piece.spans[0][0] not in boundary,
         continues_to_next=nxt is not None and piece.spans[-1][1] not in boundary,
     )
-
-
-def _balanced_cuts(prefix: list[int], parts: int) -> list[int]:
-    """Indices into ``prefix`` (document boundaries) that split the tokens into ``parts``
-    nearly equal runs of whole documents."""
-    total, cuts = prefix[-1], [0]
-    for p in range(1, parts):
-        target = total * p / parts
-        i = bisect.bisect_left(prefix, target)
-        if i > 0 and target - prefix[i - 1] < prefix[i] - target:
-            i -= 1
-        cuts.append(min(max(i, cuts[-1]), len(prefix) - 1))
-    return cuts + [len(prefix) - 1]
-
-
-def fixed_degree_plan(batch: Batch, world_size: int, sp_size: int) -> StepPlan:
-    """The plain plan: ``world_size // sp_size`` groups take equal shares of whole documents;
-    inside a group the share is cut into ``sp_size`` equal pieces relayed as one chain."""
-    if world_size % sp_size:
-        raise PlanError(f"parallel.sp.size={sp_size} must divide the world size {world_size}")
-    bounds = batch.cu_seqlens.tolist()
-    if bounds[-1] < world_size:
-        raise PlanError(f"a batch of {bounds[-1]} tokens cannot feed {world_size} ranks; raise data.tokens_per_batch")
-    groups = _balanced_cuts(bounds, world_size // sp_size)
-    if any(bounds[b] - bounds[a] < sp_size for a, b in zip(groups[:-1], groups[1:])):
-        # Too few documents to give every group whole ones: one chain over all ranks instead.
-        return fixed_degree_plan(batch, world_size, world_size)
-    pieces = []
-    for g in range(world_size // sp_size):
-        start, end = bounds[groups[g]], bounds[groups[g + 1]]
-        edges = [start + (end - start) * i // sp_size for i in range(sp_size + 1)]
-        chain = list(range(g * sp_size, (g + 1) * sp_size)) if sp_size > 1 else []
-        pieces += [RankPiece([(edges[i], edges[i + 1])], chain) for i in range(sp_size)]
-    return StepPlan(pieces)

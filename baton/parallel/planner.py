@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from baton.data.loader import Batch
 from baton.parallel.plan import PlanError, RankPiece, StepPlan
 
 
@@ -110,6 +111,91 @@ class PlanResult:
         }
 
 
+@dataclass
+class DocumentLayout:
+    """The batch's documents laid out longest first (ties by position: deterministic), as
+    positions 0..total on one line; work is measured in token units, where every document
+    piece also costs a padded tail chunk (``overhead`` tokens)."""
+
+    spans: np.ndarray  # [n_docs, 2] stream spans, in layout order
+    ends: list[int]  # layout position where each document ends
+    lengths: np.ndarray  # tokens of each document (float)
+    work_ends: np.ndarray  # work done at each document end
+    overhead: float
+
+    @classmethod
+    def longest_first(cls, boundaries: list[int], overhead: float) -> DocumentLayout:
+        bounds = np.asarray(boundaries, dtype=np.int64)
+        docs = np.argsort(-np.diff(bounds), kind="stable")
+        docs = docs[bounds[docs + 1] > bounds[docs]]
+        spans = np.stack([bounds[docs], bounds[docs + 1]], axis=1)
+        lengths = (spans[:, 1] - spans[:, 0]).astype(float)
+        return cls(spans, np.cumsum(lengths).astype(int).tolist(), lengths, np.cumsum(lengths + overhead), overhead)
+
+    @property
+    def doc_ends(self) -> set[int]:
+        return set(self.ends) | {0}
+
+    def to_position(self, work: float) -> int:
+        """The layout position at which ``work`` token units are done."""
+        d = min(int(np.searchsorted(self.work_ends, work)), len(self.spans) - 1)
+        into_doc = work - (self.work_ends[d] - self.lengths[d])
+        return self.ends[d] - int(self.lengths[d]) + int(round(min(max(into_doc, 0), self.lengths[d])))
+
+    def to_work(self, position: int) -> float:
+        """Token units of work before layout ``position`` (a cut inside a document adds one
+        more piece, so one more tail)."""
+        d = bisect.bisect_right(self.ends, position)
+        done = self.work_ends[d - 1] if d else 0.0
+        if position in self.doc_ends:
+            return done
+        return done + self.overhead + position - (self.ends[d - 1] if d else 0)
+
+    def snapped(self, cut: int, tolerance: float) -> int:
+        """The document end nearest ``cut`` within ``tolerance`` tokens, or ``cut``."""
+        ends = self.ends
+        near = ends[bisect.bisect_left(ends, cut - tolerance) : bisect.bisect_right(ends, cut + tolerance)]
+        return min(near, key=lambda e: (abs(e - cut), e)) if near else cut
+
+
+def divide(
+    layout: DocumentLayout,
+    lo: int,
+    hi: int,
+    speeds: np.ndarray,
+    caps: np.ndarray | None,
+    busy: np.ndarray,
+    tolerance: float,
+    hop: float,
+    min_piece: int,
+) -> list[int]:
+    """Cut layout positions [lo, hi) among units (ranks or whole nodes) of ``speeds`` so that
+    they finish together, twice: the second pass charges each unit ``hop`` seconds for every
+    relay the first pass's cuts need, and keeps which cuts sit on document ends."""
+    n, doc_ends = len(speeds), layout.doc_ends
+    tolerances = [tolerance] * (n - 1)
+    for attempt in range(2):
+        shares = water_fill(layout.to_work(hi) - layout.to_work(lo), speeds, caps, busy)
+        cuts, work = [lo], layout.to_work(lo)
+        for i, unit_share in enumerate(shares[:-1]):
+            work += unit_share
+            cut = layout.snapped(layout.to_position(work), tolerances[i])
+            cuts.append(min(max(cut, cuts[-1] + min_piece), hi - min_piece * (n - 1 - i)))
+        cuts.append(hi)
+        if attempt == 0:
+            relays = np.array([c not in doc_ends for c in cuts[1:-1]], dtype=float)
+            busy = busy + (np.concatenate([relays, [0]]) + np.concatenate([[0], relays])) * hop
+            tolerances = [t if c in doc_ends else 0.0 for t, c in zip(tolerances, cuts[1:-1])]
+    return cuts
+
+
+def _ranks_by_node(cost: CostModel) -> list[list[int]]:
+    nodes: dict[int, list[int]] = {}
+    for r in range(cost.world_size):
+        nodes.setdefault(cost.node(r), []).append(r)
+    return [nodes[n] for n in sorted(nodes)]
+
+
 def balanced_plan(boundaries: list[int], cost: CostModel, min_piece: int = 4) -> PlanResult:
     """Cut the batch's documents (``boundaries``: the packed stream's cu_seqlens) across
     ranks in proportion to their speed; see the module docstring.
@@ -123,72 +209,24 @@ def balanced_plan(boundaries: list[int], cost: CostModel, min_piece: int = 4) ->
     R, total = cost.world_size, boundaries[-1]
     if total < R * min_piece:
         raise PlanError(f"a batch of {total} tokens cannot feed {R} ranks {min_piece} tokens each")
-
-    # Layout: documents longest first (ties by position: deterministic), as stream spans.
-    bounds = np.asarray(boundaries, dtype=np.int64)
-    docs = np.argsort(-np.diff(bounds), kind="stable")
-    docs = docs[bounds[docs + 1] > bounds[docs]]
-    layout = np.stack([bounds[docs], bounds[docs + 1]], axis=1)
-    lengths = (layout[:, 1] - layout[:, 0]).astype(float)
-    ends = np.cumsum(lengths).astype(int).tolist()
-    doc_ends = set(ends) | {0}
-    # Work, in token units: every document piece also costs a padded tail chunk.
-    overhead = cost.segment_overhead_tokens
-    work_ends = np.cumsum(lengths + overhead)
+    layout = DocumentLayout.longest_first(boundaries, cost.segment_overhead_tokens)
+    doc_ends = layout.doc_ends
     speeds = 1.0 / np.asarray(cost.seconds_per_token, dtype=float)
     caps = None
     if cost.memory_cap_tokens is not None:  # token caps, in work units (tokens + tail overhead)
-        caps = np.asarray(cost.memory_cap_tokens, dtype=float) * work_ends[-1] / total
-    per_token = float(np.median(cost.seconds_per_token))
-    share = total / R
+        caps = np.asarray(cost.memory_cap_tokens, dtype=float) * layout.work_ends[-1] / total
+    per_token, share = float(np.median(cost.seconds_per_token)), total / R
 
-    def to_position(work: float) -> int:
-        d = min(int(np.searchsorted(work_ends, work)), len(layout) - 1)
-        into_doc = work - (work_ends[d] - lengths[d])
-        return ends[d] - int(lengths[d]) + int(round(min(max(into_doc, 0), lengths[d])))
-
-    def to_work(position: int) -> float:
-        d = bisect.bisect_right(ends, position)
-        done = work_ends[d - 1] if d else 0.0
-        return done if position in doc_ends else done + overhead + position - (ends[d - 1] if d else 0)
-
-    def snapped(cut: int, tolerance: float) -> int:
-        near = ends[bisect.bisect_left(ends, cut - tolerance) : bisect.bisect_right(ends, cut + tolerance)]
-        return min(near, key=lambda e: (abs(e - cut), e)) if near else cut
-
-    def divide(
-        lo: int, hi: int, unit_speeds: np.ndarray, unit_caps, busy: np.ndarray, tolerance: float, hop: float
-    ) -> list[int]:
-        """Cut layout positions [lo, hi) among units (ranks or whole nodes) finishing together,
-        twice: the second pass charges each unit ``hop`` seconds for every relay the first
-        pass's cuts need, and keeps which cuts sit on document ends."""
-        n = len(unit_speeds)
-        tolerances = [tolerance] * (n - 1)
-        for attempt in range(2):
-            shares = water_fill(to_work(hi) - to_work(lo), unit_speeds, unit_caps, busy)
-            cuts, work = [lo], to_work(lo)
-            for i, unit_share in enumerate(shares[:-1]):
-                work += unit_share
-                cut = snapped(to_position(work), tolerances[i])
-                cuts.append(min(max(cut, cuts[-1] + min_piece), hi - min_piece * (n - 1 - i)))
-            cuts.append(hi)
-            if attempt == 0:
-                relays = np.array([c not in doc_ends for c in cuts[1:-1]], dtype=float)
-                busy = busy + (np.concatenate([relays, [0]]) + np.concatenate([[0], relays])) * hop
-                tolerances = [t if c in doc_ends else 0.0 for t, c in zip(tolerances, cuts[1:-1])]
-        return cuts
-
-    nodes: dict[int, list[int]] = {}
-    for r in range(R):
-        nodes.setdefault(cost.node(r), []).append(r)
-    node_ranks = [nodes[n] for n in sorted(nodes)]
     # Level 1: node boundaries. A relay between nodes delays two ranks, which their node
     # makes up by giving them less work: it costs the node hop / (ranks in node).
+    node_ranks = _ranks_by_node(cost)
     node_speed = np.array([speeds[ranks].sum() for ranks in node_ranks])
     node_caps = None if caps is None else np.array([caps[ranks].sum() for ranks in node_ranks])
     inter_tolerance = min(2 * cost.inter_node_hop_seconds / per_token, 0.01 * share * cost.ranks_per_node)
     node_hop = cost.inter_node_hop_seconds / cost.ranks_per_node
-    anchors = divide(0, total, node_speed, node_caps, np.zeros(len(node_ranks)), inter_tolerance, node_hop)
+    anchors = divide(
+        layout, 0, total, node_speed, node_caps, np.zeros(len(node_ranks)), inter_tolerance, node_hop, min_piece
+    )
 
     # Level 2: ranks inside each node, with the relays they will do priced in.
     intra_tolerance = min(cost.hop_seconds / per_token, 0.01 * share)
@@ -199,16 +237,18 @@ def balanced_plan(boundaries: list[int], cost: CostModel, min_piece: int = 4) ->
         busy[-1] += cost.inter_node_hop_seconds * (anchors[n + 1] not in doc_ends)
         order += ranks
         rank_caps = None if caps is None else caps[ranks]
-        cuts += divide(anchors[n], anchors[n + 1], speeds[ranks], rank_caps, busy, intra_tolerance, cost.hop_seconds)[
-            1:
-        ]
+        node_cuts = divide(
+            layout, anchors[n], anchors[n + 1], speeds[ranks], rank_caps, busy, intra_tolerance, cost.hop_seconds,
+            min_piece,
+        )  # fmt: skip
+        cuts += node_cuts[1:]
 
     if cost.memory_cap_tokens is not None:
         cuts = _enforce_caps(cuts, [cost.memory_cap_tokens[r] for r in order])
     pieces: list[RankPiece] = [RankPiece([]) for _ in range(R)]
-    for i, spans in enumerate(_layout_spans(layout, np.asarray(ends), cuts)):
+    for i, spans in enumerate(layout_spans(layout.spans, np.asarray(layout.ends), cuts)):
         pieces[order[i]].spans = spans
-    _link_chains(pieces, order, cuts, doc_ends)
+    link_chains(pieces, order, cuts, doc_ends)
     plan = StepPlan(pieces)
     plan.validate(total)
     return PlanResult(plan, cost.predict(plan, boundaries), "proportional-cut", time.perf_counter() - start_time)
@@ -227,7 +267,7 @@ def _enforce_caps(cuts: list[int], caps: list[int]) -> list[int]:
     return cuts
 
 
-def _layout_spans(layout: np.ndarray, ends: np.ndarray, cuts: list[int]) -> list[list[tuple[int, int]]]:
+def layout_spans(layout: np.ndarray, ends: np.ndarray, cuts: list[int]) -> list[list[tuple[int, int]]]:
     """Stream spans of each [cuts[i], cuts[i+1]) range of layout positions."""
     starts = ends - (layout[:, 1] - layout[:, 0])
     # Every document piece between consecutive cut points (cuts and document starts merged).
@@ -243,7 +283,7 @@ def _layout_spans(layout: np.ndarray, ends: np.ndarray, cuts: list[int]) -> list
     return out
 
 
-def _link_chains(pieces: list[RankPiece], ranks: list[int], cuts: list[int], doc_ends: set[int]) -> None:
+def link_chains(pieces: list[RankPiece], ranks: list[int], cuts: list[int], doc_ends: set[int]) -> None:
     """Chains: runs of consecutive ``ranks`` (holding [cuts[i], cuts[i+1])) whose shared cut
     falls inside a document; a cut on a document end starts a new chain."""
     runs = [[ranks[0]]]
@@ -256,7 +296,55 @@ def _link_chains(pieces: list[RankPiece], ranks: list[int], cuts: list[int], doc
             pieces[r].chain = list(run) if len(run) > 1 else []
 
 
-# Baselines, in the same code path (each returns a PlanResult the trainer can execute).
+def _balanced_cuts(prefix: list[int], parts: int) -> list[int]:
+    """Indices into ``prefix`` (document boundaries) that split the tokens into ``parts``
+    nearly equal runs of whole documents."""
+    total, cuts = prefix[-1], [0]
+    for p in range(1, parts):
+        target = total * p / parts
+        i = bisect.bisect_left(prefix, target)
+        if i > 0 and target - prefix[i - 1] < prefix[i] - target:
+            i -= 1
+        cuts.append(min(max(i, cuts[-1]), len(prefix) - 1))
+    return cuts + [len(prefix) - 1]
+
+
+def even_groups_plan(batch: Batch, world_size: int, sp_size: int) -> StepPlan:
+    """The ``fixed`` planner: ``world_size // sp_size`` groups take equal shares of whole
+    documents in stream order; inside a group the share is cut into ``sp_size`` equal pieces
+    relayed as one chain. Blind to speed; exact."""
+    if world_size % sp_size:
+        raise PlanError(f"parallel.sp.size={sp_size} must divide the world size {world_size}")
+    bounds = batch.cu_seqlens.tolist()
+    if bounds[-1] < world_size:
+        raise PlanError(f"a batch of {bounds[-1]} tokens cannot feed {world_size} ranks; raise data.tokens_per_batch")
+    groups = _balanced_cuts(bounds, world_size // sp_size)
+    if any(bounds[b] - bounds[a] < sp_size for a, b in zip(groups[:-1], groups[1:])):
+        # Too few documents to give every group whole ones: one chain over all ranks instead.
+        return even_groups_plan(batch, world_size, world_size)
+    pieces = []
+    for g in range(world_size // sp_size):
+        start, end = bounds[groups[g]], bounds[groups[g + 1]]
+        edges = [start + (end - start) * i // sp_size for i in range(sp_size + 1)]
+        chain = list(range(g * sp_size, (g + 1) * sp_size)) if sp_size > 1 else []
+        pieces += [RankPiece([(edges[i], edges[i + 1])], chain) for i in range(sp_size)]
+    return StepPlan(pieces)
+
+
+PLANNERS = ("fixed", "balanced", "concat")
+
+
+def make_plan(kind: str, batch: Batch, cost: CostModel, sp_size: int, min_piece: int) -> tuple[StepPlan, dict]:
+    """The step's plan by the planner ``kind`` (``parallel.planner.kind``), and what the
+    planner says of it (predicted per-rank time, solver; nothing for ``fixed``). Every rank
+    computes the same plan from the same inputs: the planners are deterministic."""
+    if kind == "fixed":
+        plan = even_groups_plan(batch, cost.world_size, sp_size)
+        plan.validate(batch.n_tokens)
+        return plan, {}
+    bounds = batch.cu_seqlens.tolist()
+    result = balanced_plan(bounds, cost, min_piece) if kind == "balanced" else concat_chunk_plan(bounds, cost)
+    return result.plan, {k: v for k, v in result.to_dict().items() if k != "plan"}
 
 
 def concat_chunk_plan(boundaries: list[int], cost: CostModel) -> PlanResult:
@@ -268,74 +356,3 @@ def concat_chunk_plan(boundaries: list[int], cost: CostModel) -> PlanResult:
     plan = StepPlan([RankPiece([(a, b)]) for a, b in zip(edges[:-1], edges[1:])])
     plan.validate(total)
     return PlanResult(plan, cost.predict(plan, boundaries), "concat-chunk", time.perf_counter() - start_time)
-
-
-def fixed_sp_plan(boundaries: list[int], cost: CostModel, sp_size: int) -> PlanResult:
-    """Fixed SP degree: ``R / sp_size`` groups; whole documents go to groups best-fit
-    decreasing by token count; each group cuts its documents evenly over its ranks. Its
-    speed-blind cuts and whole-document packing are what the adaptive plan improves on."""
-    start_time = time.perf_counter()
-    R, total = cost.world_size, boundaries[-1]
-    if R % sp_size:
-        raise PlanError(f"sp_size={sp_size} must divide the world size {R}")
-    n_groups = R // sp_size
-    capacity = -(-total // n_groups)
-    # A document longer than a group's share is split into independent sequences (its state
-    # is dropped between them), as fixed-degree systems do.
-    items = [(a, min(a + capacity, b)) for a, b in zip(boundaries[:-1], boundaries[1:]) for a in range(a, b, capacity)]
-    items.sort(key=lambda span: (span[0] - span[1], span[0]))
-    loads, members = [0] * n_groups, [[] for _ in range(n_groups)]
-    for a, b in items:
-        fits = [g for g in range(n_groups) if loads[g] + b - a <= capacity]
-        g = max(fits, key=lambda g: (loads[g], -g)) if fits else min(range(n_groups), key=lambda g: (loads[g], g))
-        loads[g] += b - a
-        members[g].append((a, b))
-    pieces = []
-    for g in range(n_groups):
-        layout = members[g]
-        ends = np.cumsum([b - a for a, b in layout]).astype(int).tolist()
-        size = ends[-1] if ends else 0
-        if size < sp_size:
-            raise PlanError(f"group {g} got {size} tokens for {sp_size} ranks")
-        cuts = [size * i // sp_size for i in range(sp_size + 1)]
-        spans = _layout_spans(np.asarray(layout, dtype=np.int64).reshape(-1, 2), np.asarray(ends), cuts)
-        pieces += [RankPiece(s) for s in spans]
-        _link_chains(pieces, list(range(g * sp_size, (g + 1) * sp_size)), cuts, set(ends))
-    plan = StepPlan(pieces)
-    plan.validate(total)
-    return PlanResult(
-        plan, cost.predict(plan, boundaries), f"fixed-sp{sp_size}-best-fit", time.perf_counter() - start_time
-    )
-
-
-def attention_cost_plan(
-    boundaries: list[int], cost: CostModel, alpha1: float = 1.0, alpha2: float = 2048.0
-) -> PlanResult:
-    """FlexSP's cost model (a document of length L costs alpha1 L^2 + alpha2 L) driving the
-    same proportional cut: what a planner built for attention does to a recurrent model.
-    Documents are cut where the *attention* work balances; the predicted time comes from
-    the recurrent cost model, the true one here."""
-    start_time = time.perf_counter()
-    lengths = np.diff(boundaries).astype(float)
-    weights = alpha1 * lengths**2 + alpha2 * lengths
-    # Map attention work onto a virtual token axis, cut there, and map the cuts back.
-    virtual = np.maximum(1, np.round(weights / weights.sum() * boundaries[-1])).astype(int)
-    v_bounds = [0, *np.cumsum(virtual).tolist()]
-    flat = CostModel([1.0] * cost.world_size, 0.0, 0.0, 0.0, cost.ranks_per_node)
-    v_plan = balanced_plan(v_bounds, flat).plan
-    pieces = []
-    for piece in v_plan.pieces:
-        spans = []
-        for a, b in piece.spans:
-            d = bisect.bisect_right(v_bounds, a) - 1
-            scale = lengths[d] / virtual[d]
-            lo = boundaries[d] + int(round((a - v_bounds[d]) * scale))
-            hi = boundaries[d] + int(round((b - v_bounds[d]) * scale))
-            if hi > lo:
-                spans.append((lo, hi))
-        pieces.append(RankPiece(spans, piece.chain))
-    if any(not p.spans for p in pieces):
-        raise PlanError("the attention cost model leaves a rank less than one token of a long document")
-    plan = StepPlan(pieces)
-    plan.validate(boundaries[-1])
-    return PlanResult(plan, cost.predict(plan, boundaries), "attention-cost", time.perf_counter() - start_time)

@@ -13,11 +13,25 @@ from __future__ import annotations
 import os
 
 import torch
-from torch import nn
+import torch.distributed as dist
+from torch import Tensor, nn
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 ENGINES = ("none", "fsdp2", "deepspeed")
+
+
+def reduce_replicated_gradients(model: nn.Module, loss: Tensor) -> float:
+    """Engine ``none``: sum every gradient over the ranks, and the loss with them (one
+    collective); return the global loss."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads] + [loss.detach().reshape(1).to(grads[0].dtype)])
+    dist.all_reduce(flat)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+    return flat[-1].item()
 
 
 def apply_fsdp2(model: nn.Module, stage: int, param_dtype: torch.dtype | None) -> nn.Module:

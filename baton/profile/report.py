@@ -62,28 +62,18 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(ranks: dict[int, list[dict]], summaries: list[dict], out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-
-    def save(fig, name):
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=100)
-        plt.close(fig)
-        written.append(out / name)
-
-    fig, ax = plt.subplots(figsize=(8, 4))
+def _per_rank_lines(ax, ranks: dict[int, list[dict]], value) -> None:
     for rank, recs in ranks.items():
-        ax.plot([r["step"] for r in recs], [r["tokens_per_s"] for r in recs], label=f"rank {rank}")
-    ax.set(xlabel="step", ylabel="tokens / s", title="Throughput per rank")
+        ax.plot([r["step"] for r in recs], [value(r) for r in recs], label=f"rank {rank}")
     ax.legend(fontsize="small")
-    save(fig, "tokens_per_s.png")
 
-    fig, ax = plt.subplots(figsize=(8, 4))
+
+def _throughput(ax, ranks: dict[int, list[dict]], summaries: list[dict]) -> None:
+    _per_rank_lines(ax, ranks, lambda r: r["tokens_per_s"])
+    ax.set(xlabel="step", ylabel="tokens / s", title="Throughput per rank")
+
+
+def _breakdown(ax, ranks: dict[int, list[dict]], summaries: list[dict]) -> None:
     bottom = np.zeros(len(ranks))
     for part in ("data", "compute", "relay", "grad_comm", "optimizer", "checkpoint"):
         heights = np.array([np.mean([r[f"{part}_s"] for r in recs]) for recs in ranks.values()])
@@ -91,30 +81,24 @@ def plot(ranks: dict[int, list[dict]], summaries: list[dict], out: Path) -> list
         bottom += heights
     ax.set(xlabel="rank", ylabel="seconds per step (mean)", title="Step time breakdown")
     ax.legend(fontsize="small")
-    save(fig, "step_breakdown.png")
 
-    fig, ax = plt.subplots(figsize=(8, 4))
+
+def _mfu(ax, ranks: dict[int, list[dict]], summaries: list[dict]) -> None:
     if any(r.get("mfu") is not None for recs in ranks.values() for r in recs):
-        for rank, recs in ranks.items():
-            ax.plot([r["step"] for r in recs], [100 * (r["mfu"] or 0) for r in recs], label=f"rank {rank}")
+        _per_rank_lines(ax, ranks, lambda r: 100 * (r["mfu"] or 0))
         ax.set(ylabel="MFU (%)", title="Model FLOPs utilisation")
-        ax.legend(fontsize="small")
     else:
-        for rank, recs in ranks.items():
-            ax.plot(
-                [r["step"] for r in recs], [r["model_flops"] / r["step_s"] / 1e9 for r in recs], label=f"rank {rank}"
-            )
+        _per_rank_lines(ax, ranks, lambda r: r["model_flops"] / r["step_s"] / 1e9)
         ax.set(ylabel="model GFLOP/s", title="Model FLOP rate (no peak known for this device: no MFU)")
-        ax.legend(fontsize="small")
     ax.set(xlabel="step")
-    save(fig, "mfu.png")
 
-    fig, ax = plt.subplots(figsize=(8, 4))
+
+def _relay_bytes(ax, ranks: dict[int, list[dict]], summaries: list[dict]) -> None:
     ax.bar([str(r) for r in ranks], [np.mean([r["relay_sent_bytes"] for r in recs]) for recs in ranks.values()])
     ax.set(xlabel="rank", ylabel="bytes sent per step", title="Sequence-parallel relay traffic")
-    save(fig, "relay_bytes.png")
 
-    fig, ax = plt.subplots(figsize=(8, 4))
+
+def _stragglers(ax, ranks: dict[int, list[dict]], summaries: list[dict]) -> None:
     if summaries:
         x = [s["steps"][1] for s in summaries]
         for rank in ranks:
@@ -124,7 +108,31 @@ def plot(ranks: dict[int, list[dict]], summaries: list[dict], out: Path) -> list
             ax.axhline(threshold, color="red", linestyle="--", label="straggler threshold")
     ax.set(xlabel="step", ylabel="compute / predicted (vs median rank)", title="Stragglers (1.0 = as planned)")
     ax.legend(fontsize="small")
-    save(fig, "stragglers.png")
+
+
+PLOTS = {
+    "tokens_per_s.png": _throughput,
+    "step_breakdown.png": _breakdown,
+    "mfu.png": _mfu,
+    "relay_bytes.png": _relay_bytes,
+    "stragglers.png": _stragglers,
+}
+
+
+def plot(ranks: dict[int, list[dict]], summaries: list[dict], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for name, draw in PLOTS.items():
+        fig, ax = plt.subplots(figsize=(8, 4))
+        draw(ax, ranks, summaries)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+        written.append(out / name)
     return written
 
 

@@ -11,7 +11,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from baton.kernels import chunk_gla_ref, chunk_ssd_ref, naive_recurrence, scan_triton  # noqa: E402
+from baton.kernels import chunk_gla_ref, chunk_ssd_ref, naive_recurrence, scan_triton, tuning  # noqa: E402
 from baton.kernels.scan_triton import chunk_scan_triton  # noqa: E402
 from tests.kernels.test_chunk_ref import random_cu_seqlens, random_inputs, rel  # noqa: E402
 
@@ -85,15 +85,15 @@ def test_tiles_the_tuner_may_pick(gate, intra_key_tile, head_tiles, monkeypatch)
 def test_tuning_candidates_are_capped_at_the_head_dims(monkeypatch):
     # What Triton's autotuner would time on a GPU: tile sizes capped at the head dim they tile
     # (16 at least), each distinct setting once.
-    monkeypatch.setattr(scan_triton, "AUTOTUNE", True)
-    tuner = scan_triton.tuned("K", "V", **scan_triton.STATE_TUNING)(scan_triton._state_forward_kernel)
+    monkeypatch.setattr(tuning, "AUTOTUNE", True)
+    tuner = tuning.tuned("K", "V", **tuning.STATE_TUNING)(scan_triton._state_forward_kernel)
     tuner.nargs = {}
 
     def settings(K, V):
         configs = tuner.prune_configs({"K": K, "V": V})
         return [(c.kwargs["BK"], c.kwargs["BV"], c.num_warps, c.num_stages) for c in configs]
 
-    launch = len(scan_triton.LARGE_TILE_WARPS) * len(scan_triton.STATE_TUNING["stages"])
+    launch = len(tuning.LARGE_TILE_WARPS) * len(tuning.STATE_TUNING["stages"])
     wide, narrow = settings(128, 128), settings(16, 48)
     assert {s[:2] for s in wide} == {(32, 32), (32, 64), (64, 32), (64, 64)}
     assert {s[:2] for s in narrow} == {(16, 32), (16, 64)}

@@ -8,7 +8,7 @@ import pytest
 
 from baton.launch.cli import main
 from baton.launch.config import ConfigError, load_config
-from baton.launch.train import pick_device
+from baton.launch.setup import pick_device
 
 
 def test_short_run_loss_falls(tmp_path):

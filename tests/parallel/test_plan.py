@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from baton.parallel.plan import PlanError, RankPiece, StepPlan, fixed_degree_plan, local_batch
+from baton.parallel.plan import PlanError, RankPiece, StepPlan, local_batch
+from baton.parallel.planner import even_groups_plan
 from tests.parallel.test_sequence import make_batch
 
 
@@ -12,9 +13,9 @@ def covered(plan, batch):
 
 
 @pytest.mark.parametrize("world,sp", [(1, 1), (2, 1), (2, 2), (4, 2), (4, 4), (3, 3)])
-def test_fixed_degree_plan_covers_every_token_once(world, sp):
+def test_even_groups_plan_covers_every_token_once(world, sp):
     batch = make_batch([5, 90, 33, 7, 61, 2, 40])
-    plan = fixed_degree_plan(batch, world, sp)
+    plan = even_groups_plan(batch, world, sp)
     plan.validate(batch.n_tokens)
     spans = sorted(s for p in plan.pieces for s in p.spans)
     assert spans[0][0] == 0 and spans[-1][1] == batch.n_tokens
@@ -23,9 +24,9 @@ def test_fixed_degree_plan_covers_every_token_once(world, sp):
         assert local.tokens.numel() == plan.pieces[rank].n_tokens == int(local.cu_seqlens[-1])
 
 
-def test_fixed_degree_plan_falls_back_to_one_chain_for_one_document():
+def test_even_groups_plan_falls_back_to_one_chain_for_one_document():
     batch = make_batch([200])
-    plan = fixed_degree_plan(batch, 4, 1)
+    plan = even_groups_plan(batch, 4, 1)
     plan.validate(batch.n_tokens)
     assert all(p.chain == [0, 1, 2, 3] for p in plan.pieces)
 
@@ -61,5 +62,5 @@ def test_validate_rejects_bad_plans(pieces, message):
 
 
 def test_plan_round_trips_through_json():
-    plan = fixed_degree_plan(make_batch([50, 70]), 4, 2)
+    plan = even_groups_plan(make_batch([50, 70]), 4, 2)
     assert StepPlan.from_dict(plan.to_dict()) == plan

@@ -6,8 +6,9 @@ import pytest
 
 from baton.data.loader import pack
 from baton.dist.local import run_local
+from baton.parallel.baselines import attention_cost_plan, best_fit_groups_plan
 from baton.parallel.plan import PlanError, StepPlan
-from baton.parallel.planner import CostModel, attention_cost_plan, balanced_plan, concat_chunk_plan, fixed_sp_plan
+from baton.parallel.planner import CostModel, DocumentLayout, balanced_plan, concat_chunk_plan, divide
 from tests.parallel.test_sequence import TOLERANCE, reference, rel, sp_worker
 
 
@@ -39,6 +40,30 @@ def test_balanced_plan_covers_every_token_once(ranks, seed, giant):
         prev, nxt = result.plan.neighbours(rank)
         if nxt is not None:  # a relay only where a document really continues
             assert piece.spans[-1][1] not in set(bounds)
+
+
+def test_layout_maps_work_and_positions_both_ways():
+    # Documents of 10, 50 and 30 tokens laid out longest first: 50 | 30 | 10, each piece
+    # costing a tail of 4 tokens of work.
+    layout = DocumentLayout.longest_first([0, 10, 60, 90], overhead=4.0)
+    assert layout.spans.tolist() == [[10, 60], [60, 90], [0, 10]] and layout.ends == [50, 80, 90]
+    assert layout.to_work(50) == 54 and layout.to_work(80) == 88  # whole documents: their tails
+    assert layout.to_work(20) == 4 + 20  # inside the first document: its piece's tail too
+    for position in (0, 20, 50, 63, 89):
+        assert layout.to_position(layout.to_work(position)) == position
+    assert layout.snapped(52, tolerance=3) == 50 and layout.snapped(52, tolerance=1) == 52
+    assert layout.snapped(79, tolerance=2) == 80
+
+
+def test_divide_gives_equal_speeds_equal_work_and_snaps_cheap_cuts():
+    layout = DocumentLayout.longest_first(list(range(0, 1001, 100)), overhead=0.0)  # ten documents of 100
+    speeds, busy = np.ones(4), np.zeros(4)
+    exact = divide(layout, 0, 1000, speeds, None, busy, tolerance=0, hop=0, min_piece=4)
+    assert exact == [0, 250, 500, 750, 1000]
+    # Relays cost: within 60 tokens every cut moves onto a document end (250 and 750 lie
+    # halfway between two; the tie goes to the earlier end).
+    snapped = divide(layout, 0, 1000, speeds, None, busy, tolerance=60, hop=1e-3, min_piece=4)
+    assert snapped == [0, 200, 500, 700, 1000]
 
 
 def test_loads_follow_measured_speed():
@@ -89,7 +114,7 @@ def test_deterministic():
     assert balanced_plan(bounds, cost).plan.to_dict() == balanced_plan(bounds, cost).plan.to_dict()
 
 
-@pytest.mark.parametrize("make", [concat_chunk_plan, lambda b, c: fixed_sp_plan(b, c, 2), attention_cost_plan])
+@pytest.mark.parametrize("make", [concat_chunk_plan, lambda b, c: best_fit_groups_plan(b, c, 2), attention_cost_plan])
 def test_baselines_are_valid_plans(make):
     bounds = boundaries(100, 6)
     result = make(bounds, CostModel([1e-6] * 4))
@@ -103,7 +128,7 @@ def test_adaptive_beats_baselines_with_a_slow_rank():
     per_token[5] = 1.2e-6
     cost = CostModel(per_token)
     ours = max(balanced_plan(bounds, cost).predicted_s)
-    for make in (concat_chunk_plan, lambda b, c: fixed_sp_plan(b, c, 4), attention_cost_plan):
+    for make in (concat_chunk_plan, lambda b, c: best_fit_groups_plan(b, c, 4), attention_cost_plan):
         assert ours < 0.95 * max(make(bounds, cost).predicted_s)
 
 

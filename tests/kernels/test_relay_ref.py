@@ -3,7 +3,7 @@
 import pytest
 
 from baton.kernels import naive_recurrence
-from baton.kernels.relay_ops import add_state_correction_ref, segment_summary_ref
+from baton.kernels.relay_ref import add_state_correction_ref, segment_summary_ref
 from tests.kernels.test_chunk_ref import random_inputs, rel
 
 

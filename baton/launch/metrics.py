@@ -1,0 +1,104 @@
+"""What a run reports, from rank 0: ``metrics.jsonl`` (one record per step), the console
+progress line at logging steps, and ``summary.json`` with the closing line when the run ends."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from baton.launch.progress import Progress
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: Path, total_steps: int, enabled: bool, distributed: bool) -> None:
+        self.run_dir, self.enabled, self.distributed = Path(run_dir), enabled, distributed
+        self._file, self._closed = None, False
+        self.progress = Progress(total_steps, enabled=enabled)
+        self.start = self.window_start = time.perf_counter()
+        self.tokens = self.window_tokens = 0
+        self.first_loss = self.last_loss = self.eval_loss = None
+
+    def log_step(
+        self, step: int, result, lr: float, eval_loss: float | None, interval: dict | None, log_line: bool
+    ) -> None:
+        """Record step ``step`` (a :class:`~baton.launch.train.StepResult`); at logging steps
+        (``log_line``) also the tokens per second of the interval and the console line, with
+        the profiler's cross-rank ``interval`` summary where there is one."""
+        self.tokens += result.tokens
+        self.window_tokens += result.tokens
+        self.first_loss = result.loss if self.first_loss is None else self.first_loss
+        self.last_loss = result.loss
+        record = {
+            "step": step,
+            "loss": result.loss,
+            "grad_norm": result.grad_norm,
+            "lr": lr,
+            "tokens": result.tokens,
+            "plan": result.plan,
+            "comm": result.comm,
+            "doc_ids": result.doc_ids,
+        }
+        if eval_loss is not None:
+            self.eval_loss = record["eval_loss"] = eval_loss
+        if log_line:
+            now = time.perf_counter()
+            record["tokens_per_s"] = self.window_tokens / (now - self.window_start)
+            self.window_start, self.window_tokens = now, 0
+            self.progress.update(step, self._line(record, interval))
+        if self.enabled:
+            if self._file is None:
+                self._file = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed by close()
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+
+    def _line(self, record: dict, interval: dict | None) -> str:
+        text = f"loss {record['loss']:.4f}"
+        if record["grad_norm"] is not None:
+            text += f" | grad norm {record['grad_norm']:.2f}"
+        text += f" | {record['tokens_per_s'] / 1e3:.1f}k tok/s"
+        if "eval_loss" in record:
+            text += f" | eval {record['eval_loss']:.4f}"
+        if interval and self.distributed:
+            text += (
+                f" | rank compute min/med/max {interval['compute_s_min']:.2f}/"
+                f"{interval['compute_s_median']:.2f}/{interval['compute_s_max']:.2f}s "
+                f"(slowest {interval['slowest_rank']})"
+            )
+        return text
+
+    def note(self, step: int, text: str) -> None:
+        self.progress.update(step, text)
+
+    def finish(self, steps: int, parameters: int, flops_per_token: int, world_size: int) -> dict:
+        """The run's summary, written to ``summary.json`` with a closing line."""
+        elapsed = time.perf_counter() - self.start
+        summary = {
+            "steps": steps,
+            "first_loss": self.first_loss,
+            "final_loss": self.last_loss,
+            "eval_loss": self.eval_loss,
+            "tokens": self.tokens,
+            "seconds": elapsed,
+            "tokens_per_s": self.tokens / elapsed,
+            "model_flops_per_s": self.tokens * flops_per_token / elapsed,
+            "parameters": parameters,
+            "world_size": world_size,
+        }
+        self.close()
+        if self.enabled:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            print(
+                f"done: {steps} steps, loss {self.first_loss:.4f} -> {self.last_loss:.4f}, eval {self.eval_loss:.4f}, "
+                f"{self.tokens / elapsed / 1e3:.1f}k tok/s, {elapsed:.0f}s; run dir {self.run_dir}",
+                flush=True,
+            )
+        return summary
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._file is not None:
+            self._file.close()
+        self.progress.close()
