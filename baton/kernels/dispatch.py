@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from baton.kernels.gla_ref import chunk_gla_ref
 from baton.kernels.relay_ref import add_state_correction_ref, segment_summary_ref
@@ -78,13 +79,23 @@ def _use_triton(x: Tensor) -> bool:
     return True
 
 
+def _reference(fn: Callable, *args) -> Tensor | tuple[Tensor, ...]:
+    """A reference op, keeping only its inputs for backward and running again there (where
+    autograd records it): its einsums would keep copies of their operands whose number and size
+    depend on torch's einsum internals; this way the CPU path keeps what ``baton memory``
+    predicts, at the cost of one more forward of the op."""
+    if not torch.is_grad_enabled():
+        return fn(*args)
+    return checkpoint(fn, *args, use_reentrant=False)
+
+
 def _scan(reference: Callable, *args) -> tuple[Tensor, Tensor]:
     """The Triton scans (one implementation for both gate layouts) or ``reference``."""
     if _use_triton(args[0]):
         from baton.kernels.scan_triton import chunk_scan_triton
 
         return chunk_scan_triton(*args)
-    return reference(*args)
+    return _reference(reference, *args)
 
 
 def chunk_gla(
@@ -146,7 +157,7 @@ def segment_summary(k: Tensor, v: Tensor, g: Tensor, start: int) -> tuple[Tensor
         from baton.kernels.relay_triton import segment_summary_triton
 
         return segment_summary_triton(k, v, g, start)
-    return segment_summary_ref(k, v, g, start)
+    return _reference(segment_summary_ref, k, v, g, start)
 
 
 def add_state_correction(o: Tensor, q: Tensor, g: Tensor, state: Tensor, end: int, scale: float) -> Tensor:
@@ -156,4 +167,4 @@ def add_state_correction(o: Tensor, q: Tensor, g: Tensor, state: Tensor, end: in
         from baton.kernels.relay_triton import add_state_correction_triton
 
         return add_state_correction_triton(o, q, g, state, end, scale)
-    return add_state_correction_ref(o, q, g, state, end, scale)
+    return _reference(add_state_correction_ref, o, q, g, state, end, scale)

@@ -1,4 +1,4 @@
-"""The ``baton`` command: ``train``, ``config``, ``submit``, ``data build``, ``data synth``, ``report``,
+"""The ``baton`` command: ``train``, ``config``, ``memory``, ``submit``, ``data build``, ``data synth``, ``report``,
 ``replay``, ``export``."""
 
 from __future__ import annotations
@@ -35,6 +35,23 @@ def _config(args: argparse.Namespace) -> None:
     from baton.launch.config import load_config, to_yaml
 
     print(to_yaml(load_config(*_config_and_overrides(args))), end="")
+
+
+def _memory(args: argparse.Namespace) -> None:
+    import torch
+
+    from baton.launch.config import load_config
+    from baton.parallel.budget import GIB, MemoryBudget, check_fits, report
+
+    cfg = load_config(*_config_and_overrides(args))
+    if args.gpu_memory is not None:
+        device_bytes = int(args.gpu_memory * GIB)
+    else:  # this machine's GPU, if it has one
+        device_bytes = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 0
+    budget = MemoryBudget(cfg, args.world, device_bytes)
+    tokens = args.tokens or -(-cfg.data.tokens_per_batch // args.world)
+    print(report(budget, tokens))
+    check_fits(budget, tokens)
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -109,34 +126,46 @@ def _count(text: str, least: int = 1) -> int:
     return value
 
 
+def _positive(text: str) -> float:
+    """An argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def _count_or_zero(text: str) -> int:
     return _count(text, least=0)
+
+
+def _configured(sub, name: str, func, help: str) -> argparse.ArgumentParser:
+    """A subcommand that takes a config: ``baton NAME [config.yaml] [key=value ...]``."""
+    parser = sub.add_parser(name, help=f"{help}: baton {name} [config.yaml] [key=value ...]")
+    parser.add_argument("config", nargs="?", help="YAML config (default: the built-in tiny-cpu preset)")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=100 model.mixer=ssd")
+    parser.set_defaults(func=func)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="baton", description="Distributed training of recurrent language models.")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    train = sub.add_parser("train", help="train a model: baton train [config.yaml] [key=value ...]")
-    train.add_argument("config", nargs="?", help="YAML config (default: the built-in tiny-cpu preset)")
-    train.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=100 model.mixer=ssd")
-    train.set_defaults(func=_train)
-
-    show = sub.add_parser("config", help="print the resolved config: baton config [config.yaml] [key=value ...]")
-    show.add_argument("config", nargs="?", help="YAML config (default: the built-in tiny-cpu preset)")
-    show.add_argument("overrides", nargs="*", help="config overrides")
-    show.set_defaults(func=_config)
-
-    sub_ = sub.add_parser("submit", help="submit a training job to SLURM: baton submit [config.yaml] [key=value ...]")
-    sub_.add_argument("config", nargs="?", help="YAML config (default: the built-in tiny-cpu preset)")
-    sub_.add_argument("overrides", nargs="*", help="config overrides")
+    _configured(sub, "train", _train, "train a model")
+    _configured(sub, "config", _config, "print the resolved config")
+    mem = _configured(sub, "memory", _memory, "what one rank holds in memory, and what fits")
+    mem.add_argument("--gpu-memory", type=_positive, help="GiB per GPU (default: this machine's GPU; none: no limit)")
+    mem.add_argument("--world", type=_count, default=1, help="ranks (default 1)")
+    mem.add_argument("--tokens", type=_count, help="tokens per rank (default: data.tokens_per_batch / world)")
+    sub_ = _configured(sub, "submit", _submit, "submit a training job to SLURM")
     sub_.add_argument("--nodes", type=_count, default=1)
     sub_.add_argument("--gpus-per-node", type=_count_or_zero, default=0, help="GPUs (and training processes) per node")
     sub_.add_argument("--procs-per-node", type=_count, help="training processes per node (default: the GPUs, or 1)")
     sub_.add_argument("--time", default="1:00:00", help="time limit, as sbatch takes it (default 1:00:00)")
     sub_.add_argument("--partition")
     sub_.add_argument("--dry-run", action="store_true", help="write and print the script, do not submit")
-    sub_.set_defaults(func=_submit)
 
     data = sub.add_parser("data", help="build token corpora").add_subparsers(dest="data_command", required=True)
     build = data.add_parser("build", help="tokenise .txt / .jsonl files into a corpus")

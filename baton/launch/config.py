@@ -14,6 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from baton.kernels.dispatch import BACKENDS
 from baton.models.config import ModelConfig
+from baton.parallel.recompute import POLICIES
 from baton.parallel.zero import ENGINES
 
 
@@ -102,6 +103,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     kernels: str = "auto"  # auto (Triton on CUDA, PyTorch reference on CPU) | triton | torch
+    activation_checkpoint: str = "none"  # none | full (recompute blocks) | mixer (recompute token mixers)
+    micro_tokens: int = 0  # tokens per rank per block pass, a multiple of model.chunk_size (0: the whole piece)
+    loss_chunk_tokens: int = 4096  # the head and loss run over chunks of this many tokens (0: all logits at once)
     stop_at_step: int = 0  # end this run at this step (checkpointed), the schedule still for `steps`; 0: off
     deadline_margin_s: float = 120.0  # under `baton submit`: checkpoint and requeue this long before the time limit
     log_every: int = 10
@@ -126,6 +130,7 @@ CHOICES = {
     "train.device": ("auto", "cpu", "cuda"),
     "train.dtype": ("auto", "fp32", "bf16"),
     "train.kernels": BACKENDS,
+    "train.activation_checkpoint": POLICIES,
     "parallel.sp.relay": ("chain", "allgather", "logscan"),
     "parallel.planner.kind": ("fixed", "balanced", "concat"),
     "parallel.zero.engine": ENGINES,
@@ -161,6 +166,8 @@ RANGES = {
     "train.deadline_margin_s": (0, INF, True, True),
     "train.log_every": (1, INF, True, True),
     "train.eval_every": (1, INF, True, True),
+    "train.micro_tokens": (0, INF, True, True),
+    "train.loss_chunk_tokens": (0, INF, True, True),
 }
 
 
@@ -227,10 +234,32 @@ def validate(cfg: Config) -> None:
             "checkpoint.async_save: background saves use torch.distributed.checkpoint (parallel.zero.engine "
             "none or fsdp2); DeepSpeed writes its checkpoints synchronously"
         )
+    _validate_micro_batches(cfg)
     try:
         cfg.model.validate()
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _validate_micro_batches(cfg: Config) -> None:
+    micro, chunk = cfg.train.micro_tokens, cfg.model.chunk_size
+    if micro and micro % chunk:
+        raise ConfigError(
+            f"train.micro_tokens={micro} must be a multiple of model.chunk_size={chunk}: slices cut documents "
+            f"at whole chunks (e.g. train.micro_tokens={max(chunk, micro // chunk * chunk)})"
+        )
+    zero = cfg.parallel.zero
+    if micro and zero.engine == "deepspeed" and zero.stage == 3:
+        raise ConfigError(
+            f"train.micro_tokens={micro} with DeepSpeed ZeRO stage 3: ZeRO-3 gathers a module's parameters "
+            "at every call, and ranks with different numbers of slices would call different collectives; "
+            "use parallel.zero.engine=fsdp2 (which gathers once per block) or parallel.zero.stage=2"
+        )
+    if micro and cfg.train.activation_checkpoint == "none":
+        raise ConfigError(
+            f"train.micro_tokens={micro} bounds memory by recomputing each slice in backward: it needs "
+            "train.activation_checkpoint=full (or mixer)"
+        )
 
 
 def to_yaml(cfg: Config) -> str:

@@ -24,7 +24,7 @@ from baton.data.loader import PackedLoader
 from baton.kernels import set_backend as set_kernel_backend
 from baton.launch.config import ConfigError, load_config
 from baton.launch.setup import document_split, open_corpus, pick_device
-from baton.models.lm import RecurrentLM, token_losses
+from baton.models.lm import RecurrentLM
 
 
 @dataclass
@@ -101,8 +101,8 @@ def replay_step(run_dir: Path, step: int, overrides: list[str] | tuple[str, ...]
             "data.tokens_per_batch changed since?"
         )
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        logits = model(batch.tokens[None].to(device), batch.cu_seqlens)
-    loss_sum, _ = token_losses(logits, batch.labels[None].to(device))
+        tokens, labels = batch.tokens[None].to(device), batch.labels[None].to(device)
+        loss_sum = model(tokens, batch.cu_seqlens, labels, cfg.train.loss_chunk_tokens)
     loss = loss_sum / batch.n_targets
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]

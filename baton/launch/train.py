@@ -21,8 +21,9 @@ The life of a step (``file:function``):
 6.  ``parallel/sequence.py:RelayedScan``: the summary of the rank's last segment, the relay
     (``parallel/relay.py:RELAYS``: chain, all-gather or log-depth), the local chunked scan
     (``kernels/dispatch.py:chunk_gla`` / ``chunk_ssd``), the correction of the first segment.
-7.  ``models/lm.py:token_losses``: the summed loss over this rank's targets, divided here by
-    the global target count.
+7.  ``models/loss.py:fused_head_loss``: the final norm, head and cross-entropy over chunks of
+    tokens (the logits never whole), summed over this rank's targets, divided here by the
+    global target count.
 8.  ``parallel/parallelize.py:ParallelModel.backward``: autograd, with the relay's functions
     sending state gradients back along the chains.
 9.  ``ParallelModel.reduce_gradients``: the gradient all-reduce of replicated weights
@@ -57,7 +58,8 @@ from baton.launch.preempt import Preemption
 from baton.launch.schedule import load_schedule_state, schedule_state
 from baton.launch.setup import document_split, open_corpus, pick_device
 from baton.models.flops import count_parameters, flops_per_token
-from baton.models.lm import RecurrentLM, token_losses
+from baton.models.lm import RecurrentLM
+from baton.parallel.budget import memory_cap
 from baton.parallel.parallelize import parallelize
 from baton.parallel.plan import LocalBatch, StepPlan, local_batch
 from baton.parallel.planner import CostModel, make_plan
@@ -105,6 +107,7 @@ class Trainer:
         root = Path(ckpt.dir) if ckpt.dir else self.run_dir / "checkpoints"
         resume_from = resume_point(cfg.resume, root)
         universal = resume_from is not None and saved_world_size(resume_from) != self.env.world_size
+        cap = memory_cap(cfg, self.env.world_size, self.device)  # refuses what cannot fit, before allocating
         model = RecurrentLM(cfg.model).to(self.device)
         slow_down(model, self.env.rank, cfg.profile.slow_rank, cfg.profile.slow_seconds_per_ktoken)
         self.parallel = parallelize(model, cfg, self.env, self.autocast_dtype, universal)
@@ -112,8 +115,8 @@ class Trainer:
         self.checkpointer = Checkpointer(root, self.env, ckpt.keep, ckpt.async_save, ckpt.checksums, ckpt.every)
         p = cfg.parallel.planner
         self.cost = CostModel(
-            [1.0] * self.env.world_size, hop_seconds=p.hop_seconds,
-            inter_node_hop_seconds=p.inter_node_hop_seconds, ranks_per_node=p.ranks_per_node,
+            [1.0] * self.env.world_size, hop_seconds=p.hop_seconds, inter_node_hop_seconds=p.inter_node_hop_seconds,
+            ranks_per_node=p.ranks_per_node, memory_cap_tokens=[cap] * self.env.world_size if cap else None,
         )  # fmt: skip
         loader = PackedLoader(self.corpus, cfg.data.tokens_per_batch, cfg.train.seed, train_ids)
         self.batches = PlannedBatches(loader, self.make_plan)
@@ -160,9 +163,9 @@ class Trainer:
 
     def local_loss(self, batch: Batch, local: LocalBatch) -> torch.Tensor:
         """This rank's summed loss on its piece, divided by the global target count."""
+        tokens, labels = local.tokens[None].to(self.device), local.labels[None].to(self.device)
         with self._autocast():
-            logits = self.model(local.tokens[None].to(self.device), local.cu_seqlens)
-        loss_sum, _ = token_losses(logits, local.labels[None].to(self.device))
+            loss_sum = self.model(tokens, local.cu_seqlens, labels, self.cfg.train.loss_chunk_tokens)
         return loss_sum / batch.n_targets
 
     def train_step(self) -> StepResult:

@@ -6,7 +6,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from baton.kernels import chunk_gla
+from baton.kernels.carry import scan_carrying, state_after
 from baton.models.config import ModelConfig
+from baton.models.norm import RMSNorm
+from baton.models.state import LayerState
 
 
 class GLAMixer(nn.Module):
@@ -25,15 +28,36 @@ class GLAMixer(nn.Module):
         self.v_proj = nn.Linear(d, dv, bias=False)
         self.out_gate = nn.Linear(d, dv, bias=False)
         self.forget_gate = nn.Sequential(nn.Linear(d, cfg.gate_low_rank, bias=False), nn.Linear(cfg.gate_low_rank, dk))
-        self.head_norm = nn.RMSNorm(dv // H, eps=cfg.norm_eps)
+        self.head_norm = RMSNorm(dv // H, eps=cfg.norm_eps)
         self.o_proj = nn.Linear(dv, d, bias=False)
         self.scan = chunk_gla
 
-    def forward(self, x: Tensor, cu_seqlens: Tensor | None = None) -> Tensor:
-        B, T, _ = x.shape
-        heads = (B, T, self.n_heads, -1)
-        q, k, v = (proj(x).view(heads) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        g = F.logsigmoid(self.forget_gate(x)).view(heads) / self.gate_normalizer
-        o, _ = self.scan(q, k, v, g, cu_seqlens=cu_seqlens, chunk_size=self.chunk_size)
-        o = self.head_norm(o) * F.silu(self.out_gate(x)).view(heads)
-        return self.o_proj(o.reshape(B, T, -1))
+    def _heads(self, x: Tensor, proj: nn.Module) -> Tensor:
+        return proj(x).view(*x.shape[:2], self.n_heads, -1)
+
+    def _key_value_gate(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        # log sigmoid(z) = -softplus(-z), written so: logsigmoid keeps a buffer the size of its
+        # input for backward on CPU (not on CUDA); softplus keeps its input alone on both.
+        g = -F.softplus(-self._heads(x, self.forget_gate)) / self.gate_normalizer
+        return self._heads(x, self.k_proj), self._heads(x, self.v_proj), g
+
+    def forward(
+        self, x: Tensor, cu_seqlens: Tensor | None = None, state: LayerState | None = None, summary_only: bool = False
+    ) -> tuple[Tensor | None, LayerState | None]:
+        """x: [B, T, d] -> [B, T, d]. With ``state`` (a packed piece, B == 1) the piece's first
+        document continues from it, and the state after the piece is returned too;
+        ``summary_only`` returns that state alone (no outputs: what a rank relays)."""
+        k, v, g = self._key_value_gate(x)
+        after = None
+        if state is not None:
+            S, decay = state_after(k, v, g, cu_seqlens, state.scan, state.decay)
+            after = LayerState(S, decay=decay)
+            if summary_only:
+                return None, after
+        q = self._heads(x, self.q_proj)
+        if state is None:
+            o, _ = self.scan(q, k, v, g, cu_seqlens=cu_seqlens, chunk_size=self.chunk_size)
+        else:
+            o = scan_carrying(self.scan, q, k, v, g, None, cu_seqlens, self.chunk_size, state.scan)
+        o = self.head_norm(o) * F.silu(self._heads(x, self.out_gate))
+        return self.o_proj(o.reshape(*x.shape[:2], -1)), after

@@ -2,27 +2,38 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from baton.models.config import ModelConfig
 from baton.models.gla import GLAMixer
+from baton.models.loss import fused_head_loss, token_losses
 from baton.models.mlp import SwiGLU
+from baton.models.norm import RMSNorm
 from baton.models.ssd import SSDMixer
+from baton.models.state import LayerState
 
 MIXERS = {"gla": GLAMixer, "ssd": SSDMixer}
+
+__all__ = ["Block", "LayerState", "RecurrentLM", "token_losses"]
 
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.mixer_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mixer_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mixer = MIXERS[cfg.mixer](cfg)
-        self.mlp_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp = SwiGLU(cfg.d_model, cfg.mlp_hidden)
 
-    def forward(self, x: Tensor, cu_seqlens: Tensor | None) -> Tensor:
-        x = x + self.mixer(self.mixer_norm(x), cu_seqlens)
-        return x + self.mlp(self.mlp_norm(x))
+    def forward(
+        self, x: Tensor, cu_seqlens: Tensor | None, state: LayerState | None = None
+    ) -> tuple[Tensor, LayerState | None]:
+        """With ``state`` the packed piece x continues a document (see the mixers), and the
+        state after it is returned; without, None."""
+        h, state = self.mixer(self.mixer_norm(x), cu_seqlens, state)
+        x = x + h
+        return x + self.mlp(self.mlp_norm(x)), state
 
 
 class RecurrentLM(nn.Module):
@@ -32,7 +43,7 @@ class RecurrentLM(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.apply(self._init_linear)
         if cfg.tie_embeddings:
@@ -49,17 +60,23 @@ class RecurrentLM(nn.Module):
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
 
-    def forward(self, input_ids: Tensor, cu_seqlens: Tensor | None = None) -> Tensor:
-        """input_ids: [B, T]; with ``cu_seqlens`` (B == 1) a packed stream of documents."""
+    def forward(
+        self, input_ids: Tensor, cu_seqlens: Tensor | None = None, labels: Tensor | None = None, loss_chunk: int = 0
+    ) -> Tensor:
+        """input_ids: [B, T]; with ``cu_seqlens`` (B == 1) a packed stream of documents.
+
+        Returns the logits [B, T, V]; or, given ``labels`` (-100: no target), the summed
+        next-token cross-entropy, fused with the head over chunks of ``loss_chunk`` tokens
+        (0: from the full logits). Under autocast the residual stream is kept in the autocast
+        dtype, as it is under FSDP2's mixed precision.
+        """
         x = self.embed(input_ids)
+        if torch.is_autocast_enabled(x.device.type):
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         for block in self.blocks:
-            x = block(x, cu_seqlens)
-        return self.head(self.norm(x))
-
-
-def token_losses(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Summed next-token cross-entropy (fp32) over labels != -100, and the count of such labels."""
-    loss = nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100, reduction="sum"
-    )
-    return loss, (labels != -100).sum()
+            x, _ = block(x, cu_seqlens)
+        if labels is None:
+            return self.head(self.norm(x))
+        if loss_chunk:
+            return fused_head_loss(x, self.norm, self.head.weight, labels, loss_chunk)
+        return token_losses(self.head(self.norm(x)), labels)[0]

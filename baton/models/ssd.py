@@ -10,7 +10,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from baton.kernels import causal_conv1d, chunk_ssd
+from baton.kernels.carry import last_window, scan_carrying, state_after
 from baton.models.config import ModelConfig
+from baton.models.norm import RMSNorm
+from baton.models.state import LayerState
 
 
 class SSDMixer(nn.Module):
@@ -20,6 +23,8 @@ class SSDMixer(nn.Module):
         super().__init__()
         d, inner, N, H = cfg.d_model, cfg.ssd_inner, cfg.ssd_state_dim, cfg.ssd_heads
         self.inner, self.state_dim, self.n_heads, self.chunk_size = inner, N, H, cfg.chunk_size
+        # The conv window's shape, as plain numbers: a sharded parameter's shape may not be its own.
+        self.conv_channels, self.window = inner + 2 * N, cfg.conv_size - 1
         self.in_proj = nn.Linear(d, 2 * inner + 2 * N + H, bias=False)
         conv_dim = inner + 2 * N
         self.conv_weight = nn.Parameter(torch.empty(conv_dim, cfg.conv_size))
@@ -30,28 +35,54 @@ class SSDMixer(nn.Module):
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
         self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(1, 16)))
         self.D = nn.Parameter(torch.ones(H))
-        self.norm = nn.RMSNorm(inner, eps=cfg.norm_eps)
+        self.norm = RMSNorm(inner, eps=cfg.norm_eps)
         self.out_proj = nn.Linear(inner, d, bias=False)
         self.scan = chunk_ssd
         self.conv = causal_conv1d
 
-    def forward(self, x: Tensor, cu_seqlens: Tensor | None = None) -> Tensor:
+    def _scan_inputs(
+        self, x: Tensor, cu_seqlens: Tensor | None, window: Tensor | None, carrying: bool
+    ) -> tuple[Tensor, list[Tensor], Tensor | None]:
+        """z; the scan's q, k, v, g (C, B, x·dt, -A·dt) and x, with its heads last; and when
+        ``carrying`` a state (the conv entering through ``window``), the window after the piece."""
         B, T, _ = x.shape
-        z, xbc, dt = self.in_proj(x).split([self.inner, self.inner + 2 * self.state_dim, self.n_heads], dim=-1)
-        xbc = F.silu(self.conv(xbc, self.conv_weight, self.conv_bias, cu_seqlens))
-        xs, b, c = xbc.split([self.inner, self.state_dim, self.state_dim], dim=-1)
+        z, xbc, dt = self.in_proj(x).split([self.inner, self.conv_channels, self.n_heads], dim=-1)
+        if carrying:
+            conv = self.conv(xbc, self.conv_weight, self.conv_bias, cu_seqlens, left_context=window)
+            window = last_window(xbc, cu_seqlens, window, self.window)
+        else:
+            conv = self.conv(xbc, self.conv_weight, self.conv_bias, cu_seqlens)
+        xs, b, c = F.silu(conv).split([self.inner, self.state_dim, self.state_dim], dim=-1)
         xs = xs.view(B, T, self.n_heads, -1)
         dt = F.softplus(dt + self.dt_bias)
-        g = -self.A_log.exp() * dt
         heads = (B, T, self.n_heads, self.state_dim)
-        y, _ = self.scan(
-            c[:, :, None].expand(heads),
-            b[:, :, None].expand(heads),
-            xs * dt[..., None].to(xs.dtype),
-            g,
-            scale=1.0,
-            cu_seqlens=cu_seqlens,
-            chunk_size=self.chunk_size,
-        )
+        qkvg = [c[:, :, None].expand(heads), b[:, :, None].expand(heads), xs * dt[..., None].to(xs.dtype)]
+        return z, [*qkvg, -self.A_log.exp() * dt, xs], window
+
+    def forward(
+        self, x: Tensor, cu_seqlens: Tensor | None = None, state: LayerState | None = None, summary_only: bool = False
+    ) -> tuple[Tensor | None, LayerState | None]:
+        """x: [B, T, d] -> [B, T, d]. With ``state`` (a packed piece, B == 1) the piece's first
+        document continues from it, and the state after the piece is returned too;
+        ``summary_only`` returns that state alone (no outputs: what a rank relays)."""
+        B, T, _ = x.shape
+        carrying = state is not None
+        z, (q, k, v, g, xs), window = self._scan_inputs(x, cu_seqlens, state.conv if carrying else None, carrying)
+        after = None
+        if carrying:
+            S, decay = state_after(k, v, g, cu_seqlens, state.scan, state.decay)
+            after = LayerState(S, window, decay)
+            if summary_only:
+                return None, after
+            y = scan_carrying(self.scan, q, k, v, g, 1.0, cu_seqlens, self.chunk_size, state.scan)
+        else:
+            y, _ = self.scan(q, k, v, g, scale=1.0, cu_seqlens=cu_seqlens, chunk_size=self.chunk_size)
         y = y + self.D[:, None] * xs
-        return self.out_proj(self.norm(y.reshape(B, T, -1) * F.silu(z)))
+        return self.out_proj(self.norm(y.reshape(B, T, -1) * F.silu(z))), after
+
+    def conv_window(self, x: Tensor) -> Tensor:
+        """The conv window after x [B, T', d], the last tokens of a piece's last document (what
+        the conv of a piece continuing it needs first): a projection of those tokens only."""
+        tail = x[:, x.shape[1] - min(self.window, x.shape[1]) :]
+        xbc = self.in_proj(tail).narrow(-1, self.inner, self.conv_channels)
+        return last_window(xbc, torch.tensor([0, xbc.shape[1]]), None, self.window)

@@ -3,9 +3,12 @@ torchtitan's ``parallelize``). The model code knows nothing of it.
 
 1. Sequence parallelism: every token mixer's scan (and the SSD conv) is swapped for a
    relaying one that reads the step's plan (``parallel/sequence.py``); all ranks start from
-   rank 0's weights.
-2. (next: activation checkpointing, then compilation, per block)
-3. Sharding, last, as it must see the final modules: FSDP2 (``fully_shard`` per block, then
+   rank 0's weights. With micro-batches the blocks relay themselves (step 3) instead.
+2. Activation checkpointing (``parallel/recompute.py``): blocks or mixers recomputed in
+   backward, their relay ops replaying what they received.
+3. Sequence micro-batches (``parallel/microbatch.py``): each block runs over the piece in
+   slices carrying the state, each slice recomputed in backward under step 2's policy.
+4. Sharding, last, as it must see the final modules: FSDP2 (``fully_shard`` per block, then
    the root), or a DeepSpeed ZeRO engine, which also takes the optimizer and schedule.
 
 The result, :class:`ParallelModel`, is what a training step drives: backward, the gradient
@@ -26,6 +29,8 @@ from torch.distributed.tensor import DTensor
 
 from baton.dist.env import DistEnv, sum_over_ranks
 from baton.launch.schedule import build_optimizer, build_scheduler
+from baton.parallel.microbatch import apply_micro_batches
+from baton.parallel.recompute import apply_activation_checkpointing
 from baton.parallel.sequence import SequenceParallel, apply_sequence_parallel
 from baton.parallel.zero import apply_fsdp2, deepspeed_engine, reduce_replicated_gradients
 
@@ -86,10 +91,15 @@ def parallelize(
     will resume from a checkpoint of another world size."""
     sp = SequenceParallel(env.rank, env.world_size, cfg.parallel.sp.relay)
     engine = cfg.parallel.zero.engine if env.distributed else "none"
+    micro_tokens = cfg.train.micro_tokens
     if env.distributed:
-        apply_sequence_parallel(model, sp)
+        if not micro_tokens:
+            apply_sequence_parallel(model, sp)
         for p in model.parameters():
             dist.broadcast(p.data, 0)
+    apply_activation_checkpointing(model, cfg.train.activation_checkpoint, sp.record)
+    if micro_tokens:
+        apply_micro_batches(model, sp, micro_tokens, cfg.model.chunk_size)
     if engine == "fsdp2":
         apply_fsdp2(model, cfg.parallel.zero.stage, param_dtype)
     optimizer = build_optimizer(model, cfg.optim)

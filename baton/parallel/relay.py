@@ -17,6 +17,11 @@ with A a per-key-dim ([H, K, 1]) or per-head ([H, 1, 1]) multiplier of the [H, K
 
 Only point-to-point messages and the fixed world group are used: chains change every
 step, and creating process groups per step would be far too slow on NCCL.
+
+Each op's forward communicates once per step: what it received is kept in the step's
+:class:`RelayRecord`, and a forward run again to recompute activations (activation
+checkpointing) gets it back instead of sending and receiving again. Backward runs the
+nodes of the first forward, so the state gradients are relayed once too.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -68,6 +73,39 @@ class CommStats:
 
 
 @dataclass
+class RelayRecord:
+    """What the relay ops received in this step's forward, by op and message."""
+
+    received: dict = field(default_factory=dict)
+    replaying: bool = False  # inside a recomputation: nothing is sent or received
+
+    def clear(self) -> None:
+        self.received.clear()
+
+    @contextmanager
+    def replay(self):
+        before, self.replaying = self.replaying, True
+        try:
+            yield
+        finally:
+            self.replaying = before
+
+    def checkpoint_contexts(self) -> tuple[AbstractContextManager, AbstractContextManager]:
+        """``context_fn`` for ``torch.utils.checkpoint``: the first forward communicates, the
+        recomputation replays."""
+        return nullcontext(), self.replay()
+
+    def once(self, key: tuple, communicate: Callable[[], Tensor | None]) -> Tensor | None:
+        """``communicate()`` in the first forward; its result again (a copy: the first one is
+        an output of the first forward's graph) when replaying."""
+        if self.replaying:
+            kept = self.received[key]
+            return kept.clone() if kept is not None else None
+        self.received[key] = result = communicate()
+        return result
+
+
+@dataclass
 class RelayLink:
     """This rank's place in its chain for the current step (plain data, no process groups)."""
 
@@ -77,6 +115,11 @@ class RelayLink:
     stats: CommStats
     name: str = ""  # the op's name in the stats (e.g. "layer3.scan")
     tag: int = 0  # distinguishes concurrent point-to-point messages of different ops
+    record: RelayRecord = field(default_factory=RelayRecord)
+
+    @property
+    def replaying(self) -> bool:
+        return self.record.replaying
 
     @property
     def position(self) -> int:
@@ -119,11 +162,15 @@ def nbytes(t: Tensor) -> int:
 class _ChainRelay(Function):
     @staticmethod
     def forward(ctx, A: Tensor, S: Tensor, link: RelayLink) -> Tensor:
-        prev, nxt = link.prev, link.next
-        S_in = p2p(link, None, None, S, prev) if prev is not None else torch.zeros_like(S)
-        if nxt is not None:
-            p2p(link, A * S_in + S, nxt, None, None)
-        link.stats.add(link.name, sent=nbytes(S) * (nxt is not None), received=nbytes(S) * (prev is not None))
+        def communicate() -> Tensor:
+            prev, nxt = link.prev, link.next
+            S_in = p2p(link, None, None, S, prev) if prev is not None else torch.zeros_like(S)
+            if nxt is not None:
+                p2p(link, A * S_in + S, nxt, None, None)
+            link.stats.add(link.name, sent=nbytes(S) * (nxt is not None), received=nbytes(S) * (prev is not None))
+            return S_in
+
+        S_in = link.record.once((link.name, "chain"), communicate)
         ctx.save_for_backward(A, S_in)
         ctx.link = link
         return S_in
@@ -148,13 +195,16 @@ class _AllGatherStart(Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, link: RelayLink, pending: dict) -> Tensor:
-        gathered = x.new_empty(link.world_size, *x.shape)
-        with link.stats.timed():
-            pending["forward"] = dist.all_gather(list(gathered.unbind(0)), x.contiguous(), async_op=True)
-        n, P = nbytes(x), link.world_size
-        link.stats.add(link.name, sent=n * (P - 1), received=n * (P - 1))  # ring all-gather
+        def communicate() -> Tensor:
+            gathered = x.new_empty(link.world_size, *x.shape)
+            with link.stats.timed():
+                pending["forward"] = dist.all_gather(list(gathered.unbind(0)), x.contiguous(), async_op=True)
+            n, P = nbytes(x), link.world_size
+            link.stats.add(link.name, sent=n * (P - 1), received=n * (P - 1))  # ring all-gather
+            return gathered
+
         ctx.link, ctx.pending = link, pending
-        return gathered
+        return link.record.once((link.name, "gather"), communicate)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -170,8 +220,9 @@ class _AllGatherStart(Function):
 class _AllGatherWait(Function):
     @staticmethod
     def forward(ctx, gathered: Tensor, link: RelayLink, pending: dict) -> Tensor:
-        with link.stats.timed():
-            pending.pop("forward").wait()
+        if not link.replaying:
+            with link.stats.timed():
+                pending.pop("forward").wait()
         ctx.link, ctx.pending = link, pending
         return gathered.view_as(gathered)
 
@@ -192,8 +243,13 @@ class _Exchange(Function):
         pos, chain = link.position, link.chain
         dst = chain[pos + distance] if pos + distance < len(chain) else None
         src = chain[pos - distance] if pos - distance >= 0 else None
-        received = p2p(link, x, dst, x, src, distance)
-        link.stats.add(link.name, sent=nbytes(x) * (dst is not None), received=nbytes(x) * (src is not None))
+
+        def communicate() -> Tensor | None:
+            received = p2p(link, x, dst, x, src, distance)
+            link.stats.add(link.name, sent=nbytes(x) * (dst is not None), received=nbytes(x) * (src is not None))
+            return received
+
+        received = link.record.once((link.name, "exchange", distance), communicate)
         ctx.link, ctx.dst, ctx.src, ctx.distance = link, dst, src, distance
         return received if received is not None else identity.clone()
 
@@ -260,8 +316,11 @@ class _SendTail(Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, tail: Tensor, link: RelayLink) -> Tensor:
-        p2p(link, tail, link.next, None, None)
-        link.stats.add(link.name, sent=nbytes(tail))
+        def communicate() -> None:
+            p2p(link, tail, link.next, None, None)
+            link.stats.add(link.name, sent=nbytes(tail))
+
+        link.record.once((link.name, "tail"), communicate)
         ctx.link, ctx.tail_shape = link, tail.shape
         return x.view_as(x)
 
@@ -279,10 +338,13 @@ class _RecvHead(Function):
 
     @staticmethod
     def forward(ctx, anchor: Tensor, shape: tuple[int, ...], link: RelayLink) -> Tensor:
-        received = p2p(link, None, None, anchor.new_empty(shape), link.prev)
-        link.stats.add(link.name, received=nbytes(received))
+        def communicate() -> Tensor:
+            received = p2p(link, None, None, anchor.new_empty(shape), link.prev)
+            link.stats.add(link.name, received=nbytes(received))
+            return received
+
         ctx.link = link
-        return received
+        return link.record.once((link.name, "head"), communicate)
 
     @staticmethod
     def backward(ctx, grad: Tensor):

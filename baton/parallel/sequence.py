@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from torch import Tensor, nn
 
+from baton.kernels.carry import last_window
 from baton.kernels.dispatch import add_state_correction, segment_summary
 from baton.parallel.plan import LocalBatch, StepPlan
-from baton.parallel.relay import RELAYS, CommStats, RelayLink, recv_head, send_tail
+from baton.parallel.relay import RELAYS, CommStats, RelayLink, RelayRecord, recv_head, send_tail
 
 TAG_STRIDE = 4096  # point-to-point tag space per op; > any recursive-doubling distance
 
@@ -32,6 +32,7 @@ class SequenceParallel:
             raise ValueError(f"parallel.sp.relay must be one of {', '.join(RELAYS)}, got {relay!r}")
         self.rank, self.world_size, self.relay = rank, world_size, relay
         self.stats = CommStats()
+        self.record = RelayRecord()  # what this step's relays received, for recomputations
         self.chain: list[int] = []
         self.any_chain = False
         self.continues_from_prev = self.continues_to_next = False
@@ -42,10 +43,17 @@ class SequenceParallel:
         self.continues_from_prev = local.continues_from_prev
         self.continues_to_next = local.continues_to_next
         self.stats.reset()
+        self.record.clear()
+
+    @property
+    def relaying(self) -> bool:
+        """Whether this rank takes part in a relay this step: it is in a chain, or the
+        all-gather (a collective on the world group) runs because some rank is."""
+        return self.any_chain and (len(self.chain) > 1 or self.relay == "allgather")
 
     def link(self, name: str, tag: int) -> RelayLink:
         chain = self.chain if len(self.chain) > 1 else [self.rank]
-        return RelayLink(self.rank, self.world_size, chain, self.stats, name, tag)
+        return RelayLink(self.rank, self.world_size, chain, self.stats, name, tag, self.record)
 
 
 class RelayedScan:
@@ -67,7 +75,7 @@ class RelayedScan:
         sp = self.sp
         scale = q.shape[-1] ** -0.5 if scale is None else scale
         bounds = cu_seqlens.tolist()
-        if not (sp.any_chain and (len(sp.chain) > 1 or sp.relay == "allgather")):
+        if not sp.relaying:
             return self.local_scan(q, k, v, g, scale=scale, cu_seqlens=cu_seqlens, chunk_size=chunk_size)[0], None
 
         log_A, S = segment_summary(k, v, g, bounds[-2])
@@ -98,20 +106,22 @@ class RelayedConv:
         bounds = cu_seqlens.tolist()
         halo = None
         if sp.continues_to_next:
-            last = bounds[-1] - bounds[-2]
-            if last < W - 1 and len(bounds) == 2 and sp.continues_from_prev:
-                raise ValueError(
-                    f"rank {sp.rank} holds {last} tokens of a document it relays on; pieces inside a "
-                    f"document need at least conv_size - 1 = {W - 1} tokens"
-                )
-            tail = x[:, -(W - 1) :]
-            if tail.shape[1] < W - 1:
-                tail = nn.functional.pad(tail, (0, 0, W - 1 - tail.shape[1], 0))
-            keep = torch.arange(W - 1, device=x.device) >= W - 1 - last  # zero tokens of earlier documents
-            x = send_tail(x, tail * keep[None, :, None], link)
+            check_halo_source(sp, bounds, W)
+            x = send_tail(x, last_window(x, cu_seqlens, None, W - 1), link)
         if sp.continues_from_prev:
             halo = recv_head(x, (x.shape[0], W - 1, x.shape[2]), link)
         return self.local_conv(x, weight, bias, cu_seqlens, left_context=halo)
+
+
+def check_halo_source(sp: SequenceParallel, bounds: list[int], width: int) -> None:
+    """A rank continuing a document into the next one passes its conv's last ``width - 1``
+    inputs on; a piece that is all inside one document must hold that many."""
+    last = bounds[-1] - bounds[-2]
+    if last < width - 1 and len(bounds) == 2 and sp.continues_from_prev:
+        raise ValueError(
+            f"rank {sp.rank} holds {last} tokens of a document it relays on; pieces inside a "
+            f"document need at least conv_size - 1 = {width - 1} tokens"
+        )
 
 
 def apply_sequence_parallel(model: nn.Module, sp: SequenceParallel) -> nn.Module:

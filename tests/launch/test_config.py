@@ -38,6 +38,16 @@ def test_overrides_apply_with_types():
         ("dist.timeout_s=0", "dist.timeout_s: must be > 0, got 0.0"),
         ("steps", "override 'steps': expected key=value"),
         (["parallel.zero.engine=deepspeed", "checkpoint.async_save=true"], "DeepSpeed writes its checkpoints"),
+        ("train.activation_checkpoint=some", "train.activation_checkpoint: must be one of none, full, mixer"),
+        (
+            ["train.activation_checkpoint=full", "train.micro_tokens=100"],
+            "train.micro_tokens=100 must be a multiple of model.chunk_size=64",
+        ),
+        ("train.micro_tokens=128", "train.micro_tokens=128 bounds memory by recomputing each slice"),
+        (
+            ["train.activation_checkpoint=full", "train.micro_tokens=128", "parallel.zero.engine=deepspeed"],
+            "train.micro_tokens=128 with DeepSpeed ZeRO stage 3",
+        ),
     ],
 )
 def test_errors_name_the_key(override, message):

@@ -1,0 +1,79 @@
+"""Activation bytes per token that a forward keeps for its backward, from the config alone: one
+formula per layer type and kernel path, each term a tensor autograd keeps (its width from the
+config, its dtype as the model computes it). ``tests/models/test_memory.py`` and
+``bench/memory.py`` check them against exact counts (``profile/activations.py``).
+
+``a`` is the activation dtype's size (2 under bf16 autocast, where the residual stream is bf16;
+4 in fp32); ``F`` = 4: fp32, which the scans' cumulative gates and scores, the norms' statistics,
+the log-sum-exp and SSD's conv (its fp32 weight promotes it) use whatever ``a`` is. Documents are
+assumed chunk-aligned: a document's last partial chunk costs up to ``chunk_size - 1`` tokens more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from baton.models.config import ModelConfig
+
+F = 4  # fp32
+PATHS = ("triton", "reference")
+
+
+def _gla_mixer(cfg: ModelConfig, a: int, path: str) -> int:
+    """What the GLA mixer keeps, its normed input included."""
+    d, dk, dv, H, C = cfg.d_model, cfg.key_dim, cfg.value_dim, cfg.n_heads, cfg.chunk_size
+    K, V = dk // H, dv // H
+    kept = a * d  # the normed input, shared by the five projections
+    kept += a * (2 * dk + dv)  # q, k, v
+    kept += a * (cfg.gate_low_rank + dk)  # the gate's low-rank activation, its input to softplus
+    kept += a * 5 * dv + F * H  # scan output, head norm output and statistics, output gate, its SiLU, product
+    if path == "triton":  # cumulative gates, chunk states (input dtype), intra-chunk scores
+        return kept + F * dk + a * H * K * V // C + F * H * C
+    return kept + a * dk  # the reference scan recomputes its work in backward: it keeps its gate input
+
+
+def _ssd_mixer(cfg: ModelConfig, a: int, path: str) -> int:
+    """What the SSD (Mamba2) mixer keeps, its normed input included."""
+    d, inner, N, H, C = cfg.d_model, cfg.ssd_inner, cfg.ssd_state_dim, cfg.ssd_heads, cfg.chunk_size
+    conv, W = inner + 2 * N, cfg.conv_size
+    kept = a * d + a * (2 * inner + 2 * N + H)  # normed input, in_proj output (z, xBC, dt)
+    kept += a * conv + (W - 1)  # the conv's padded input and its W-1 causal masks (bool)
+    kept += 2 * F * conv  # conv output and its SiLU (fp32: promoted by the fp32 conv weight)
+    kept += F * inner + 2 * F * H  # x·dt, dt before and after softplus
+    kept += 2 * F * inner + a * inner + F  # y + D x, the gated product, SiLU(z), norm statistics
+    kept += a * inner  # the norm's output as out_proj keeps it
+    if path == "triton":  # C and B copied out of their broadcast, cumulative gates, chunk states, scores
+        return kept + 2 * F * H * N + F * H + F * H * N * cfg.ssd_head_dim // C + F * H * C
+    return kept + F * H  # the reference scan keeps its gate input
+
+
+MIXERS = {"gla": _gla_mixer, "ssd": _ssd_mixer}
+
+
+@dataclass(frozen=True)
+class ActivationBytes:
+    """Bytes per token: kept per layer under the checkpointing policy, kept by the head and
+    loss, and held while one layer's backward runs (its activations' gradients, and its
+    activations again where they were recomputed)."""
+
+    per_layer: int
+    head_loss: int
+    layer_backward: int
+
+
+def activation_bytes(cfg: ModelConfig, policy: str, dtype_bytes: int, path: str, fused_loss: bool) -> ActivationBytes:
+    """Per token: see :class:`ActivationBytes`. ``policy``: none | full | mixer."""
+    a, d = dtype_bytes, cfg.d_model
+    mixer = MIXERS[cfg.mixer](cfg, a, path)
+    mlp = a * d + F + a * d + 4 * a * cfg.mlp_hidden  # residual, norm statistics and output; SwiGLU's four
+    block_input = a * d + F  # kept by the mixer's norm, with its statistics
+    everything = block_input + mixer + mlp
+    per_layer = {
+        "none": everything,
+        "full": a * d,  # the block input alone
+        "mixer": block_input + a * d + mlp,  # the mixer's input instead of its activations
+    }[policy]
+    head = a * d + F if fused_loss else 2 * a * d + F + F * cfg.vocab_size  # + the fp32 log-softmax
+    # A layer's backward holds about as much in gradients as the layer keeps with no
+    # checkpointing; where it was recomputed, those activations too.
+    return ActivationBytes(per_layer, head, everything if policy == "none" else 2 * everything)

@@ -1,0 +1,27 @@
+"""The state one layer hands from a piece of a document to the piece that continues it."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from torch import Tensor
+
+
+class LayerState(NamedTuple):
+    """What a layer carries from the end of one packed piece into the next.
+
+    ``scan``: the recurrent state [H, K, V] (fp32) after the piece's last document; None for
+    zero (a fresh start). ``conv``: the short conv's window, the last ``conv_size - 1`` conv
+    inputs [1, W - 1, C] of that document; None for zeros (mixers without a conv ignore it).
+    ``decay``: log Â, the log of the transition a state entering the piece goes through to
+    its end ([H, K] per key dim, [H, 1] for a scalar gate), summed over the pieces carried so
+    far; None where a document starts inside (a reset: nothing entering reaches the end) or
+    nothing was carried yet. (Â, Ŝ) from a zero start is the summary a rank relays.
+
+    A NamedTuple, so that wrappers that walk a module's inputs and outputs (FSDP2,
+    checkpointing) see its tensors.
+    """
+
+    scan: Tensor | None = None
+    conv: Tensor | None = None
+    decay: Tensor | None = None
