@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
+from torch.autograd import Function
 
 from baton.kernels.gla_ref import chunk_gla_ref
 from baton.kernels.relay_ref import add_state_correction_ref, segment_summary_ref
@@ -79,14 +79,48 @@ def _use_triton(x: Tensor) -> bool:
     return True
 
 
+class _Recomputed(Function):
+    """A reference op that keeps only its inputs for backward and runs again there, under the
+    autocast state of its forward, to differentiate that run. (``torch.utils.checkpoint`` does
+    the same but imports torch._dynamo at its first call, a second per process.)"""
+
+    @staticmethod
+    def forward(ctx, fn: Callable, *args):
+        ctx.fn, ctx.tensors = fn, [i for i, a in enumerate(args) if isinstance(a, Tensor)]
+        ctx.others = [None if isinstance(a, Tensor) else a for a in args]
+        ctx.save_for_backward(*(args[i] for i in ctx.tensors))
+        device = args[ctx.tensors[0]].device.type
+        ctx.autocast = device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+        with torch.no_grad():
+            return fn(*args)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        args, wanted = list(ctx.others), []
+        for i, t in zip(ctx.tensors, ctx.saved_tensors):
+            args[i] = t.detach().requires_grad_(ctx.needs_input_grad[i + 1])
+            if ctx.needs_input_grad[i + 1]:
+                wanted.append(i)
+        device, enabled, dtype = ctx.autocast
+        with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
+            outputs = ctx.fn(*args)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None and o.requires_grad]
+        found = torch.autograd.grad(
+            [o for o, _ in pairs], [args[i] for i in wanted], [g for _, g in pairs], allow_unused=True
+        )
+        result = [None] * len(args)
+        for i, grad in zip(wanted, found):
+            result[i] = grad
+        return (None, *result)
+
+
 def _reference(fn: Callable, *args) -> Tensor | tuple[Tensor, ...]:
-    """A reference op, keeping only its inputs for backward and running again there (where
-    autograd records it): its einsums would keep copies of their operands whose number and size
-    depend on torch's einsum internals; this way the CPU path keeps what ``baton memory``
-    predicts, at the cost of one more forward of the op."""
-    if not torch.is_grad_enabled():
-        return fn(*args)
-    return checkpoint(fn, *args, use_reentrant=False)
+    """A reference op, keeping only its inputs for backward and running again there: its einsums
+    would keep copies of their operands whose number and size depend on torch's einsum internals;
+    this way the CPU path keeps what ``baton memory`` predicts, at the cost of one more forward
+    of the op."""
+    return _Recomputed.apply(fn, *args) if torch.is_grad_enabled() else fn(*args)
 
 
 def _scan(reference: Callable, *args) -> tuple[Tensor, Tensor]:

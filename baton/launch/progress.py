@@ -14,10 +14,12 @@ def format_duration(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, total: int, enabled: bool = True, stream=sys.stderr) -> None:
-        self.total, self.enabled, self.stream = total, enabled, stream
+    def __init__(self, total: int, enabled: bool = True, stream=None) -> None:
+        # sys.stderr as it is now: bound as a default argument it would be the stream of
+        # whenever this module was first imported, which a test harness may since have closed.
+        self.total, self.enabled, self.stream = total, enabled, stream or sys.stderr
         self.start = time.perf_counter()
-        self.tty = stream.isatty()
+        self.tty = self.stream.isatty()
 
     def update(self, done: int, text: str) -> None:
         if not self.enabled:

@@ -16,8 +16,11 @@ The life of a step (``file:function``):
     relay ops will read them. (Hidden hop: the model is called with tokens only; the state
     this call leaves is how the relay ops inside it know their neighbours.)
 5.  ``models/lm.py:RecurrentLM.forward``: each block's mixer calls ``self.scan``. (Hidden
-    hop: ``parallel/sequence.py:apply_sequence_parallel`` swapped that attribute for a
-    ``RelayedScan`` when the model was parallelised, so the call site shows no relay.)
+    hops: ``parallel/sequence.py:apply_sequence_parallel`` swapped that attribute for a
+    ``RelayedScan`` when the model was parallelised, so the call site shows no relay; with
+    ``train.activation_checkpoint`` a block's or mixer's ``forward`` was wrapped to run again
+    in backward (``parallel/recompute.py``), and with ``train.micro_tokens`` each block's
+    ``forward`` runs its piece in slices and relays for itself (``parallel/microbatch.py``).)
 6.  ``parallel/sequence.py:RelayedScan``: the summary of the rank's last segment, the relay
     (``parallel/relay.py:RELAYS``: chain, all-gather or log-depth), the local chunked scan
     (``kernels/dispatch.py:chunk_gla`` / ``chunk_ssd``), the correction of the first segment.

@@ -35,7 +35,8 @@ def test_engine_states_follow_the_zero_accounting():
 
 def test_checkpointing_and_micro_batches_fit_more_tokens():
     budget = lambda *o: MemoryBudget(load_config(ONE_B, list(o)), 1, 80 * GIB)  # noqa: E731
-    none, full = budget().max_tokens(), budget("train.activation_checkpoint=full").max_tokens()
+    none = budget("train.activation_checkpoint=none").max_tokens()
+    full = budget("train.activation_checkpoint=full").max_tokens()
     sliced = budget("train.activation_checkpoint=full", "train.micro_tokens=8192").max_tokens()
     assert 0 < none < full < sliced
     tokens = full + full // 2  # more than fit as one piece: micro-batches make them fit
@@ -46,7 +47,8 @@ def test_checkpointing_and_micro_batches_fit_more_tokens():
 
 
 def test_a_config_that_cannot_fit_is_one_line_naming_the_keys():
-    budget = MemoryBudget(load_config(ONE_B, ["data.tokens_per_batch=131072"]), 1, 80 * GIB)
+    overrides = ["data.tokens_per_batch=131072", "train.activation_checkpoint=none"]
+    budget = MemoryBudget(load_config(ONE_B, overrides), 1, 80 * GIB)
     with pytest.raises(ConfigError) as exc:
         check_fits(budget, 131072)
     message = str(exc.value)

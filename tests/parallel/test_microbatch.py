@@ -11,12 +11,10 @@ rank boundaries too. Outputs, loss and every parameter gradient match in fp32 to
 from __future__ import annotations
 
 import pytest
-import torch.distributed as dist
 
 from baton.dist.env import DistEnv
 from baton.dist.local import run_local
 from baton.launch.config import load_config
-from baton.models.lm import token_losses
 from baton.parallel.microbatch import local_bounds, slice_cuts
 from baton.parallel.parallelize import parallelize
 from baton.parallel.plan import StepPlan, local_batch
@@ -29,6 +27,7 @@ from tests.parallel.test_sequence import (
     reference,
     rel,
     scenarios,
+    step_and_reduce,
     tiny_model,
 )
 
@@ -46,15 +45,7 @@ def micro_worker(rank: int, world: int, cases: list[tuple], overrides: list[str]
         batch, plan = make_batch(lengths), StepPlan.from_dict(plan_dict)
         local = local_batch(plan, rank, batch)
         parallel.sp.set_step(plan, local)
-        logits = model(local.tokens[None], local.cu_seqlens)
-        loss_sum, _ = token_losses(logits, local.labels[None])
-        (loss_sum / batch.n_targets).backward()
-        grads = [p.grad for p in model.parameters()]
-        for g in grads:
-            dist.all_reduce(g)
-        total = loss_sum.detach().clone()
-        dist.all_reduce(total)
-        results.append({"logits": logits.detach()[0], "loss": total / batch.n_targets, "grads": grads})
+        results.append(step_and_reduce(model, local, batch))
     return results
 
 

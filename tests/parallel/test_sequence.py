@@ -100,18 +100,22 @@ def sp_worker(
         plan.validate(batch.n_tokens)
         local = local_batch(plan, rank, batch)
         sp.set_step(plan, local)
-        logits = model(local.tokens[None], local.cu_seqlens)
-        loss_sum, _ = token_losses(logits, local.labels[None])
-        (loss_sum / batch.n_targets).backward()
-        grads = [p.grad for p in model.parameters()]
-        for g in grads:
-            dist.all_reduce(g)
-        total = loss_sum.detach().clone()
-        dist.all_reduce(total)
-        results.append(
-            {"logits": logits.detach()[0], "loss": total / batch.n_targets, "grads": grads, "comm": sp.stats.to_dict()}
-        )
+        results.append({**step_and_reduce(model, local, batch), "comm": sp.stats.to_dict()})
     return results
+
+
+def step_and_reduce(model, local, batch) -> dict:
+    """This rank's forward and backward of its piece: its logits, the global loss, and every
+    gradient summed over the ranks."""
+    logits = model(local.tokens[None], local.cu_seqlens)
+    loss_sum, _ = token_losses(logits, local.labels[None])
+    (loss_sum / batch.n_targets).backward()
+    grads = [p.grad for p in model.parameters()]
+    for g in grads:
+        dist.all_reduce(g)
+    total = loss_sum.detach().clone()
+    dist.all_reduce(total)
+    return {"logits": logits.detach()[0], "loss": total / batch.n_targets, "grads": grads}
 
 
 def reference(mixer: str, lengths: list[int]) -> dict:
