@@ -17,3 +17,4 @@ bench:
 	.venv/bin/python bench/planner_sim.py
 	.venv/bin/python bench/profile_overhead.py
 	.venv/bin/python bench/checkpoint_io.py
+	.venv/bin/python bench/memory.py

@@ -18,18 +18,7 @@ from baton.launch.config import load_config
 from baton.parallel.microbatch import local_bounds, slice_cuts
 from baton.parallel.parallelize import parallelize
 from baton.parallel.plan import StepPlan, local_batch
-from tests.parallel.test_sequence import (
-    MIXERS,
-    RELAYS,
-    TOLERANCE,
-    make_batch,
-    piece_of,
-    reference,
-    rel,
-    scenarios,
-    step_and_reduce,
-    tiny_model,
-)
+from tests.parallel.test_sequence import assert_match_one_process, every_case, make_batch, step_and_reduce, tiny_model
 
 MICRO = ["model.chunk_size=16", "train.activation_checkpoint=full", "train.micro_tokens=16"]
 
@@ -51,22 +40,8 @@ def micro_worker(rank: int, world: int, cases: list[tuple], overrides: list[str]
 
 @pytest.mark.parametrize("world", [2, 3], ids=lambda w: f"{w}ranks")
 def test_slices_across_ranks_match_one_pass(world):
-    cases, keys = [], []
-    for name, (lengths, plan) in scenarios(world).items():
-        for mixer in MIXERS:
-            for relay in RELAYS:
-                cases.append((mixer, relay, lengths, plan.to_dict()))
-                keys.append((name, mixer, relay, lengths, plan))
-    per_rank = run_local(world, micro_worker, cases, MICRO)
-    refs = {}
-    for i, (name, mixer, relay, lengths, plan) in enumerate(keys):
-        ref = refs.setdefault((name, mixer), reference(mixer, lengths))
-        for rank in range(world):
-            got, what = per_rank[rank][i], f"{name}/{mixer}/{relay} rank {rank}"
-            assert rel(got["logits"], piece_of(ref["logits"], plan, rank)) < TOLERANCE, what
-            assert abs(got["loss"].item() - ref["loss"].item()) / ref["loss"].item() < TOLERANCE, what
-            for p, (g, g_ref) in enumerate(zip(got["grads"], ref["grads"])):
-                assert rel(g, g_ref) < TOLERANCE, f"{what} parameter {p}"
+    cases, keys = every_case(world)
+    assert_match_one_process(world, keys, run_local(world, micro_worker, cases, MICRO))
 
 
 def test_slice_cuts_fall_on_whole_chunks_of_each_document():

@@ -136,31 +136,39 @@ def piece_of(full: torch.Tensor, plan: StepPlan, rank: int) -> torch.Tensor:
     return torch.cat([full[a:b] for a, b in plan.pieces[rank].spans])
 
 
-@pytest.fixture(scope="module", params=[2, 3, 4], ids=lambda w: f"{w}ranks")
-def world_results(request):
-    world = request.param
+def every_case(world: int) -> tuple[list[tuple], list[tuple]]:
+    """Every scenario x mixer x relay on ``world`` ranks: the workers' cases, and their keys."""
     cases, keys = [], []
     for name, (lengths, plan) in scenarios(world).items():
         for mixer in MIXERS:
             for relay in RELAYS:
                 cases.append((mixer, relay, lengths, plan.to_dict()))
                 keys.append((name, mixer, relay, lengths, plan))
-    per_rank = run_local(world, sp_worker, cases)
-    return world, keys, per_rank
+    return cases, keys
 
 
-def test_outputs_loss_and_gradients_match_single_process(world_results):
-    world, keys, per_rank = world_results
+def assert_match_one_process(world: int, keys: list[tuple], per_rank: list[list[dict]]) -> None:
+    """Each rank's logits, and the loss and every summed gradient, against one process."""
     refs = {}
     for i, (name, mixer, relay, lengths, plan) in enumerate(keys):
         ref = refs.setdefault((name, mixer), reference(mixer, lengths))
         for rank in range(world):
-            got = per_rank[rank][i]
-            what = f"{name}/{mixer}/{relay} rank {rank}"
+            got, what = per_rank[rank][i], f"{name}/{mixer}/{relay} rank {rank}"
             assert rel(got["logits"], piece_of(ref["logits"], plan, rank)) < TOLERANCE, what
             assert abs(got["loss"].item() - ref["loss"].item()) / ref["loss"].item() < TOLERANCE, what
             for p, (g, g_ref) in enumerate(zip(got["grads"], ref["grads"])):
                 assert rel(g, g_ref) < TOLERANCE, f"{what} parameter {p}"
+
+
+@pytest.fixture(scope="module", params=[2, 3, 4], ids=lambda w: f"{w}ranks")
+def world_results(request):
+    world = request.param
+    cases, keys = every_case(world)
+    return world, keys, run_local(world, sp_worker, cases)
+
+
+def test_outputs_loss_and_gradients_match_single_process(world_results):
+    assert_match_one_process(*world_results)
 
 
 def test_chain_relay_sends_one_state_per_layer(world_results):
