@@ -18,3 +18,5 @@ bench:
 	.venv/bin/python bench/profile_overhead.py
 	.venv/bin/python bench/checkpoint_io.py
 	.venv/bin/python bench/memory.py
+	.venv/bin/python bench/generate.py
+	.venv/bin/python bench/data_build.py

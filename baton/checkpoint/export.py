@@ -36,6 +36,14 @@ def load_model_state(path: Path) -> tuple[ModelConfig, dict[str, Tensor]]:
     return config, state
 
 
+def load_model(path: Path) -> RecurrentLM:
+    """A checkpoint's model, whole, in this single process (on the CPU)."""
+    config, state = load_model_state(path)
+    model = RecurrentLM(config)
+    model.load_state_dict(state)
+    return model
+
+
 def _tied_source(name: str, full: dict) -> str:
     """DeepSpeed stores a tied weight once: the LM head is the embedding."""
     if name == "lm_head.weight" and "embed.weight" in full:

@@ -24,7 +24,7 @@ class Batch:
     tokens: Tensor  # [T] packed documents
     labels: Tensor  # [T] next token inside the same document, IGNORE at each document's end
     cu_seqlens: Tensor  # [n_docs + 1] document boundaries in the packed stream
-    doc_ids: list[int]  # corpus index of every document, in packing order
+    doc_ids: list  # every document's corpus index (a mixture's: [source, index]), in packing order
 
     @property
     def n_tokens(self) -> int:

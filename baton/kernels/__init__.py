@@ -2,7 +2,14 @@
 plain PyTorch reference elsewhere (the reference is also the ground truth in tests)."""
 
 from baton.kernels.conv import causal_conv1d
-from baton.kernels.dispatch import add_state_correction, chunk_gla, chunk_ssd, segment_summary, set_backend
+from baton.kernels.dispatch import (
+    add_state_correction,
+    chunk_gla,
+    chunk_ssd,
+    recurrent_step,
+    segment_summary,
+    set_backend,
+)
 from baton.kernels.gla_ref import chunk_gla_ref
 from baton.kernels.naive import naive_recurrence
 from baton.kernels.ssd_ref import chunk_ssd_ref
@@ -15,6 +22,7 @@ __all__ = [
     "chunk_ssd",
     "chunk_ssd_ref",
     "naive_recurrence",
+    "recurrent_step",
     "segment_summary",
     "set_backend",
 ]

@@ -1,4 +1,5 @@
-"""Compile the Triton kernels one training step launches for a GPU that is not here.
+"""Compile the Triton kernels one training step (and a decoding step) launches for a GPU that
+is not here.
 
 ``python -m baton.kernels.compile_offline ARCH GATES DTYPE CHUNK OUT.json`` runs the forward
 and backward of the chunked scan and of both relay ops on CPU tensors, with Triton's real
@@ -77,6 +78,7 @@ def compile_one_step(
     Autotuner.do_bench = property(lambda self: lambda call, quantiles: (call(), [1.0] * len(quantiles))[1])
     from baton.kernels.relay_triton import add_state_correction_triton, segment_summary_triton
     from baton.kernels.scan_triton import chunk_scan_triton
+    from baton.kernels.step_triton import recurrent_step_triton
 
     T, H, K, V = 2 * chunk_size + 32, 2, 128, 128  # a 1.3B model's head dims; a partial chunk too
     q, k = torch.randn(1, T, H, K, dtype=dtype), torch.randn(1, T, H, K, dtype=dtype)
@@ -90,6 +92,8 @@ def compile_one_step(
     scan_out = torch.zeros(1, T, H, V, dtype=dtype, requires_grad=True)
     state = torch.randn(H, K, V, requires_grad=True)
     add_state_correction_triton(scan_out.clone(), q, g, state, 100, 0.1).float().sum().backward()
+    one = lambda x: x[:, 0].detach()  # noqa: E731 - one token of each input, for a decoding step
+    recurrent_step_triton(one(q), one(k), one(v), one(g), torch.zeros(1, H, K, V), 0.1)
     return compiled
 
 

@@ -16,6 +16,7 @@ from torch.autograd import Function
 from baton.kernels.gla_ref import chunk_gla_ref
 from baton.kernels.relay_ref import add_state_correction_ref, segment_summary_ref
 from baton.kernels.ssd_ref import chunk_ssd_ref
+from baton.kernels.step_ref import recurrent_step_ref
 
 BACKENDS = ("auto", "triton", "torch")
 _backend = "auto"
@@ -202,3 +203,13 @@ def add_state_correction(o: Tensor, q: Tensor, g: Tensor, state: Tensor, end: in
 
         return add_state_correction_triton(o, q, g, state, end, scale)
     return _reference(add_state_correction_ref, o, q, g, state, end, scale)
+
+
+def recurrent_step(q: Tensor, k: Tensor, v: Tensor, g: Tensor, state: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """One token of the recurrence for a batch of streams, for decoding (see
+    :func:`~baton.kernels.step_ref.recurrent_step_ref`): the output and the new state."""
+    if _use_triton(q):
+        from baton.kernels.step_triton import recurrent_step_triton
+
+        return recurrent_step_triton(q, k, v, g, state, scale)
+    return recurrent_step_ref(q, k, v, g, state, scale)

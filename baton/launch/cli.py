@@ -1,9 +1,10 @@
-"""The ``baton`` command: ``train``, ``config``, ``memory``, ``submit``, ``data build``, ``data synth``, ``report``,
-``replay``, ``export``."""
+"""The ``baton`` command: ``train``, ``config``, ``memory``, ``submit``, ``data build``, ``data synth``,
+``report``, ``replay``, ``generate``, ``eval``, ``export``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -73,6 +74,34 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> None:
+    from baton.launch.generate import generate_text
+
+    texts = generate_text(
+        Path(args.run_dir), args.prompt, args.max_tokens, args.temperature, args.top_p, args.seed,
+        args.checkpoint, args.overrides,
+    )  # fmt: skip
+    for prompt, text in zip(args.prompt, texts):
+        print(f"{prompt}{text}\n")
+
+
+def _eval(args: argparse.Namespace) -> None:
+    import json
+
+    from baton.dist.env import discover, shutdown
+
+    if args.world > 1 and "RANK" not in os.environ:  # again, under torchrun: one process per rank
+        torchrun = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.world}"]
+        os.execv(sys.executable, [sys.executable, *torchrun, "-m", "baton.launch.cli", *sys.argv[1:]])
+    from baton.launch.evaluate import evaluate_corpus
+
+    result = evaluate_corpus(Path(args.run_dir), args.data, args.checkpoint, tuple(args.overrides), args.docs)
+    if discover().is_main:
+        fields = {k: getattr(result, k) for k in ("loss", "perplexity", "bits_per_byte", "documents", "tokens")}
+        print(json.dumps(fields) if args.json else result.summary())
+    shutdown()
+
+
 def _submit(args: argparse.Namespace) -> None:
     from baton.launch.submit import submit
 
@@ -84,7 +113,9 @@ def _submit(args: argparse.Namespace) -> None:
 def _data_build(args: argparse.Namespace) -> None:
     from baton.data.build import build_corpus
 
-    corpus = build_corpus(args.inputs, args.out, args.tokenizer, args.vocab_size)
+    corpus = build_corpus(
+        args.inputs, args.out, args.tokenizer, args.vocab_size, args.workers, args.text_field, args.eot_token
+    )
     print(f"{corpus.path}: {corpus.n_docs} documents, {corpus.n_tokens} tokens, vocabulary {corpus.vocab_size}")
 
 
@@ -127,14 +158,25 @@ def _count(text: str, least: int = 1) -> int:
 
 
 def _positive(text: str) -> float:
-    """An argparse type: a number > 0."""
+    return _number(text, lambda v: v > 0, "> 0")
+
+
+def _number(text: str, ok, what: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
     return value
+
+
+def _non_negative(text: str) -> float:
+    return _number(text, lambda v: v >= 0, ">= 0")
+
+
+def _probability(text: str) -> float:
+    return _number(text, lambda v: 0 < v <= 1, "in (0, 1]")
 
 
 def _count_or_zero(text: str) -> int:
@@ -150,9 +192,11 @@ def _configured(sub, name: str, func, help: str) -> argparse.ArgumentParser:
     return parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="baton", description="Distributed training of recurrent language models.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _add_training_commands(sub) -> None:
     _configured(sub, "train", _train, "train a model")
     _configured(sub, "config", _config, "print the resolved config")
     mem = _configured(sub, "memory", _memory, "what one rank holds in memory, and what fits")
@@ -167,35 +211,67 @@ def build_parser() -> argparse.ArgumentParser:
     sub_.add_argument("--partition")
     sub_.add_argument("--dry-run", action="store_true", help="write and print the script, do not submit")
 
+
+def _add_data_commands(sub) -> None:
     data = sub.add_parser("data", help="build token corpora").add_subparsers(dest="data_command", required=True)
-    build = data.add_parser("build", help="tokenise .txt / .jsonl files into a corpus")
-    build.add_argument(
-        "inputs", nargs="+", help="files or directories (.txt: one document per file; .jsonl: 'text' per line)"
-    )
+    build = data.add_parser("build", help="tokenize .txt / .jsonl(.gz) / .parquet files into a corpus")
+    build.add_argument("inputs", nargs="+", help="files or directories (.txt: a document per file; .jsonl(.gz): a "
+                       "JSON object per line; .parquet: a row per document)")  # fmt: skip
     build.add_argument("--out", required=True, help="corpus directory to create")
-    build.add_argument("--tokenizer", choices=("byte", "bpe"), default="byte")
+    build.add_argument("--tokenizer", default="byte", help="byte, bpe (trained here), or a tokenizer.json path")
     build.add_argument("--vocab-size", type=_count, default=8192, help="BPE vocabulary size")
+    build.add_argument("--workers", type=_count, default=default_workers(), help="tokenizing processes")
+    build.add_argument("--text-field", default="text", help="the JSON field or parquet column (default text)")
+    build.add_argument("--eot-token", help="the tokenizer.json's end-of-text token (default: found by name)")
     build.set_defaults(func=_data_build)
     synth = data.add_parser("synth", help="generate the synthetic corpus")
     synth.add_argument("--out", required=True)
     synth.add_argument("--docs", type=_count, default=20000)
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=_data_synth)
+
+
+def _on_run(sub, name: str, func, help: str) -> argparse.ArgumentParser:
+    """A subcommand on a run directory, ``key=value`` overrides applying to its config."""
+    parser = sub.add_parser(name, help=help)
+    parser.add_argument("run_dir")
+    parser.add_argument("overrides", nargs="*", help="over the run's config, e.g. train.device=cpu")
+    parser.set_defaults(func=func)
+    return parser
+
+
+def _add_run_commands(sub) -> None:
     rep = sub.add_parser("report", help="per-rank throughput table and plots of a run: baton report RUN_DIR")
     rep.add_argument("run_dir")
     rep.set_defaults(func=_report)
-    rpl = sub.add_parser(
-        "replay", help="recompute a logged step in one process and compare: baton replay RUN_DIR --step N"
-    )
-    rpl.add_argument("run_dir")
+    rpl = _on_run(sub, "replay", _replay, "recompute a logged step in one process: baton replay RUN_DIR --step N")
     rpl.add_argument("--step", type=_count, required=True, help="the logged step to recompute")
     rpl.add_argument("--rtol", type=float, help="exit with status 1 if loss or gradient norm differ by more (relative)")
-    rpl.add_argument("overrides", nargs="*", help="over the run's config, e.g. train.device=cpu train.dtype=fp32")
-    rpl.set_defaults(func=_replay)
+    gen = _on_run(sub, "generate", _generate, "continue prompts: baton generate RUN_DIR --prompt TEXT")
+    gen.add_argument("--prompt", action="append", required=True, help="text to continue (repeat for several, batched)")
+    gen.add_argument("--checkpoint", help="a checkpoint directory (default: the run's newest)")
+    gen.add_argument("--max-tokens", type=_count, default=200, help="tokens to generate per prompt (default 200)")
+    gen.add_argument("--temperature", type=_non_negative, default=0.8, help="0: greedy (default 0.8)")
+    gen.add_argument("--top-p", type=_probability, default=0.95, help="nucleus sampling mass (default 0.95)")
+    gen.add_argument("--seed", type=int, default=0)
+    ev = _on_run(sub, "eval", _eval, "loss, perplexity and bits per byte on a corpus: baton eval RUN_DIR --data DIR")
+    ev.add_argument("--data", required=True, help="a corpus directory (baton data build)")
+    ev.add_argument("--checkpoint", help="a checkpoint directory (default: the run's newest)")
+    ev.add_argument("--docs", type=_count_or_zero, default=0, help="evaluate the first this many documents (0: all)")
+    ev.add_argument("--world", type=_count, default=1, help="processes, through torchrun (default 1)")
+    ev.add_argument("--json", action="store_true", help="print one JSON record")
     exp = sub.add_parser("export", help="consolidate a checkpoint into model.safetensors + config.json")
     exp.add_argument("checkpoint", help="a checkpoint directory, or a run directory (its newest checkpoint)")
     exp.add_argument("--out", required=True, help="directory to write into")
     exp.set_defaults(func=_export)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="baton", description="Distributed training of recurrent language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_training_commands(sub)
+    _add_data_commands(sub)
+    _add_run_commands(sub)
     return parser
 
 

@@ -23,8 +23,16 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class SourceConfig:
+    path: str = ""  # a corpus directory
+    weight: float = 1.0  # share of the documents drawn, relative to the other sources'
+    name: str = ""  # in metrics (default: the directory's name)
+
+
+@dataclass
 class DataConfig:
     path: str = "synthetic"  # a corpus directory, or "synthetic": the built-in language, generated on first use
+    sources: list[SourceConfig] = field(default_factory=list)  # a mixture of corpora instead of `path`
     synthetic_docs: int = 20000
     cache_dir: str = "data"  # where the synthetic corpus is kept
     tokens_per_batch: int = 4096  # global batch: whole documents packed up to this many tokens
@@ -88,6 +96,7 @@ class CheckpointConfig:
 @dataclass
 class ProfileConfig:
     enabled: bool = True  # per-rank step records and the cross-rank summary (RUN_DIR/profile)
+    tensorboard: bool = False  # rank 0 also writes TensorBoard scalars to RUN_DIR/tensorboard
     peak_tflops: float = 0.0  # for MFU; 0: look the GPU up (unknown on CPU: no MFU)
     straggler_threshold: float = 1.25  # compute / predicted, relative to the median rank
     trace_ranks: list[int] = field(default_factory=list)  # torch.profiler traces for these ranks...

@@ -1,5 +1,6 @@
 """What a run reports, from rank 0: ``metrics.jsonl`` (one record per step), the console
-progress line at logging steps, and ``summary.json`` with the closing line when the run ends."""
+progress line at logging steps, ``summary.json`` with the closing line when the run ends, and
+with ``profile.tensorboard`` the same numbers as TensorBoard scalars in ``tensorboard/``."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from baton.launch.progress import Progress
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path, total_steps: int, enabled: bool, distributed: bool) -> None:
+    def __init__(self, run_dir: Path, total_steps: int, enabled: bool, distributed: bool, tensorboard: bool = False):
         self.run_dir, self.enabled, self.distributed = Path(run_dir), enabled, distributed
+        self._board = _board(self.run_dir / "tensorboard") if enabled and tensorboard else None
         self._file, self._closed = None, False
         self.progress = Progress(total_steps, enabled=enabled)
         self.start = self.window_start = time.perf_counter()
@@ -20,11 +22,12 @@ class MetricsLogger:
         self.first_loss = self.last_loss = self.eval_loss = None
 
     def log_step(
-        self, step: int, result, lr: float, eval_loss: float | None, interval: dict | None, log_line: bool
+        self, step: int, result, lr: float, evaluation: dict | None, interval: dict | None, log_line: bool
     ) -> None:
-        """Record step ``step`` (a :class:`~baton.launch.train.StepResult`); at logging steps
-        (``log_line``) also the tokens per second of the interval and the console line, with
-        the profiler's cross-rank ``interval`` summary where there is one."""
+        """Record step ``step`` (a :class:`~baton.launch.train.StepResult`) and its
+        ``evaluation`` (``eval_loss``, ...) where there is one; at logging steps (``log_line``)
+        also the tokens per second of the interval and the console line, with the profiler's
+        cross-rank ``interval`` summary where there is one."""
         self.tokens += result.tokens
         self.window_tokens += result.tokens
         self.first_loss = result.loss if self.first_loss is None else self.first_loss
@@ -39,8 +42,9 @@ class MetricsLogger:
             "comm": result.comm,
             "doc_ids": result.doc_ids,
         }
-        if eval_loss is not None:
-            self.eval_loss = record["eval_loss"] = eval_loss
+        if evaluation is not None:
+            record |= evaluation
+            self.eval_loss = evaluation["eval_loss"]
         if log_line:
             now = time.perf_counter()
             record["tokens_per_s"] = self.window_tokens / (now - self.window_start)
@@ -51,6 +55,19 @@ class MetricsLogger:
                 self._file = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed by close()
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
+        if self._board is not None:
+            self._write_scalars(step, record, result.mfu, interval)
+
+    def _write_scalars(self, step: int, record: dict, mfu: float | None, interval: dict | None) -> None:
+        scalars = {k: record.get(k) for k in ("loss", "grad_norm", "lr", "eval_loss", "tokens_per_s")}
+        scalars |= {f"eval_loss/{name}": v for name, v in record.get("eval_loss_by_source", {}).items()}
+        scalars["mfu"] = mfu
+        if interval:
+            scalars |= {f"rank_compute_s/{k}": interval[f"compute_s_{k}"] for k in ("min", "median", "max")}
+        for name, value in scalars.items():
+            if value is not None:
+                self._board.add_scalar(name, value, step)
+        self._board.flush()
 
     def _line(self, record: dict, interval: dict | None) -> str:
         text = f"loss {record['loss']:.4f}"
@@ -101,4 +118,16 @@ class MetricsLogger:
         self._closed = True
         if self._file is not None:
             self._file.close()
+        if self._board is not None:
+            self._board.close()
         self.progress.close()
+
+
+def _board(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        from baton.launch.config import ConfigError
+
+        raise ConfigError("profile.tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(str(path))

@@ -18,12 +18,11 @@ from pathlib import Path
 import torch
 
 from baton.checkpoint import CheckpointError, complete_checkpoints
-from baton.checkpoint.export import load_model_state
+from baton.checkpoint.export import load_model
 from baton.checkpoint.store import checkpoint_step, final_dir
-from baton.data.loader import PackedLoader
 from baton.kernels import set_backend as set_kernel_backend
 from baton.launch.config import ConfigError, load_config
-from baton.launch.setup import document_split, open_corpus, pick_device
+from baton.launch.setup import checkpoint_root, pick_device, training_data
 from baton.models.lm import RecurrentLM
 
 
@@ -64,22 +63,20 @@ def _logged(run_dir: Path, step: int) -> dict:
     return records[step]
 
 
-def _weights_and_cursor(cfg, run_dir: Path, step: int) -> tuple[RecurrentLM, int]:
-    """The weights step ``step`` started from, and the data cursor of its batch."""
+def _weights_and_position(cfg, run_dir: Path, step: int) -> tuple[RecurrentLM, dict | None]:
+    """The weights step ``step`` started from, and the loader's position before its batch
+    (None: the start)."""
     if step == 1:
         torch.manual_seed(cfg.train.seed)  # as the trainer does before it builds the model
-        return RecurrentLM(cfg.model), 0
-    root = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else run_dir / "checkpoints"
+        return RecurrentLM(cfg.model), None
+    root = checkpoint_root(cfg, run_dir)
     done, before = complete_checkpoints(root), final_dir(root, step - 1)
     if before not in done:
         raise CheckpointError(
             f"{root}: no complete checkpoint of step {step - 1}, which replaying step {step} starts from "
             f"(checkpoints of steps: {[checkpoint_step(p) for p in done] or 'none'}; step 1 needs none)"
         )
-    config, state = load_model_state(before)
-    model = RecurrentLM(config)
-    model.load_state_dict(state)
-    return model, json.loads((before / "trainer.json").read_text())["loader"]["cursor"]
+    return load_model(before), json.loads((before / "trainer.json").read_text())["loader"]
 
 
 def replay_step(run_dir: Path, step: int, overrides: list[str] | tuple[str, ...] = ()) -> Replay:
@@ -89,16 +86,17 @@ def replay_step(run_dir: Path, step: int, overrides: list[str] | tuple[str, ...]
     record = _logged(run_dir, step)
     device, autocast_dtype = pick_device(cfg)
     set_kernel_backend(cfg.train.kernels)
-    model, cursor = _weights_and_cursor(cfg, run_dir, step)
+    model, position = _weights_and_position(cfg, run_dir, step)
     model = model.to(device)
-    corpus = open_corpus(cfg)
-    loader = PackedLoader(corpus, cfg.data.tokens_per_batch, cfg.train.seed, document_split(cfg, corpus)[0])
-    loader.load_state_dict({"cursor": cursor})
+    data = training_data(cfg)
+    loader = data.loader(cfg.data.tokens_per_batch, cfg.train.seed)
+    if position is not None:
+        loader.load_state_dict(position)
     batch = loader.next_batch()
     if batch.doc_ids != record["doc_ids"]:
         raise ConfigError(
-            f"the data cursor of step {step} gives other documents than the run logged: has {corpus.path} or "
-            "data.tokens_per_batch changed since?"
+            f"the data position of step {step} gives other documents than the run logged: has the {data.describe()} "
+            "or data.tokens_per_batch changed since?"
         )
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         tokens, labels = batch.tokens[None].to(device), batch.labels[None].to(device)

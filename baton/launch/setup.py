@@ -4,6 +4,7 @@ device and autocast dtype, the corpus, and its split into training and held-out 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,9 @@ import torch
 
 from baton.data.build import synthetic_corpus
 from baton.data.corpus import Corpus
+from baton.data.loader import PackedLoader
+from baton.data.mixture import MixtureLoader, Source
+from baton.data.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer, tokenizer_fingerprint
 from baton.kernels.common import TRITON_CHUNK_SIZES
 from baton.launch.config import Config, ConfigError
 
@@ -36,9 +40,12 @@ def open_corpus(cfg: Config) -> Corpus:
     """``data.path``, or the synthetic corpus (generated on first use into ``data.cache_dir``)."""
     if cfg.data.path == "synthetic":
         path = Path(cfg.data.cache_dir) / f"synthetic-n{cfg.data.synthetic_docs}-seed{cfg.train.seed}"
-        corpus = synthetic_corpus(path, cfg.data.synthetic_docs, cfg.train.seed)
-    else:
-        corpus = Corpus(cfg.data.path)
+        return synthetic_corpus(path, cfg.data.synthetic_docs, cfg.train.seed)
+    return Corpus(cfg.data.path)
+
+
+def _source(cfg: Config, corpus: Corpus, weight: float, name: str, key: str) -> Source:
+    """A corpus as a source: checked against the model, its last ``data.eval_docs`` held out."""
     if corpus.vocab_size > cfg.model.vocab_size:
         raise ConfigError(
             f"model.vocab_size={cfg.model.vocab_size} is smaller than the vocabulary of {corpus.path} "
@@ -46,13 +53,83 @@ def open_corpus(cfg: Config) -> Corpus:
         )
     if corpus.n_docs <= cfg.data.eval_docs:
         raise ConfigError(
-            f"data.eval_docs={cfg.data.eval_docs} leaves no training documents in {corpus.path} "
+            f"{key}: data.eval_docs={cfg.data.eval_docs} leaves no training documents in {corpus.path} "
             f"({corpus.n_docs} documents)"
         )
-    return corpus
-
-
-def document_split(cfg: Config, corpus: Corpus) -> tuple[np.ndarray, np.ndarray]:
-    """Training and held-out document ids: the last ``data.eval_docs`` documents are held out."""
     n_train = corpus.n_docs - cfg.data.eval_docs
-    return np.arange(n_train), np.arange(n_train, corpus.n_docs)
+    return Source(name or corpus.path.name, corpus, weight, np.arange(n_train), np.arange(n_train, corpus.n_docs))
+
+
+@dataclass
+class TrainingData:
+    """A run's documents: one corpus (``data.path``) or a mixture (``data.sources``)."""
+
+    sources: list[Source]
+    mixture: bool
+
+    def loader(self, tokens_per_batch: int, seed: int) -> PackedLoader | MixtureLoader:
+        """The training documents' batches, from the start (``load_state_dict`` moves on)."""
+        if not self.mixture:
+            only = self.sources[0]
+            return PackedLoader(only.corpus, tokens_per_batch, seed, only.train_ids)
+        return MixtureLoader(self.sources, tokens_per_batch, seed)
+
+    def describe(self) -> str:
+        if not self.mixture:
+            corpus = self.sources[0].corpus
+            return f"corpus {corpus.path} ({corpus.n_docs} docs, {corpus.n_tokens} tokens)"
+        total = sum(s.weight for s in self.sources)
+        parts = [f"{s.name} ({s.weight / total:.0%}, {s.corpus.n_docs} docs)" for s in self.sources]
+        return "mixture of " + ", ".join(parts)
+
+
+def training_data(cfg: Config) -> TrainingData:
+    """The run's corpora, checked: every source must share one tokenizer."""
+    if not cfg.data.sources:
+        return TrainingData([_source(cfg, open_corpus(cfg), 1.0, "", "data.path")], mixture=False)
+    if cfg.data.path != "synthetic":
+        raise ConfigError(f"data.path={cfg.data.path} and data.sources: give one (a corpus, or a mixture of them)")
+    sources = []
+    for i, spec in enumerate(cfg.data.sources):
+        key = f"data.sources[{i}]"
+        if spec.weight <= 0:
+            raise ConfigError(f"{key}.weight: must be > 0, got {spec.weight}")
+        if not spec.path:
+            raise ConfigError(f"{key}.path: a corpus directory is needed")
+        sources.append(_source(cfg, Corpus(spec.path), spec.weight, spec.name, key))
+    first = tokenizer_fingerprint(sources[0].corpus.path)
+    for i, source in enumerate(sources[1:], 1):
+        if tokenizer_fingerprint(source.corpus.path) != first:
+            raise ConfigError(
+                f"data.sources[{i}]: {source.corpus.path} was tokenized otherwise than {sources[0].corpus.path} "
+                f"({tokenizer_fingerprint(source.corpus.path)} vs {first}): a mixture needs one tokenizer"
+            )
+    return TrainingData(sources, mixture=True)
+
+
+def checkpoint_root(cfg: Config, run_dir: Path) -> Path:
+    """Where the checkpoints of the run in ``run_dir`` live: ``checkpoint.dir``, or
+    ``run_dir/checkpoints``."""
+    return Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else Path(run_dir) / "checkpoints"
+
+
+def run_corpus(cfg: Config) -> Path | None:
+    """The corpus directory whose tokenizer a run trained with (None: the synthetic language,
+    bytes); a mixture's first source."""
+    path = cfg.data.sources[0].path if cfg.data.sources else cfg.data.path
+    if path == "synthetic":
+        return None
+    if not (Path(path) / "meta.json").is_file():
+        raise ConfigError(f"{path}: not a corpus directory (the run's tokenizer is read from the corpus it trained on)")
+    return Path(path)
+
+
+def run_tokenizer(cfg: Config) -> Tokenizer:
+    """The tokenizer of a run's corpus."""
+    corpus = run_corpus(cfg)
+    return ByteTokenizer() if corpus is None else load_tokenizer(corpus)
+
+
+def run_tokenizer_fingerprint(cfg: Config) -> str:
+    corpus = run_corpus(cfg)
+    return "byte" if corpus is None else tokenizer_fingerprint(corpus)

@@ -49,17 +49,18 @@ import torch
 import torch.distributed as dist
 
 from baton.checkpoint.state import Checkpointer, resume_point, saved_world_size
-from baton.data.loader import Batch, PackedLoader
-from baton.dist.env import DistEnv, init_distributed, sum_over_ranks
+from baton.data.loader import Batch
+from baton.dist.env import DistEnv, init_distributed
 from baton.dist.faults import KILL_AT_STEP, kill_if_asked, slow_down
 from baton.kernels import set_backend as set_kernel_backend
 from baton.launch.batches import PlannedBatches
 from baton.launch.config import Config, to_yaml
+from baton.launch.evaluate import held_out_losses
 from baton.launch.logs import prepare_run_dir, tee_output
 from baton.launch.metrics import MetricsLogger
 from baton.launch.preempt import Preemption
 from baton.launch.schedule import load_schedule_state, schedule_state
-from baton.launch.setup import document_split, open_corpus, pick_device
+from baton.launch.setup import checkpoint_root, pick_device, training_data
 from baton.models.flops import count_parameters, flops_per_token
 from baton.models.lm import RecurrentLM
 from baton.parallel.budget import memory_cap
@@ -89,7 +90,8 @@ class StepResult:
     tokens: int
     plan: dict
     comm: dict
-    doc_ids: list[int]
+    doc_ids: list
+    mfu: float | None = None  # this rank's, where the device's peak is known
 
 
 class Trainer:
@@ -103,11 +105,9 @@ class Trainer:
             self.device = torch.device("cuda", self.env.local_rank)
         set_kernel_backend(cfg.train.kernels)
         torch.manual_seed(cfg.train.seed)
-        self.corpus = open_corpus(cfg)
-        train_ids, self.eval_ids = document_split(cfg, self.corpus)
+        self.data = training_data(cfg)
         self.step = 0
-        ckpt = cfg.checkpoint
-        root = Path(ckpt.dir) if ckpt.dir else self.run_dir / "checkpoints"
+        ckpt, root = cfg.checkpoint, checkpoint_root(cfg, self.run_dir)
         resume_from = resume_point(cfg.resume, root)
         universal = resume_from is not None and saved_world_size(resume_from) != self.env.world_size
         cap = memory_cap(cfg, self.env.world_size, self.device)  # refuses what cannot fit, before allocating
@@ -121,8 +121,7 @@ class Trainer:
             [1.0] * self.env.world_size, hop_seconds=p.hop_seconds, inter_node_hop_seconds=p.inter_node_hop_seconds,
             ranks_per_node=p.ranks_per_node, memory_cap_tokens=[cap] * self.env.world_size if cap else None,
         )  # fmt: skip
-        loader = PackedLoader(self.corpus, cfg.data.tokens_per_batch, cfg.train.seed, train_ids)
-        self.batches = PlannedBatches(loader, self.make_plan)
+        self.batches = PlannedBatches(self.data.loader(cfg.data.tokens_per_batch, cfg.train.seed), self.make_plan)
         self.preemption = Preemption(self.run_dir, self.env, cfg.train.deadline_margin_s)
         if resume_from is not None:
             self.restore(resume_from)
@@ -187,8 +186,9 @@ class Trainer:
             grad_norm = self._optimizer_step(total)
         self.step += 1
         comm = self.sp.stats.to_dict()
-        prof.record(self.step, local.tokens.numel(), comm)
-        return StepResult(total, grad_norm, batch.n_tokens, plan.to_dict() | plan_info, comm, batch.doc_ids)
+        record = prof.record(self.step, local.tokens.numel(), comm) or {}
+        plan_dict = plan.to_dict() | plan_info
+        return StepResult(total, grad_norm, batch.n_tokens, plan_dict, comm, batch.doc_ids, record.get("mfu"))
 
     def _optimizer_step(self, loss: float) -> float | None:
         """Clip (``optim.grad_clip``; 0: off) and step; the gradient norm before clipping.
@@ -231,19 +231,15 @@ class Trainer:
             )
 
     @torch.no_grad()
-    def evaluate(self) -> float:
+    def evaluate(self) -> dict:
+        """The held-out losses (``launch/evaluate.py:held_out_losses``), planned and relayed as
+        training steps are."""
         self.model.eval()
-        loader = PackedLoader(self.corpus, self.cfg.data.tokens_per_batch, self.cfg.train.seed, self.eval_ids)
-        loss_sum = targets = 0.0
-        for _ in range(self.cfg.data.eval_batches):
-            if self.preemption.requested():  # a long eval must not outlive the allocation
-                break
-            batch = loader.next_batch()
-            loss = self.local_loss(batch, self.enter_step(self.make_plan(batch, self.cost)[0], batch))
-            loss_sum += loss.item() * batch.n_targets
-            targets += batch.n_targets
-        (loss_sum,) = sum_over_ranks([loss_sum])
-        return loss_sum / targets if targets else float("nan")
+
+        def loss_of(batch: Batch) -> torch.Tensor:
+            return self.local_loss(batch, self.enter_step(self.make_plan(batch, self.cost)[0], batch))
+
+        return held_out_losses(self.data, self.cfg, loss_of, self.preemption.requested)
 
     def _end_interval(self) -> dict | None:
         """Every ``train.log_every`` steps: the profiler's summary across ranks, which also
@@ -257,8 +253,7 @@ class Trainer:
         if env.is_main:
             print(
                 f"baton: {cfg.model.mixer} model, {count_parameters(cfg.model) / 1e6:.2f}M parameters, "
-                f"{env.world_size} rank(s), device {self.device}, corpus {self.corpus.path} "
-                f"({self.corpus.n_docs} docs, {self.corpus.n_tokens} tokens)",
+                f"{env.world_size} rank(s), device {self.device}, {self.data.describe()}",
                 flush=True,
             )
         last = min(cfg.train.steps, cfg.train.stop_at_step or cfg.train.steps)
@@ -266,18 +261,20 @@ class Trainer:
             if env.is_main:
                 print(f"baton: nothing to train: the run is at step {self.step} and ends at step {last}", flush=True)
             return {"steps": self.step}
-        self.metrics = MetricsLogger(self.run_dir, cfg.train.steps, env.is_main, env.distributed)
+        self.metrics = MetricsLogger(
+            self.run_dir, cfg.train.steps, env.is_main, env.distributed, cfg.profile.tensorboard
+        )
         while self.step < last:
             kill_if_asked(KILL_AT_STEP, env.rank, self.step + 1)  # tests: a rank dying mid-job
             self.tracer.before_step(self.step + 1)
             result = self.train_step()
             self.tracer.after_step(self.step)
             at_end = self.step == last
-            eval_loss = self.evaluate() if self.step % cfg.train.eval_every == 0 or at_end else None
+            evaluation = self.evaluate() if self.step % cfg.train.eval_every == 0 or at_end else None
             logging = self.step % cfg.train.log_every == 0 or at_end
             interval = self._end_interval() if logging else None
             lr = self.parallel.scheduler.get_last_lr()[0]
-            self.metrics.log_step(self.step, result, lr, eval_loss, interval, logging)
+            self.metrics.log_step(self.step, result, lr, evaluation, interval, logging)
             stop = self.preemption.requested() if not at_end else ""
             if stop or self.checkpointer.should_save(self.step, last):
                 self.save_checkpoint()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from baton.kernels import chunk_gla
+from baton.kernels import chunk_gla, recurrent_step
 from baton.kernels.carry import scan_carrying, state_after
 from baton.models.config import ModelConfig
 from baton.models.norm import RMSNorm
@@ -61,3 +62,14 @@ class GLAMixer(nn.Module):
             o = scan_carrying(self.scan, q, k, v, g, None, cu_seqlens, self.chunk_size, state.scan)
         o = self.head_norm(o) * F.silu(self._heads(x, self.out_gate))
         return self.o_proj(o.reshape(*x.shape[:2], -1)), after
+
+    def step(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
+        """One token for each of B streams (decoding): x [B, d] -> [B, d], the state
+        [B, H, K, V] (None: zero) updated by the recurrence, the fixed-size cache of a
+        recurrent model."""
+        k, v, g = (t[:, 0] for t in self._key_value_gate(x[:, None]))
+        q = self._heads(x[:, None], self.q_proj)[:, 0]
+        S = state.scan if state.scan is not None else k.new_zeros(*k.shape, v.shape[-1], dtype=torch.float32)
+        o, S = recurrent_step(q, k, v, g, S, q.shape[-1] ** -0.5)
+        o = self.head_norm(o) * F.silu(self._heads(x[:, None], self.out_gate)[:, 0])
+        return self.o_proj(o.reshape(x.shape[0], -1)), LayerState(S)

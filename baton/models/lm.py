@@ -35,6 +35,12 @@ class Block(nn.Module):
         x = x + h
         return x + self.mlp(self.mlp_norm(x)), state
 
+    def step(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
+        """One token for each of B streams: x [B, d], the mixer's state carried (decoding)."""
+        h, state = self.mixer.step(self.mixer_norm(x), state)
+        x = x + h
+        return x + self.mlp(self.mlp_norm(x)), state
+
 
 class RecurrentLM(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
@@ -80,3 +86,22 @@ class RecurrentLM(nn.Module):
         if loss_chunk:
             return fused_head_loss(x, self.norm, self.head.weight, labels, loss_chunk)
         return token_losses(self.head(self.norm(x)), labels)[0]
+
+    def prefill(self, input_ids: Tensor) -> tuple[Tensor, list[LayerState]]:
+        """A prompt [1, T] through the chunked scans: the logits [V] after its last token and
+        every layer's state after it (what decoding continues from)."""
+        x = self.embed(input_ids)
+        cu, states = torch.tensor([0, input_ids.shape[1]]), []
+        for block in self.blocks:
+            x, state = block(x, cu, LayerState())
+            states.append(LayerState(state.scan, state.conv))
+        return self.head(self.norm(x[0, -1])), states
+
+    def step(self, token_ids: Tensor, states: list[LayerState]) -> tuple[Tensor, list[LayerState]]:
+        """One token for each of B streams [B]: the logits [B, V] after it and the states,
+        a fixed size per layer whatever the length so far."""
+        x, new_states = self.embed(token_ids), []
+        for block, state in zip(self.blocks, states):
+            x, state = block.step(x, state)
+            new_states.append(state)
+        return self.head(self.norm(x)), new_states

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from baton.kernels import causal_conv1d, chunk_ssd
+from baton.kernels import causal_conv1d, chunk_ssd, recurrent_step
 from baton.kernels.carry import last_window, scan_carrying, state_after
 from baton.models.config import ModelConfig
 from baton.models.norm import RMSNorm
@@ -79,6 +79,24 @@ class SSDMixer(nn.Module):
             y, _ = self.scan(q, k, v, g, scale=1.0, cu_seqlens=cu_seqlens, chunk_size=self.chunk_size)
         y = y + self.D[:, None] * xs
         return self.out_proj(self.norm(y.reshape(B, T, -1) * F.silu(z))), after
+
+    def step(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
+        """One token for each of B streams (decoding): x [B, d] -> [B, d]; the state: the scan
+        state [B, H, N, P] and the conv window [B, W - 1, C] (None: zeros), both fixed-size."""
+        B = x.shape[0]
+        z, xbc, dt = self.in_proj(x).split([self.inner, self.conv_channels, self.n_heads], dim=-1)
+        window = state.conv if state.conv is not None else xbc.new_zeros(B, self.window, self.conv_channels)
+        taps = torch.cat([window.to(xbc.dtype), xbc[:, None]], dim=1)  # [B, W, C], oldest first
+        conv = (taps * self.conv_weight.T).sum(1) + self.conv_bias
+        xs, b, c = F.silu(conv).split([self.inner, self.state_dim, self.state_dim], dim=-1)
+        xs = xs.view(B, self.n_heads, -1)
+        dt = F.softplus(dt + self.dt_bias)
+        heads = (B, self.n_heads, self.state_dim)
+        q, k, v = c[:, None].expand(heads), b[:, None].expand(heads), xs * dt[..., None].to(xs.dtype)
+        S = state.scan if state.scan is not None else k.new_zeros(*heads, xs.shape[-1], dtype=torch.float32)
+        y, S = recurrent_step(q, k, v, -self.A_log.exp() * dt, S, 1.0)
+        y = y + self.D[:, None] * xs
+        return self.out_proj(self.norm(y.reshape(B, -1) * F.silu(z))), LayerState(S, taps[:, 1:])
 
     def conv_window(self, x: Tensor) -> Tensor:
         """The conv window after x [B, T', d], the last tokens of a piece's last document (what

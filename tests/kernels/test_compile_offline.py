@@ -23,7 +23,7 @@ pytest.importorskip("triton")
 
 # Largest shared memory one block may use (cudaDevAttrMaxSharedMemoryPerBlockOptin).
 SHARED_LIMIT = {90: 232448, 80: 166912}
-KERNEL_SOURCES = [REPO / "baton" / "kernels" / name for name in ("scan_triton.py", "relay_triton.py")]
+KERNEL_SOURCES = [REPO / "baton" / "kernels" / name for name in ("scan_triton.py", "relay_triton.py", "step_triton.py")]
 
 
 def defined_kernels() -> set[str]:
