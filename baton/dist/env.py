@@ -172,12 +172,13 @@ def _preflight(env: DistEnv, device: torch.device, timeout_s: float) -> None:
         raise DistSetupError(f"pre-flight all-reduce gave {ones.item()}, expected {env.world_size}")
 
 
-def exit_after_error(code: int) -> int:
-    """The exit status of a run that stopped on a user error. In a process group, end the
-    process at once, with no teardown: the error was found by every rank (or one rank ends
-    the job), and tearing gloo down while a peer is still closing its side aborts a process
-    ("terminate called without an active exception"), turning exit status 2 into a SIGABRT.
-    In one process, return it."""
+def end_process(code: int) -> int:
+    """The exit status of a command. In a process group, end the process at once, with no
+    teardown: gloo's threads may still hold finished async work whose tensors are freed
+    during interpreter finalization, or be closing a pair a peer still reads, and either
+    aborts the process ("terminate called without an active exception"), turning exit status
+    0 or 2 into a SIGABRT. After a user error every rank found it (or one rank ends the job);
+    after success :func:`leave_together` ran first. In one process, return it."""
     if not dist.is_initialized():
         return code
     sys.stdout.flush()
@@ -185,12 +186,10 @@ def exit_after_error(code: int) -> int:
     os._exit(code)
 
 
-def shutdown() -> None:
-    """Leave the process group together: a rank tearing down gloo while a peer still talks
-    to it aborts the peer ("terminate called without an active exception")."""
+def leave_together() -> None:
+    """Wait for every rank at the end of a command, so none ends while a peer still talks to it."""
     if dist.is_initialized():
         dist.barrier()
-        dist.destroy_process_group()
 
 
 def sum_over_ranks(values: list[float]) -> list[float]:

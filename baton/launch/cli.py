@@ -20,7 +20,7 @@ def _config_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[st
 
 
 def _train(args: argparse.Namespace) -> None:
-    from baton.dist.env import shutdown
+    from baton.dist.env import leave_together
     from baton.launch.config import load_config
     from baton.launch.train import Trainer
 
@@ -29,7 +29,7 @@ def _train(args: argparse.Namespace) -> None:
         trainer.fit()
     finally:
         trainer.close()
-    shutdown()
+    leave_together()
 
 
 def _config(args: argparse.Namespace) -> None:
@@ -88,7 +88,7 @@ def _generate(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     import json
 
-    from baton.dist.env import discover, shutdown
+    from baton.dist.env import discover, leave_together
 
     if args.world > 1 and "RANK" not in os.environ:  # again, under torchrun: one process per rank
         torchrun = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.world}"]
@@ -99,7 +99,7 @@ def _eval(args: argparse.Namespace) -> None:
     if discover().is_main:
         fields = {k: getattr(result, k) for k in ("loss", "perplexity", "bits_per_byte", "documents", "tokens")}
         print(json.dumps(fields) if args.json else result.summary())
-    shutdown()
+    leave_together()
 
 
 def _submit(args: argparse.Namespace) -> None:
@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from baton.checkpoint import CheckpointError
-    from baton.dist.env import DistSetupError, exit_after_error
+    from baton.dist.env import DistSetupError, end_process
     from baton.launch.config import ConfigError
     from baton.launch.train import TrainingDiverged
     from baton.parallel.plan import PlanError
@@ -288,14 +288,14 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
     except (CheckpointError, ConfigError, CorpusError, DistSetupError, PlanError, ReportError) as exc:
         print(f"baton: error: {exc}", file=sys.stderr)
-        return exit_after_error(2)
+        return end_process(2)
     except TrainingDiverged as exc:
         print(f"baton: error: {exc}", file=sys.stderr)
-        return exit_after_error(1)
+        return end_process(1)
     except KeyboardInterrupt:
         print("baton: interrupted", file=sys.stderr)
         return 130
-    return code or 0
+    return end_process(code or 0)
 
 
 if __name__ == "__main__":
