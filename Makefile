@@ -20,3 +20,4 @@ bench:
 	.venv/bin/python bench/memory.py
 	.venv/bin/python bench/generate.py
 	.venv/bin/python bench/data_build.py
+	.venv/bin/python bench/state_tracking.py

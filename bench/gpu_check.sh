@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The memory issue's GPU check, one prepared script for a lent H100 or H200 (under 6 minutes):
+# The memory and delta-rule issues' GPU checks, one prepared script for a lent H100 or H200 (under 9 minutes):
 #
 #   bash bench/gpu_check.sh        # from the repository root, on the GPU machine
 #
@@ -68,3 +68,7 @@ EOF
 run_case 1b-full 160 configs/1b.yaml train.activation_checkpoint=full train.micro_tokens=65536
 run_case 125m-none 80 configs/125m.yaml train.activation_checkpoint=none
 run_case 125m-full 80 configs/125m.yaml train.activation_checkpoint=full
+# The delta rule (issue 18): its GPU path (reference + Triton state walk) against the reference
+# and, when importable, flash-linear-attention's chunk_gated_delta_rule, at the 1b-gdn head.
+timeout 150 python3 bench/kernels.py --gates gdn --lengths 8192 --tokens 32768 --heads 6 --dim 256 --ref-max 8192 \
+    || echo "gdn kernel bench: exit $?"

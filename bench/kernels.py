@@ -1,12 +1,15 @@
 """Chunked-scan kernels, forward + backward: baton's Triton kernels against the PyTorch
-reference and, when importable, flash-linear-attention's chunk_gla / chunk_simple_gla.
+reference and, when importable, flash-linear-attention's chunk_gla / chunk_simple_gla /
+chunk_gated_delta_rule (for the delta rule, ``gdn``, baton's GPU path is its reference with the
+chunk-to-chunk state walk in Triton).
 
 python bench/kernels.py [--lengths 2048 8192 32768 65536] [--tokens 65536] [--heads 16] [--dim 128] [--relay]
 
 Shapes are those of a 1.3B model's mixer (hidden 2048 = 16 heads × 128), a fixed number of
 tokens per batch (batch = tokens / T). TFLOP/s counts the chunked algorithm's dense matrix
 products, per token and head: forward 2C(K+V) (intra-chunk scores and their product with v)
-+ 4KV (state update and inter-chunk output); backward counted as twice the forward. Memory
++ 4KV (state update and inter-chunk output), the delta rule's as ``models/flops.py:
+delta_rule_flops``; backward counted as twice the forward. Memory
 is the peak allocated during forward + backward beyond the inputs. The agreement check runs
 first and also times each contender's first call (compiling, and autotuning baton's kernels);
 the JSON records the settings the autotuner chose. Needs a GPU; on CPU it times the
@@ -26,12 +29,26 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table, time_it, write_json  # noqa: E402
 
-from baton.kernels import chunk_gla_ref, chunk_ssd_ref  # noqa: E402
+from baton.kernels import chunk_delta, chunk_delta_ref, chunk_gla_ref, chunk_ssd_ref  # noqa: E402
+from baton.models.flops import delta_rule_flops  # noqa: E402
 
 CHUNK = 64
 
 
 def contenders(gate: str, cuda: bool) -> dict:
+    if gate == "gdn":  # the delta rule: its reference, baton's GPU path (the reference with the state walk in
+        ours = {"torch-ref": chunk_delta_ref}  # Triton) and fla's fused kernels
+        if cuda:
+            ours["baton-walk"] = chunk_delta
+        try:
+            from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+        except ImportError:
+            return ours
+        if cuda:
+            ours["fla"] = lambda q, k, v, g, beta, initial_state=None: chunk_gated_delta_rule(
+                q, k, v, g, beta, initial_state=initial_state, output_final_state=True
+            )
+        return ours
     ours = {"torch-ref": chunk_gla_ref if gate == "gla" else chunk_ssd_ref}
     if cuda:
         from baton.kernels.scan_triton import chunk_scan_triton
@@ -53,10 +70,13 @@ def contenders(gate: str, cuda: bool) -> dict:
 def make_inputs(gate: str, B: int, T: int, H: int, D: int, device: str, dtype: torch.dtype, seed: int = 0):
     gen = torch.Generator(device=device).manual_seed(seed)
     q, k, v = (torch.randn(B, T, H, D, device=device, dtype=dtype, generator=gen) for _ in range(3))
-    k = k / D**0.5
+    k = F.normalize(k, dim=-1) if gate == "gdn" else k / D**0.5
     g_shape = (B, T, H, D) if gate == "gla" else (B, T, H)
     g = F.logsigmoid(torch.randn(g_shape, device=device, generator=gen)) / 16
-    return [x.requires_grad_() for x in (q, k, v, g.to(dtype))]
+    if gate != "gdn":
+        return [x.requires_grad_() for x in (q, k, v, g.to(dtype))]
+    beta = torch.sigmoid(torch.randn(B, T, H, device=device, generator=gen)).to(dtype)
+    return [x.requires_grad_() for x in (q, k, v, g.float(), beta)]
 
 
 def fwd_bwd(fn, inputs, do, ds):
@@ -194,7 +214,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=65536, help="tokens per batch (batch = tokens / T)")
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--gates", nargs="+", default=["gla", "ssd"])
+    parser.add_argument("--gates", nargs="+", default=["gla", "ssd", "gdn"])
     parser.add_argument("--profile", action="store_true", help="print per-kernel CUDA time at the first length")
     parser.add_argument("--ref-max", type=int, default=8192, help="skip the PyTorch reference above this length")
     parser.add_argument("--relay", action="store_true", help="also time the sequence-parallel summary + correction")
@@ -208,7 +228,8 @@ def main() -> None:
         print(f"{gate}: difference from the fp32 reference, first call's seconds (bf16, T=1024): {checks[gate]}")
         for T in args.lengths:
             B = max(1, args.tokens // T)
-            flops = 3 * B * T * H * (2 * CHUNK * (D + D) + 4 * D * D)
+            per_head = delta_rule_flops(CHUNK, D, D) if gate == "gdn" else 2 * CHUNK * (D + D) + 4 * D * D
+            flops = 3 * B * T * H * per_head
             for name, fn in contenders(gate, cuda).items():
                 row = {"gate": gate, "B": B, "T": T, "impl": name}
                 if name == "torch-ref" and T > args.ref_max:
@@ -233,7 +254,7 @@ def main() -> None:
             profile_kernels(gate, max(1, args.tokens // args.lengths[0]), args.lengths[0], H, D)
     relay = []
     if args.relay:
-        for gate in args.gates:
+        for gate in [g for g in args.gates if g != "gdn"]:  # the delta rule's relay ops run on the reference
             for T in args.lengths:
                 if cuda or T <= args.ref_max:
                     relay += relay_overhead(gate, T, H, D, device, dtype)

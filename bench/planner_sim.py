@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table, write_json  # noqa: E402
 
 from baton.launch.config import load_config  # noqa: E402
-from baton.models.flops import scan_shape  # noqa: E402
+from baton.models.flops import relay_bytes_per_hop  # noqa: E402
 from baton.parallel.baselines import attention_cost_plan, best_fit_groups_plan  # noqa: E402
 from baton.parallel.plan import PlanError  # noqa: E402
 from baton.parallel.planner import CostModel, balanced_plan, concat_chunk_plan  # noqa: E402
@@ -51,8 +51,8 @@ def main() -> None:
     parser.add_argument("--sp-size", type=int, default=8)
     args = parser.parse_args()
     model = load_config(str(CONFIGS / "1b.yaml")).model
-    H, K, V = scan_shape(model)
-    hop_bytes = H * K * V * 4 * model.n_layers * 2  # one fp32 state per layer, forward and backward
+    p = load_config(None).parallel.planner
+    hop_bytes = relay_bytes_per_hop(model)
     rows = []
     for kind in ("longtail", "pretrain", "giants"):
         for R in args.ranks:
@@ -63,13 +63,10 @@ def main() -> None:
                 seconds_per_token = np.full(R, 1e-6)
                 if slow:  # a few ranks (1 in 32, at least one) 20% slower
                     seconds_per_token[rng.choice(R, size=max(1, R // 32), replace=False)] *= 1.2
-                # A hop moves one state per layer, forward and backward: NVLink-class
-                # bandwidth inside a node of 8, InfiniBand-class between nodes.
-                cost = CostModel(
-                    seconds_per_token.tolist(),
-                    hop_seconds=hop_bytes / 200e9,
-                    inter_node_hop_seconds=hop_bytes / 25e9,
-                    ranks_per_node=8,
+                # A hop moves every layer's summary forward and state gradient back: NVLink-class
+                # bandwidth inside a node of 8, InfiniBand-class between nodes (the defaults).
+                cost = CostModel.for_model(
+                    model, seconds_per_token.tolist(), p.hop_latency_s, p.intra_node_gb_per_s, p.inter_node_gb_per_s, 8
                 )
                 planners = {
                     "adaptive": lambda c=cost, b=bounds: balanced_plan(b, c),

@@ -87,11 +87,12 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
     parser.add_argument("--world", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--mixers", nargs="+", default=["gla", "ssd", "gdn"])
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"
 
     wire = []
-    for mixer in ("gla", "ssd"):
+    for mixer in args.mixers:
         for world in args.world:
             for relay in ("chain", "allgather", "logscan"):
                 per_rank = run_local(world, worker, mixer, relay, args.lengths, 1)
@@ -112,7 +113,7 @@ def main() -> None:
     print_table(wire, ["mixer", "ranks", "relay", "T", "max_fwd_B", "max_bwd_B", "ring_attn_fwd_B"])
 
     timing = []
-    for mixer in ("gla", "ssd"):
+    for mixer in args.mixers:
         torch.set_num_threads(1)
         one = worker(0, 1, mixer, "chain", args.lengths, args.repeat)
         torch.set_num_threads(2)

@@ -10,6 +10,9 @@ models find hard for different reasons:
 
 The number of episodes per document is log-normal, so lengths are long-tailed: most
 documents are short and a few are very long, as in real pretraining corpora.
+
+:func:`running_sums` is a pure state-tracking task apart (parity, modular addition), for
+``bench/state_tracking.py``.
 """
 
 from __future__ import annotations
@@ -58,3 +61,13 @@ def synthetic_documents(n_docs: int, seed: int) -> Iterator[str]:
     rng = np.random.default_rng(seed)
     for _ in range(n_docs):
         yield synthetic_document(rng)
+
+
+def running_sums(rng: np.random.Generator, lengths: list[int], modulus: int) -> tuple[np.ndarray, np.ndarray]:
+    """A state-tracking task: parity (``modulus`` 2) or modular addition. Sequences of n random
+    digits ``x_1..x_n`` in [0, modulus), packed one after the other, labelled at every digit with
+    the running sum ``s_t = (x_1 + ... + x_t) mod modulus``: the label of token t is not the
+    next token but the state after it, which no window of recent tokens determines. Returns
+    the tokens and their labels."""
+    tokens = [rng.integers(0, modulus, size=n) for n in lengths]
+    return np.concatenate(tokens), np.concatenate([np.cumsum(x) % modulus for x in tokens])

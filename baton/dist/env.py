@@ -178,11 +178,15 @@ def end_process(code: int) -> int:
     during interpreter finalization, or be closing a pair a peer still reads, and either
     aborts the process ("terminate called without an active exception"), turning exit status
     0 or 2 into a SIGABRT. After a user error every rank found it (or one rank ends the job);
-    after success :func:`leave_together` ran first. In one process, return it."""
+    after success :func:`leave_together` ran first, and MPI, where it launched the ranks, is
+    finalized (mpirun counts a rank that ends without it as failed). In one process, return it."""
     if not dist.is_initialized():
         return code
     sys.stdout.flush()
     sys.stderr.flush()
+    mpi = sys.modules.get("mpi4py.MPI")
+    if code == 0 and mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        mpi.Finalize()
     os._exit(code)
 
 

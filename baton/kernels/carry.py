@@ -3,13 +3,15 @@ leaves its last one. This is the relay between ranks (``../shared/DESIGN.md``) a
 on one rank, with the same two ops:
 
 - the piece is scanned from a zero state, then the incoming state's part is added to the
-  outputs of its first segment: ``o_t += (Ã_t ∘ S_in)ᵀ q_t`` (``add_state_correction``);
+  outputs of its first segment (:func:`add_incoming`);
 - the state after the piece is the summary of its last segment, ``(Â, Ŝ)``
-  (``segment_summary``), composed with the incoming one when the piece is a single segment:
-  ``S_out = Â S_in + Ŝ``. A document start inside the piece is a reset, so then
+  (:func:`segment_transition`), composed with the incoming one when the piece is a single
+  segment: ``S_out = Â S_in + Ŝ``. A document start inside the piece is a reset, so then
   ``S_out = Ŝ``.
 
-Both ops are differentiable, so the incoming state's gradient flows back to whatever
+``gates`` is ``(g,)`` for the diagonal scans (GLA, SSD: Â a per-key-dim or per-head
+multiplier, [H, K, 1] or [H, 1, 1]) and ``(g, beta)`` for the delta rule (Â a K×K matrix per
+head). All ops are differentiable, so the incoming state's gradient flows back to whatever
 produced it: the piece before, or the relay from the previous rank.
 """
 
@@ -21,22 +23,49 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from baton.kernels.dispatch import add_state_correction, segment_summary
+from baton.kernels.dispatch import add_state_correction, delta_correction, delta_summary, segment_summary
+from baton.kernels.layout import apply_transition
+
+
+def segment_transition(
+    k: Tensor, v: Tensor, gates: tuple[Tensor, ...], start: int, chunk_size: int
+) -> tuple[Tensor, Tensor]:
+    """The summary of tokens ``start:`` of a packed piece (batch 1): the transition Â a state
+    entering there goes through to the end, and the state Ŝ [H, K, V] they leave from zero."""
+    if len(gates) == 2:
+        return delta_summary(k, v, *gates, start, chunk_size)
+    log_A, S = segment_summary(k, v, gates[0], start)
+    return log_A.exp()[..., None], S
+
+
+def add_incoming(
+    o: Tensor, q: Tensor, k: Tensor, gates: tuple[Tensor, ...], state: Tensor, end: int, scale: float, chunk_size: int
+) -> Tensor:
+    """``o`` plus the part of tokens ``:end`` that comes from ``state`` entering the piece."""
+    if len(gates) == 2:
+        return delta_correction(o, q, k, *gates, state, end, scale, chunk_size)
+    return add_state_correction(o, q, gates[0], state, end, scale)
 
 
 def state_after(
-    k: Tensor, v: Tensor, g: Tensor, cu_seqlens: Tensor, state_in: Tensor | None, decay_in: Tensor | None
+    k: Tensor,
+    v: Tensor,
+    gates: tuple[Tensor, ...],
+    cu_seqlens: Tensor,
+    state_in: Tensor | None,
+    transition_in: Tensor | None,
+    chunk_size: int,
 ) -> tuple[Tensor, Tensor | None]:
     """The state [H, K, V] after a packed piece (batch 1) whose first document continues from
-    ``state_in`` (None: zero), and the log transition across the piece added to ``decay_in``
-    (None where a document starts inside the piece)."""
+    ``state_in`` (None: zero), and the transition across the piece composed after
+    ``transition_in`` (None where a document starts inside the piece)."""
     bounds = cu_seqlens.tolist()
-    log_A, S = segment_summary(k, v, g, bounds[-2])
+    A, S = segment_transition(k, v, gates, bounds[-2], chunk_size)
     if len(bounds) > 2:  # a reset inside: only the last segment reaches the end
         return S, None
     if state_in is not None:
-        S = log_A.exp()[..., None] * state_in + S
-    return S, log_A if decay_in is None else decay_in + log_A
+        S = apply_transition(A, state_in) + S
+    return S, A if transition_in is None else apply_transition(A, transition_in)
 
 
 def scan_carrying(
@@ -44,7 +73,7 @@ def scan_carrying(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    g: Tensor,
+    gates: tuple[Tensor, ...],
     scale: float | None,
     cu_seqlens: Tensor,
     chunk_size: int,
@@ -53,10 +82,10 @@ def scan_carrying(
     """``scan``'s outputs over a packed piece whose first document continues from ``state_in``
     [H, K, V] (None: starts fresh)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    o, _ = scan(q, k, v, g, scale=scale, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
+    o, _ = scan(q, k, v, *gates, scale=scale, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
     if state_in is None:
         return o
-    return add_state_correction(o, q, g, state_in, int(cu_seqlens[1]), scale)
+    return add_incoming(o, q, k, gates, state_in, int(cu_seqlens[1]), scale, chunk_size)
 
 
 def last_window(x: Tensor, cu_seqlens: Tensor, window_in: Tensor | None, width: int) -> Tensor:

@@ -2,7 +2,8 @@
 is not here.
 
 ``python -m baton.kernels.compile_offline ARCH GATES DTYPE CHUNK OUT.json`` runs the forward
-and backward of the chunked scan and of both relay ops on CPU tensors, with Triton's real
+and backward of the chunked scan, of both relay ops and of the delta rule's state walk on CPU
+tensors, with Triton's real
 compiler (down to ptxas) targeting compute capability ARCH (90: H100, 80: A100), and writes
 one record per compiled kernel. A driver that only answers "which GPU" stands in for the
 missing one and launches stop after compiling, so outputs are garbage and only the
@@ -76,6 +77,8 @@ def compile_one_step(
     JITFunction.run = compile_only
     # The tuner compiles each candidate through JITFunction.run; the timing is skipped.
     Autotuner.do_bench = property(lambda self: lambda call, quantiles: (call(), [1.0] * len(quantiles))[1])
+    from baton.kernels.delta_triton import matrix_state_walk
+    from baton.kernels.layout import build_layout
     from baton.kernels.relay_triton import add_state_correction_triton, segment_summary_triton
     from baton.kernels.scan_triton import chunk_scan_triton
     from baton.kernels.step_triton import recurrent_step_triton
@@ -94,6 +97,12 @@ def compile_one_step(
     add_state_correction_triton(scan_out.clone(), q, g, state, 100, 0.1).float().sum().backward()
     one = lambda x: x[:, 0].detach()  # noqa: E731 - one token of each input, for a decoding step
     recurrent_step_triton(one(q), one(k), one(v), one(g), torch.zeros(1, H, K, V), 0.1)
+    # The delta rule's state walk at Gated DeltaNet's 1.3B head (K 256, V 512), forward and backward.
+    layout = build_layout(torch.tensor([0, T]), chunk_size, torch.device("cpu"))
+    M = torch.randn(layout.n_chunks, H, 256, 256, requires_grad=True)
+    update = torch.randn(layout.n_chunks, H, 256, 512, requires_grad=True)
+    states_in, final = matrix_state_walk(M, update, layout, None)
+    (states_in.sum() + final.sum()).backward()
     return compiled
 
 

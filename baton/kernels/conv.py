@@ -47,3 +47,13 @@ def causal_conv1d(
         tap = x_ext[:, W - 1 - j : W - 1 - j + T] * weight[:, W - 1 - j]
         out = out + tap * (pos >= j)[None, :, None]
     return out
+
+
+def conv_step(x: Tensor, window: Tensor | None, weight: Tensor, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """One token of :func:`causal_conv1d` for B streams (decoding): x [B, D] and the window of
+    the last W - 1 inputs [B, W - 1, D] (None: zeros). The output [B, D] and the next window."""
+    if window is None:
+        window = x.new_zeros(x.shape[0], weight.shape[1] - 1, x.shape[1])
+    taps = torch.cat([window.to(x.dtype), x[:, None]], dim=1)  # [B, W, D], oldest first
+    out = (taps * weight.T).sum(1)
+    return (out if bias is None else out + bias), taps[:, 1:]

@@ -1,5 +1,7 @@
 """One public function per op: the Triton kernel on CUDA tensors, the PyTorch reference
-elsewhere. ``set_backend`` (config key ``train.kernels``) forces either."""
+elsewhere. ``set_backend`` (config key ``train.kernels``) forces either. The delta rule's ops
+(``chunk_delta``, ``delta_summary``, ``delta_correction``) run their references with the
+chunk-to-chunk state walk in Triton (``delta_triton.py``); ``delta_step`` is its reference."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 
+from baton.kernels.delta_ref import chunk_delta_ref, delta_correction_ref, delta_step_ref, delta_summary_ref
 from baton.kernels.gla_ref import chunk_gla_ref
 from baton.kernels.relay_ref import add_state_correction_ref, segment_summary_ref
 from baton.kernels.ssd_ref import chunk_ssd_ref
@@ -213,3 +216,60 @@ def recurrent_step(q: Tensor, k: Tensor, v: Tensor, g: Tensor, state: Tensor, sc
 
         return recurrent_step_triton(q, k, v, g, state, scale)
     return recurrent_step_ref(q, k, v, g, state, scale)
+
+
+def chunk_delta(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    beta: Tensor,
+    scale: float | None = None,
+    initial_state: Tensor | None = None,
+    cu_seqlens: Tensor | None = None,
+    chunk_size: int = 64,
+) -> tuple[Tensor, Tensor]:
+    """Chunked gated delta rule, ``S_t = exp(g_t) (I − β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ``
+    (see :mod:`~baton.kernels.delta_ref`).
+
+    Args:
+        q, k: [B, T, H, K], L2-normalised by the caller; v: [B, T, H, V].
+        g: [B, T, H] log-space gates, <= 0; beta: [B, T, H], in [0, 2].
+        scale, initial_state, cu_seqlens, chunk_size: as for :func:`chunk_gla`.
+
+    Returns:
+        o [B, T, H, V] in v's dtype, and the final state of every sequence [N, H, K, V] fp32.
+    """
+    return _reference(_on_walk(chunk_delta_ref, q), q, k, v, g, beta, scale, initial_state, cu_seqlens, chunk_size)
+
+
+def delta_summary(k: Tensor, v: Tensor, g: Tensor, beta: Tensor, start: int, chunk_size: int) -> tuple[Tensor, Tensor]:
+    """The last segment's transition product [H, K, K] and zero-start state [H, K, V] (see
+    :func:`~baton.kernels.delta_ref.delta_summary_ref`)."""
+    return _reference(_on_walk(delta_summary_ref, k), k, v, g, beta, start, chunk_size)
+
+
+def delta_correction(
+    o: Tensor, q: Tensor, k: Tensor, g: Tensor, beta: Tensor, state: Tensor, end: int, scale: float, chunk_size: int
+) -> Tensor:
+    """``o`` plus the incoming state's part of tokens ``:end`` under the delta rule (see
+    :func:`~baton.kernels.delta_ref.delta_correction_ref`)."""
+    return _reference(_on_walk(delta_correction_ref, q), o, q, k, g, beta, state, end, scale, chunk_size)
+
+
+def _on_walk(op: Callable, x: Tensor) -> Callable:
+    """A delta-rule op with its chunk-to-chunk state walk in Triton where the Triton path runs:
+    its batched per-chunk work stays in PyTorch (cuBLAS), see ``delta_triton.py``."""
+    if not _use_triton(x):
+        return op
+    from baton.kernels.delta_triton import matrix_state_walk
+
+    return functools.partial(op, state_walk=matrix_state_walk)
+
+
+def delta_step(
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, state: Tensor, scale: float
+) -> tuple[Tensor, Tensor]:
+    """One token of the delta rule for a batch of streams, for decoding (see
+    :func:`~baton.kernels.delta_ref.delta_step_ref`)."""
+    return delta_step_ref(q, k, v, g, beta, state, scale)

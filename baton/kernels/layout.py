@@ -59,15 +59,30 @@ def from_chunks(y: Tensor, layout: ChunkLayout) -> Tensor:
     return y.reshape(layout.n_chunks * layout.chunk_size, *y.shape[2:])[layout.token_index]
 
 
+def apply_transition(A: Tensor, S: Tensor) -> Tensor:
+    """A transition applied to states [..., K, V]: ``A ∘ S`` for a diagonal one, [..., K, 1]
+    or [..., 1, 1] (a gate per key dim or per head), ``A S`` for a matrix [..., K, K] (the
+    delta rule's)."""
+    return A @ S if A.shape[-1] > 1 else A * S
+
+
+def identity_transition(A: Tensor) -> Tensor:
+    """The transition that leaves a state as it is, shaped as ``A``."""
+    if A.shape[-1] > 1:
+        return torch.eye(A.shape[-1], dtype=A.dtype, device=A.device).expand_as(A)
+    return torch.ones_like(A)
+
+
 def chunk_state_recurrence(
     decay: Tensor,
     update: Tensor,
     layout: ChunkLayout,
     initial_state: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
-    """Run ``S <- decay[c] * S + update[c]`` over each sequence's chunks.
+    """Run ``S <- decay[c] S + update[c]`` over each sequence's chunks.
 
-    decay: [n_chunks, H, K or 1, 1]; update: [n_chunks, H, K, V]; initial_state:
+    decay: [n_chunks, H, K or 1, 1] (diagonal) or [n_chunks, H, K, K] (a matrix, see
+    :func:`apply_transition`); update: [n_chunks, H, K, V]; initial_state:
     [n_seqs, H, K, V] or None (zeros). Returns the state entering every chunk
     [n_chunks, H, K, V] and each sequence's final state [n_seqs, H, K, V].
 
@@ -93,7 +108,7 @@ def chunk_state_recurrence(
         idx = (starts[:active] + step).to(update.device)
         entering_idx.append(idx)
         entering.append(state)
-        state = decay[idx] * state + update[idx]
+        state = apply_transition(decay[idx], state) + update[idx]
     final_sorted = torch.cat(finished[::-1]) if finished else update.new_zeros(0, H, K, V)
     final = final_sorted[torch.argsort(torch.tensor(order)).to(update.device)]
     if entering:

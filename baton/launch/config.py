@@ -61,8 +61,11 @@ class SequenceParallelConfig:
 class PlannerConfig:
     kind: str = "fixed"  # fixed: parallel.sp.size chains, even cuts | balanced: adaptive | concat: equal cuts, no relay
     ranks_per_node: int = 8  # chains prefer ranks of one node
-    hop_seconds: float = 50e-6  # relay cost per hop inside a node (forward + backward)
-    inter_node_hop_seconds: float = 200e-6
+    # A relay hop's cost: per message latency, and its bytes (the model's summaries, see
+    # models/flops.py:relay_bytes_per_hop) over the link's bandwidth
+    hop_latency_s: float = 10e-6
+    intra_node_gb_per_s: float = 200.0  # NVLink class
+    inter_node_gb_per_s: float = 25.0  # InfiniBand class
 
 
 @dataclass
@@ -161,8 +164,9 @@ RANGES = {
     "optim.grad_clip": (0, INF, True, True),
     "parallel.sp.size": (1, INF, True, True),
     "parallel.planner.ranks_per_node": (1, INF, True, True),
-    "parallel.planner.hop_seconds": (0, INF, True, True),
-    "parallel.planner.inter_node_hop_seconds": (0, INF, True, True),
+    "parallel.planner.hop_latency_s": (0, INF, True, True),
+    "parallel.planner.intra_node_gb_per_s": (0, INF, False, True),
+    "parallel.planner.inter_node_gb_per_s": (0, INF, False, True),
     "dist.init_timeout_s": (0, INF, False, True),
     "dist.timeout_s": (0, INF, False, True),
     "checkpoint.every": (0, INF, True, True),

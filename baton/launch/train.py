@@ -117,9 +117,9 @@ class Trainer:
         self.model, self.sp = self.parallel.model, self.parallel.sp
         self.checkpointer = Checkpointer(root, self.env, ckpt.keep, ckpt.async_save, ckpt.checksums, ckpt.every)
         p = cfg.parallel.planner
-        self.cost = CostModel(
-            [1.0] * self.env.world_size, hop_seconds=p.hop_seconds, inter_node_hop_seconds=p.inter_node_hop_seconds,
-            ranks_per_node=p.ranks_per_node, memory_cap_tokens=[cap] * self.env.world_size if cap else None,
+        self.cost = CostModel.for_model(
+            cfg.model, [1.0] * self.env.world_size, p.hop_latency_s, p.intra_node_gb_per_s, p.inter_node_gb_per_s,
+            p.ranks_per_node, [cap] * self.env.world_size if cap else None,
         )  # fmt: skip
         self.batches = PlannedBatches(self.data.loader(cfg.data.tokens_per_batch, cfg.train.seed), self.make_plan)
         self.preemption = Preemption(self.run_dir, self.env, cfg.train.deadline_margin_s)

@@ -10,8 +10,8 @@ class ModelConfig:
     vocab_size: int = 257
     d_model: int = 128
     n_layers: int = 2
-    mixer: str = "gla"  # gla | ssd
-    n_heads: int = 2  # GLA heads; SSD derives its heads from expand * d_model / head_dim
+    mixer: str = "gla"  # gla | ssd | gdn
+    n_heads: int = 2  # GLA and GDN heads; SSD derives its heads from expand * d_model / head_dim
     expand_k: float = 0.5  # GLA key width = expand_k * d_model
     expand_v: float = 1.0  # GLA value width = expand_v * d_model
     gate_low_rank: int = 16  # GLA forget gate: d_model -> low rank -> key width
@@ -19,7 +19,10 @@ class ModelConfig:
     ssd_expand: int = 2
     ssd_head_dim: int = 32
     ssd_state_dim: int = 16
-    conv_size: int = 4  # SSD short causal conv width
+    gdn_head_dim: int = 64  # GDN key (and query) width per head
+    gdn_expand_v: float = 2.0  # GDN value width per head = gdn_expand_v * gdn_head_dim
+    allow_neg_eigval: bool = False  # GDN: beta in [0, 2] (transition eigenvalues in [-1, 1])
+    conv_size: int = 4  # SSD and GDN short causal conv width
     mlp_ratio: float = 4.0  # SwiGLU hidden = mlp_ratio * 2/3 * d_model, rounded up to 64
     tie_embeddings: bool = True
     chunk_size: int = 64
@@ -28,15 +31,15 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the ``model.*`` key that is out of range."""
-        if self.mixer not in ("gla", "ssd"):
-            raise ValueError(f"model.mixer must be 'gla' or 'ssd', got {self.mixer!r}")
+        if self.mixer not in ("gla", "ssd", "gdn"):
+            raise ValueError(f"model.mixer must be 'gla', 'ssd' or 'gdn', got {self.mixer!r}")
         for name in (
             "vocab_size", "d_model", "n_layers", "n_heads", "chunk_size", "conv_size",
-            "gate_low_rank", "ssd_expand", "ssd_head_dim", "ssd_state_dim",
+            "gate_low_rank", "ssd_expand", "ssd_head_dim", "ssd_state_dim", "gdn_head_dim",
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("expand_k", "expand_v", "gate_normalizer", "mlp_ratio", "norm_eps", "init_std"):
+        for name in ("expand_k", "expand_v", "gdn_expand_v", "gate_normalizer", "mlp_ratio", "norm_eps", "init_std"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"model.{name} must be > 0, got {getattr(self, name)}")
         if self.mixer == "gla":
@@ -45,11 +48,29 @@ class ModelConfig:
                     raise ValueError(
                         f"model.{name} * model.d_model = {width} must be a multiple of model.n_heads={self.n_heads}"
                     )
+        elif self.mixer == "gdn":
+            self._validate_gdn()
         elif (self.ssd_expand * self.d_model) % self.ssd_head_dim:
             raise ValueError(
                 f"model.ssd_expand * model.d_model = {self.ssd_expand * self.d_model} must be divisible "
                 f"by model.ssd_head_dim={self.ssd_head_dim}"
             )
+
+    def _validate_gdn(self) -> None:
+        # The delta rule's Triton state walk tiles a key head in row blocks of up to 64 for
+        # tensor-core products (16 wide at least); 256, the presets' largest, is compiled and tested.
+        K, V = self.gdn_head_dim, self.gdn_expand_v * self.gdn_head_dim
+        if K < 16 or K > 256 or K & (K - 1):
+            raise ValueError(
+                f"model.gdn_head_dim must be a power of two from 16 to 256 (the delta-rule kernels tile a whole "
+                f"key head), got {K}"
+            )
+        if V != int(V):
+            raise ValueError(f"model.gdn_expand_v * model.gdn_head_dim = {V:g} must be a whole number (value width)")
+
+    @property
+    def gdn_value_head_dim(self) -> int:
+        return int(self.gdn_head_dim * self.gdn_expand_v)
 
     @property
     def key_dim(self) -> int:

@@ -13,6 +13,9 @@ def mixer_linear_params(cfg: ModelConfig) -> int:
     if cfg.mixer == "gla":
         dk, dv, r = cfg.key_dim, cfg.value_dim, cfg.gate_low_rank
         return 2 * d * dk + 2 * d * dv + d * r + r * dk + dv * d
+    if cfg.mixer == "gdn":
+        H, K, V = scan_shape(cfg)
+        return d * H * (2 * K + V) + d * 2 * H + 2 * d * H * V  # q/k/v, the gates, output gate and o_proj
     inner, N, H = cfg.ssd_inner, cfg.ssd_state_dim, cfg.ssd_heads
     return d * (2 * inner + 2 * N + H) + inner * d
 
@@ -23,6 +26,9 @@ def count_parameters(cfg: ModelConfig) -> int:
     mixer = mixer_linear_params(cfg)
     if cfg.mixer == "gla":
         mixer += cfg.key_dim + cfg.value_dim // cfg.n_heads  # gate bias, per-head norm
+    elif cfg.mixer == "gdn":
+        H, K, Vh = scan_shape(cfg)
+        mixer += H * (2 * K + Vh) * cfg.conv_size + 2 * H + Vh  # conv (no bias), dt_bias and A_log, head norm
     else:
         conv_dim = cfg.ssd_inner + 2 * cfg.ssd_state_dim
         mixer += conv_dim * (cfg.conv_size + 1) + 3 * cfg.ssd_heads + cfg.ssd_inner
@@ -35,7 +41,25 @@ def scan_shape(cfg: ModelConfig) -> tuple[int, int, int]:
     """(heads, key dim, value dim) of each layer's recurrent state."""
     if cfg.mixer == "gla":
         return cfg.n_heads, cfg.key_dim // cfg.n_heads, cfg.value_dim // cfg.n_heads
+    if cfg.mixer == "gdn":
+        return cfg.n_heads, cfg.gdn_head_dim, cfg.gdn_value_head_dim
     return cfg.ssd_heads, cfg.ssd_state_dim, cfg.ssd_head_dim
+
+
+def summary_bytes(cfg: ModelConfig) -> int:
+    """Bytes of one layer's segment summary (A, S) in fp32, what the all-gather and log-depth
+    relays send per hop: the transition per head (K for GLA's per-key-dim gate, 1 for SSD's
+    scalar one, K×K for the delta rule's matrix) and the state K×V per head."""
+    H, K, V = scan_shape(cfg)
+    transition = {"gla": K, "ssd": 1, "gdn": K * K}[cfg.mixer]
+    return 4 * H * (transition + K * V)
+
+
+def relay_bytes_per_hop(cfg: ModelConfig) -> int:
+    """Bytes one hop of the relay carries in a training step: every layer's summary forward
+    and its state gradient back."""
+    H, K, V = scan_shape(cfg)
+    return cfg.n_layers * (summary_bytes(cfg) + 4 * H * K * V)
 
 
 @dataclass(frozen=True)
@@ -58,12 +82,25 @@ def flops_per_token(cfg: ModelConfig) -> FlopsPerToken:
 
     Per layer and head the chunked scan costs ``2C(K+V)`` (a C-wide score row and its
     weighted sum of values) plus ``4KV`` (adding ``k vᵀ`` to the chunk state and reading
-    the state with ``q``); the SSD conv costs ``2W`` per channel.
+    the state with ``q``); the short convs cost ``2W`` per channel. The delta rule's chunk
+    costs more (:func:`delta_rule_flops`).
     """
     d, C = cfg.d_model, cfg.chunk_size
     H, K, V = scan_shape(cfg)
     matmul = cfg.n_layers * 2 * (mixer_linear_params(cfg) + 3 * d * cfg.mlp_hidden) + 2 * d * cfg.vocab_size
-    recurrence = H * (2 * C * (K + V) + 4 * K * V)
+    if cfg.mixer == "gdn":
+        recurrence = H * (delta_rule_flops(C, K, V) + C * (K + V)) + 2 * cfg.conv_size * H * (2 * K + V)
+    else:
+        recurrence = H * (2 * C * (K + V) + 4 * K * V)
     if cfg.mixer == "ssd":
         recurrence += 2 * cfg.conv_size * (cfg.ssd_inner + 2 * cfg.ssd_state_dim)
     return FlopsPerToken(matmul, cfg.n_layers * recurrence)
+
+
+def delta_rule_flops(C: int, K: int, V: int) -> int:
+    """Matmul FLOPs per token and head of the chunked delta rule (``kernels/delta_ref.py``):
+    ``K Kᵀ`` and ``Q Kᵀ`` (2CK each), the chunk's transition ``K̃ᵀ W`` (2K²) and update
+    ``K̃ᵀ Ũ``, the new values ``Ũ − W S``, the readout ``Q S`` (2KV each), the intra-chunk
+    outputs (2CV), and moving the state across chunks (2K²V / C). The triangular solve
+    (C(K + V): forward substitution over the chunk) is added by :func:`flops_per_token`."""
+    return 4 * C * K + 2 * C * V + 6 * K * V + 2 * K * K + 2 * K * K * V // C

@@ -51,15 +51,15 @@ class GLAMixer(nn.Module):
         k, v, g = self._key_value_gate(x)
         after = None
         if state is not None:
-            S, decay = state_after(k, v, g, cu_seqlens, state.scan, state.decay)
-            after = LayerState(S, decay=decay)
+            S, transition = state_after(k, v, (g,), cu_seqlens, state.scan, state.transition, self.chunk_size)
+            after = LayerState(S, transition=transition)
             if summary_only:
                 return None, after
         q = self._heads(x, self.q_proj)
         if state is None:
             o, _ = self.scan(q, k, v, g, cu_seqlens=cu_seqlens, chunk_size=self.chunk_size)
         else:
-            o = scan_carrying(self.scan, q, k, v, g, None, cu_seqlens, self.chunk_size, state.scan)
+            o = scan_carrying(self.scan, q, k, v, (g,), None, cu_seqlens, self.chunk_size, state.scan)
         o = self.head_norm(o) * F.silu(self._heads(x, self.out_gate))
         return self.o_proj(o.reshape(*x.shape[:2], -1)), after
 

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from baton.models.config import ModelConfig
+from baton.models.gdn import GatedDeltaNetMixer
 from baton.models.gla import GLAMixer
 from baton.models.loss import fused_head_loss, token_losses
 from baton.models.mlp import SwiGLU
@@ -13,7 +14,7 @@ from baton.models.norm import RMSNorm
 from baton.models.ssd import SSDMixer
 from baton.models.state import LayerState
 
-MIXERS = {"gla": GLAMixer, "ssd": SSDMixer}
+MIXERS = {"gla": GLAMixer, "ssd": SSDMixer, "gdn": GatedDeltaNetMixer}
 
 __all__ = ["Block", "LayerState", "RecurrentLM", "token_losses"]
 

@@ -47,7 +47,22 @@ def _ssd_mixer(cfg: ModelConfig, a: int, path: str) -> int:
     return kept + F * H  # the reference scan keeps its gate input
 
 
-MIXERS = {"gla": _gla_mixer, "ssd": _ssd_mixer}
+def _gdn_mixer(cfg: ModelConfig, a: int, path: str) -> int:
+    """What the Gated DeltaNet mixer keeps, its normed input included. The delta-rule op keeps
+    its inputs alone and runs again in backward on either path (the paths differ only in the
+    chunk-to-chunk state walk, ``kernels/delta_triton.py``)."""
+    d, H, W = cfg.d_model, cfg.n_heads, cfg.conv_size
+    HK, HV = H * cfg.gdn_head_dim, H * cfg.gdn_value_head_dim
+    conv = 2 * HK + HV
+    kept = a * d + 2 * a * conv + (W - 1)  # normed input, q/k/v projection, the conv's padded input, masks
+    kept += 2 * F * conv  # conv output and its SiLU (fp32: promoted by the fp32 conv weight)
+    kept += 2 * F * HK + 4 * F * H  # unit-norm q and k, their norms before and after the clamp
+    kept += 5 * F * H  # α's pre-activation plus dt_bias, its softplus, log α; β's sigmoid, β
+    kept += 2 * F * HV + F * H  # scan output (fp32 as v), head norm output and statistics
+    return kept + 3 * a * HV  # output gate, its SiLU, the gated product as o_proj keeps it
+
+
+MIXERS = {"gla": _gla_mixer, "ssd": _ssd_mixer, "gdn": _gdn_mixer}
 
 
 @dataclass(frozen=True)

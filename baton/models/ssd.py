@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from baton.kernels import causal_conv1d, chunk_ssd, recurrent_step
+from baton.kernels import causal_conv1d, chunk_ssd, conv_step, recurrent_step
 from baton.kernels.carry import last_window, scan_carrying, state_after
 from baton.models.config import ModelConfig
 from baton.models.norm import RMSNorm
@@ -70,11 +70,11 @@ class SSDMixer(nn.Module):
         z, (q, k, v, g, xs), window = self._scan_inputs(x, cu_seqlens, state.conv if carrying else None, carrying)
         after = None
         if carrying:
-            S, decay = state_after(k, v, g, cu_seqlens, state.scan, state.decay)
-            after = LayerState(S, window, decay)
+            S, transition = state_after(k, v, (g,), cu_seqlens, state.scan, state.transition, self.chunk_size)
+            after = LayerState(S, window, transition)
             if summary_only:
                 return None, after
-            y = scan_carrying(self.scan, q, k, v, g, 1.0, cu_seqlens, self.chunk_size, state.scan)
+            y = scan_carrying(self.scan, q, k, v, (g,), 1.0, cu_seqlens, self.chunk_size, state.scan)
         else:
             y, _ = self.scan(q, k, v, g, scale=1.0, cu_seqlens=cu_seqlens, chunk_size=self.chunk_size)
         y = y + self.D[:, None] * xs
@@ -85,9 +85,7 @@ class SSDMixer(nn.Module):
         state [B, H, N, P] and the conv window [B, W - 1, C] (None: zeros), both fixed-size."""
         B = x.shape[0]
         z, xbc, dt = self.in_proj(x).split([self.inner, self.conv_channels, self.n_heads], dim=-1)
-        window = state.conv if state.conv is not None else xbc.new_zeros(B, self.window, self.conv_channels)
-        taps = torch.cat([window.to(xbc.dtype), xbc[:, None]], dim=1)  # [B, W, C], oldest first
-        conv = (taps * self.conv_weight.T).sum(1) + self.conv_bias
+        conv, window = conv_step(xbc, state.conv, self.conv_weight, self.conv_bias)
         xs, b, c = F.silu(conv).split([self.inner, self.state_dim, self.state_dim], dim=-1)
         xs = xs.view(B, self.n_heads, -1)
         dt = F.softplus(dt + self.dt_bias)
@@ -96,7 +94,7 @@ class SSDMixer(nn.Module):
         S = state.scan if state.scan is not None else k.new_zeros(*heads, xs.shape[-1], dtype=torch.float32)
         y, S = recurrent_step(q, k, v, -self.A_log.exp() * dt, S, 1.0)
         y = y + self.D[:, None] * xs
-        return self.out_proj(self.norm(y.reshape(B, -1) * F.silu(z))), LayerState(S, taps[:, 1:])
+        return self.out_proj(self.norm(y.reshape(B, -1) * F.silu(z))), LayerState(S, window)
 
     def conv_window(self, x: Tensor) -> Tensor:
         """The conv window after x [B, T', d], the last tokens of a piece's last document (what

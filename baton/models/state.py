@@ -13,10 +13,11 @@ class LayerState(NamedTuple):
     ``scan``: the recurrent state [H, K, V] (fp32) after the piece's last document; None for
     zero (a fresh start). ``conv``: the short conv's window, the last ``conv_size - 1`` conv
     inputs [1, W - 1, C] of that document; None for zeros (mixers without a conv ignore it).
-    ``decay``: log Â, the log of the transition a state entering the piece goes through to
-    its end ([H, K] per key dim, [H, 1] for a scalar gate), summed over the pieces carried so
-    far; None where a document starts inside (a reset: nothing entering reaches the end) or
-    nothing was carried yet. (Â, Ŝ) from a zero start is the summary a rank relays.
+    ``transition``: Â, the transition a state entering the piece goes through to its end
+    ([H, K, 1] per key dim, [H, 1, 1] for a scalar gate, [H, K, K] for the delta rule),
+    composed over the pieces carried so far; None where a document starts inside (a reset:
+    nothing entering reaches the end) or nothing was carried yet. (Â, Ŝ) from a zero start is
+    the summary a rank relays.
 
     A NamedTuple, so that wrappers that walk a module's inputs and outputs (FSDP2,
     checkpointing) see its tensors.
@@ -24,4 +25,4 @@ class LayerState(NamedTuple):
 
     scan: Tensor | None = None
     conv: Tensor | None = None
-    decay: Tensor | None = None
+    transition: Tensor | None = None

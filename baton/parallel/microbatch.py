@@ -110,7 +110,7 @@ class SlicedBlock:
             if b > last:
                 a = max(a, last)
                 summary = checkpoint(self._summary, x[:, a:b], local_bounds(bounds, a, b), summary, use_reentrant=False)
-        A = (summary.decay.exp() * carries)[..., None]
+        A = summary.transition * carries
         S_in = RELAYS[sp.relay](A, summary.scan, sp.link(f"layer{layer}.scan", tag=2 * layer * TAG_STRIDE))()
         # A zero state where nothing continues keeps the relay in the graph: its backward sends
         # messages other ranks wait for.

@@ -21,12 +21,15 @@ The result is deterministic given the same inputs, and costs O(documents + ranks
 from __future__ import annotations
 
 import bisect
+import functools
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from baton.data.loader import Batch
+from baton.models.config import ModelConfig
+from baton.models.flops import relay_bytes_per_hop
 from baton.parallel.plan import PlanError, RankPiece, StepPlan
 
 
@@ -36,7 +39,7 @@ class CostModel:
 
     seconds_per_token: list[float]  # per rank: compute per token (1 / measured speed)
     segment_overhead_tokens: float = 32.0  # per document piece: half a padded tail chunk on average
-    hop_seconds: float = 50e-6  # one state relay between ranks of one node (fwd + bwd)
+    hop_seconds: float = 50e-6  # one relay hop between ranks of one node (fwd + bwd), see for_model
     inter_node_hop_seconds: float = 200e-6
     ranks_per_node: int = 8
     memory_cap_tokens: list[int] | None = None  # per rank activation budget, in tokens
@@ -53,6 +56,22 @@ class CostModel:
 
     def rank_time(self, rank: int, tokens: int, segments: int, hops: float) -> float:
         return (tokens + self.segment_overhead_tokens * segments) * self.seconds_per_token[rank] + hops
+
+    @classmethod
+    def for_model(
+        cls, model: ModelConfig, seconds_per_token: list[float], latency_s: float, intra_gb_per_s: float,
+        inter_gb_per_s: float, ranks_per_node: int, memory_cap_tokens: list[int] | None = None,
+    ) -> CostModel:  # fmt: skip
+        """Hops priced from what they carry: the model's summaries (``relay_bytes_per_hop``),
+        a message per layer each way."""
+        nbytes, messages = relay_bytes_per_hop(model), 2 * model.n_layers
+        return cls(
+            seconds_per_token,
+            hop_seconds=messages * latency_s + nbytes / (intra_gb_per_s * 1e9),
+            inter_node_hop_seconds=messages * latency_s + nbytes / (inter_gb_per_s * 1e9),
+            ranks_per_node=ranks_per_node,
+            memory_cap_tokens=memory_cap_tokens,
+        )
 
     def predict(self, plan: StepPlan, boundaries: list[int]) -> list[float]:
         """Per-rank predicted time of ``plan`` over a stream with document ``boundaries``."""
@@ -132,8 +151,8 @@ class DocumentLayout:
         lengths = (spans[:, 1] - spans[:, 0]).astype(float)
         return cls(spans, np.cumsum(lengths).astype(int).tolist(), lengths, np.cumsum(lengths + overhead), overhead)
 
-    @property
-    def doc_ends(self) -> set[int]:
+    @functools.cached_property
+    def doc_ends(self) -> set[int]:  # built once: the planner asks for every cut it weighs
         return set(self.ends) | {0}
 
     def to_position(self, work: float) -> int:

@@ -8,7 +8,9 @@ strategies, whose hops depend on each other, finish at the start). Summaries com
 
     (A2, S2) ∘ (A1, S1) = (A2 A1, A2 S1 + S2)        (1 is the earlier segment)
 
-with A a per-key-dim ([H, K, 1]) or per-head ([H, 1, 1]) multiplier of the [H, K, V] state.
+with A a per-key-dim ([H, K, 1]) or per-head ([H, 1, 1]) multiplier of the [H, K, V] state, or
+a K×K matrix per head ([H, K, K], the delta rule's transitions, kept in fp32); the
+composition is the same, its products matrix products (``apply_transition``).
 
 - chain:     receive from the predecessor, send ``A S_in + S`` on; latency grows with the chain.
 - allgather: one all-gather of every rank's summary on the world group, then a local
@@ -37,6 +39,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.autograd import Function
 
+from baton.kernels.layout import apply_transition, identity_transition
 from baton.parallel.plan import chain_neighbours
 
 STRATEGIES = ("chain", "allgather", "logscan")
@@ -166,7 +169,7 @@ class _ChainRelay(Function):
             prev, nxt = link.prev, link.next
             S_in = p2p(link, None, None, S, prev) if prev is not None else torch.zeros_like(S)
             if nxt is not None:
-                p2p(link, A * S_in + S, nxt, None, None)
+                p2p(link, apply_transition(A, S_in) + S, nxt, None, None)
             link.stats.add(link.name, sent=nbytes(S) * (nxt is not None), received=nbytes(S) * (prev is not None))
             return S_in
 
@@ -180,11 +183,13 @@ class _ChainRelay(Function):
         A, S_in = ctx.saved_tensors
         link = ctx.link
         dS_out = p2p(link, None, None, S_in, link.next) if link.next is not None else torch.zeros_like(S_in)
+        matrix = A.shape[-1] > 1  # the delta rule's; a diagonal one is its own transpose
         if link.prev is not None:
-            p2p(link, dS_in + A * dS_out, link.prev, None, None)
+            p2p(link, dS_in + apply_transition(A.mT if matrix else A, dS_out), link.prev, None, None)
         n = nbytes(S_in)
         link.stats.add(link.name + ".grad", sent=n * (link.prev is not None), received=n * (link.next is not None))
-        return (dS_out * S_in).sum_to_size(A.shape), dS_out, None
+        dA = dS_out @ S_in.mT if matrix else (dS_out * S_in).sum_to_size(A.shape)
+        return dA, dS_out, None
 
 
 class _AllGatherStart(Function):
@@ -286,7 +291,7 @@ def relay_allgather(A: Tensor, S: Tensor, link: RelayLink) -> Callable[[], Tenso
         # the gather's backward (a collective) even if nothing flows into its own piece.
         S_in = all_S[link.rank] * 0
         for r in link.chain[: link.position] if len(link.chain) > 1 else []:
-            S_in = all_A[r] * S_in + all_S[r]
+            S_in = apply_transition(all_A[r], S_in) + all_S[r]
         return S_in
 
     return finish
@@ -295,14 +300,15 @@ def relay_allgather(A: Tensor, S: Tensor, link: RelayLink) -> Callable[[], Tenso
 def relay_logscan(A: Tensor, S: Tensor, link: RelayLink) -> Callable[[], Tensor]:
     """Exclusive scan by recursive doubling. After round d, X covers the 2^(d+1) summaries
     ending at this rank and E the 2^(d+1) - 1 before it; E's state is S_in at the end."""
-    identity = _flat(torch.ones_like(A), torch.zeros_like(S))
+    no_op = identity_transition(A)
+    identity = _flat(no_op, torch.zeros_like(S))
     X_A, X_S = A, S
-    E_A, E_S = torch.ones_like(A), torch.zeros_like(S)
+    E_A, E_S = no_op, torch.zeros_like(S)
     distance = 1
     while distance < len(link.chain):
         R_A, R_S = _unflat(_Exchange.apply(_flat(X_A, X_S), identity, link, distance), A.shape, S.shape)
-        E_A, E_S = E_A * R_A, E_A * R_S + E_S
-        X_A, X_S = X_A * R_A, X_A * R_S + X_S
+        E_A, E_S = apply_transition(E_A, R_A), apply_transition(E_A, R_S) + E_S
+        X_A, X_S = apply_transition(X_A, R_A), apply_transition(X_A, R_S) + X_S
         distance *= 2
     return lambda: E_S
 

@@ -1,7 +1,7 @@
 """Sequence parallelism applied to a plain model from outside, as torchtitan applies FSDP.
 
-``apply_sequence_parallel`` swaps every token mixer's ``scan`` (and the SSD mixer's
-``conv``) for a relaying version. Each step the trainer hands the plan to
+``apply_sequence_parallel`` swaps every token mixer's ``scan`` (and the short ``conv`` of the
+mixers that have one) for a relaying version. Each step the trainer hands the plan to
 :meth:`SequenceParallel.set_step`; every rank then scans its piece from a zero state:
 
 1. summary of its last segment (cheap, one pass over that segment),
@@ -16,8 +16,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from baton.kernels.carry import last_window
-from baton.kernels.dispatch import add_state_correction, segment_summary
+from baton.kernels.carry import add_incoming, last_window, segment_transition
 from baton.parallel.plan import LocalBatch, StepPlan
 from baton.parallel.relay import RELAYS, CommStats, RelayLink, RelayRecord, recv_head, send_tail
 
@@ -57,7 +56,8 @@ class SequenceParallel:
 
 
 class RelayedScan:
-    """Drop-in for a chunked-scan op (same call signature) on one rank's piece."""
+    """Drop-in for a chunked-scan op (same call signature) on one rank's piece. ``gates``:
+    ``g`` for the diagonal scans, ``g, beta`` for the delta rule."""
 
     def __init__(self, local_scan: Callable, sp: SequenceParallel, name: str, tag: int) -> None:
         self.local_scan, self.sp, self.name, self.tag = local_scan, sp, name, tag
@@ -67,7 +67,7 @@ class RelayedScan:
         q: Tensor,
         k: Tensor,
         v: Tensor,
-        g: Tensor,
+        *gates: Tensor,
         scale: float | None = None,
         cu_seqlens: Tensor | None = None,
         chunk_size: int = 64,
@@ -76,19 +76,18 @@ class RelayedScan:
         scale = q.shape[-1] ** -0.5 if scale is None else scale
         bounds = cu_seqlens.tolist()
         if not sp.relaying:
-            return self.local_scan(q, k, v, g, scale=scale, cu_seqlens=cu_seqlens, chunk_size=chunk_size)[0], None
+            return self.local_scan(q, k, v, *gates, scale=scale, cu_seqlens=cu_seqlens, chunk_size=chunk_size)[0], None
 
-        log_A, S = segment_summary(k, v, g, bounds[-2])
+        A, S = segment_transition(k, v, gates, bounds[-2], chunk_size)
         # The state at the piece's end depends on the incoming state only when the piece is
         # a single segment continuing a document; any document start inside is a reset.
         carries = sp.continues_from_prev and len(bounds) == 2
-        A = (log_A.exp() * carries)[..., None]
-        finish_relay = RELAYS[sp.relay](A, S, sp.link(self.name, self.tag))
-        o, _ = self.local_scan(q, k, v, g, scale=scale, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
+        finish_relay = RELAYS[sp.relay](A * carries, S, sp.link(self.name, self.tag))
+        o, _ = self.local_scan(q, k, v, *gates, scale=scale, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
         S_in = finish_relay()  # an all-gather relay was in flight during the scan
         first = bounds[1] if sp.continues_from_prev else 0
         # Applied even when empty so that every rank runs the relay's backward.
-        return add_state_correction(o, q, g, S_in, first, scale), None
+        return add_incoming(o, q, k, gates, S_in, first, scale, chunk_size), None
 
 
 class RelayedConv:

@@ -12,6 +12,7 @@ through Triton kernels (their outputs are allocated by torch ops).
 
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
@@ -53,6 +54,7 @@ def release_interpreter_arguments() -> None:
     with torch.no_grad():
         zeros = torch.zeros(1, 16, 1, 16)
         chunk_scan_triton(zeros, zeros, zeros, -torch.ones(1, 16, 1, 16), chunk_size=16)
+    gc.collect()  # and the reference cycles it leaves holding a launch's arguments
 
 
 def kept_for_backward(

@@ -70,3 +70,11 @@ def test_bpe_corpus_round_trip(tmp_path):
     assert corpus.n_docs == 60 and corpus.vocab_size == tok.vocab_size <= 300
     assert tok.decode(corpus.doc(5)[:-1]) == texts[5] and corpus.doc(5)[-1] == tok.eos_id
     assert corpus.doc_len(5) < len(texts[5])  # merges learned: fewer tokens than bytes
+
+
+def test_running_sums_label_each_digit_with_the_sum_so_far():
+    from baton.data.synthetic import running_sums
+
+    tokens, labels = running_sums(np.random.default_rng(0), [5, 3], modulus=3)
+    assert len(tokens) == len(labels) == 8 and set(tokens.tolist()) <= {0, 1, 2}
+    assert labels.tolist() == [*(np.cumsum(tokens[:5]) % 3), *(np.cumsum(tokens[5:]) % 3)]

@@ -23,7 +23,8 @@ pytest.importorskip("triton")
 
 # Largest shared memory one block may use (cudaDevAttrMaxSharedMemoryPerBlockOptin).
 SHARED_LIMIT = {90: 232448, 80: 166912}
-KERNEL_SOURCES = [REPO / "baton" / "kernels" / name for name in ("scan_triton.py", "relay_triton.py", "step_triton.py")]
+SOURCES = ("scan_triton.py", "relay_triton.py", "step_triton.py", "delta_triton.py")
+KERNEL_SOURCES = [REPO / "baton" / "kernels" / name for name in SOURCES]
 
 
 def defined_kernels() -> set[str]:

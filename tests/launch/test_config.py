@@ -28,6 +28,10 @@ def test_overrides_apply_with_types():
         ("model.n_heads=3", "must be a multiple of model.n_heads=3"),
         ("model.expand_k=0", "model.expand_k must be > 0, got 0.0"),
         (["model.mixer=ssd", "model.ssd_head_dim=0"], "model.ssd_head_dim must be >= 1, got 0"),
+        ("model.mixer=mamba", "model.mixer must be 'gla', 'ssd' or 'gdn', got 'mamba'"),
+        (["model.mixer=gdn", "model.gdn_head_dim=48"], "model.gdn_head_dim must be a power of two from 16 to 256"),
+        (["model.mixer=gdn", "model.gdn_head_dim=512"], "model.gdn_head_dim must be a power of two from 16 to 256"),
+        (["model.mixer=gdn", "model.gdn_expand_v=1.3"], "model.gdn_expand_v * model.gdn_head_dim = 83.2 must be a"),
         ("optim.lr=0", "optim.lr: must be > 0, got 0.0"),
         ("optim.beta2=1", "optim.beta2: must be in [0, 1), got 1.0"),
         ("optim.min_lr_ratio=1.5", "optim.min_lr_ratio: must be in [0, 1], got 1.5"),
@@ -88,3 +92,9 @@ def test_baton_config_prints_what_a_run_would_use(tmp_path, capsys):
     assert load_config(str(tmp_path / "resolved.yaml")) == load_config(args[0], args[1:])
     assert main(["config", "optim.lr=0"]) == 2
     assert capsys.readouterr().err == "baton: error: optim.lr: must be > 0, got 0.0\n"
+
+
+def test_a_gdn_head_the_kernels_cannot_tile_stops_with_one_line(capsys):
+    assert main(["train", "model.mixer=gdn", "model.gdn_head_dim=96"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("baton: error: model.gdn_head_dim must be a power of two") and err.count("\n") == 1

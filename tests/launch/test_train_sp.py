@@ -31,12 +31,13 @@ def single_process(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "mixer,nproc,sp,relay",
-    [  # every relay with GLA; SSD's state passes through the same relays (chain and log-depth)
+    [  # every relay with GLA; SSD's and the delta rule's states pass through the same relays
         ("gla", 2, 2, "chain"),
         ("gla", 4, 2, "logscan"),
         ("gla", 4, 4, "allgather"),
         ("ssd", 2, 2, "chain"),
         ("ssd", 4, 2, "logscan"),
+        ("gdn", 2, 2, "allgather"),
     ],
 )
 def test_sp_loss_curve_matches_single_process(tmp_path, single_process, mixer, nproc, sp, relay):

@@ -4,20 +4,18 @@ prompt and what was generated, and what it carries does not grow with the length
 import pytest
 import torch
 
-from baton.models.config import ModelConfig
 from baton.models.decode import generate, sample
 from baton.models.lm import RecurrentLM
+from tests.parallel.test_sequence import tiny_model
 
 
 def model(mixer: str) -> RecurrentLM:
-    torch.manual_seed(0)
-    cfg = ModelConfig(mixer=mixer, d_model=32, n_layers=2, n_heads=2, ssd_head_dim=16, ssd_state_dim=8, chunk_size=16)
-    return RecurrentLM(cfg).eval()
+    return tiny_model(mixer).eval()
 
 
-@pytest.mark.parametrize("mixer", ["gla", "ssd"])
+@pytest.mark.parametrize("mixer", ["gla", "ssd", "gdn", "gdn-neg"])
 def test_decoding_logits_equal_the_full_forward(mixer):
-    """Three prompts of different lengths (one token; under a chunk; over two, so the SSD
+    """Three prompts of different lengths (one token; under a chunk; over two, so the short
     conv's window comes from the scan), decoded together: fp32, 1e-5 relative (the
     recurrence and the chunked scan sum in other orders, ~1e-7)."""
     lm = model(mixer)

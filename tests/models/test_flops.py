@@ -26,7 +26,7 @@ def test_presets_have_the_advertised_sizes():
     assert 6.5e9 < sizes["7b"] < 7.5e9
 
 
-@pytest.mark.parametrize("mixer", ["gla", "ssd"])
+@pytest.mark.parametrize("mixer", ["gla", "ssd", "gdn"])
 @pytest.mark.parametrize("tie", [True, False])
 def test_matmul_flops_match_flop_counter(mixer, tie):
     """Count the model's matmuls with torch's FLOP counter, with the scan swapped for one
@@ -35,7 +35,7 @@ def test_matmul_flops_match_flop_counter(mixer, tie):
     cfg = ModelConfig(mixer=mixer, tie_embeddings=tie, chunk_size=16)
     model = RecurrentLM(cfg)
     for block in model.blocks:
-        block.mixer.scan = lambda q, k, v, g, **kw: (v * 1.0, None)
+        block.mixer.scan = lambda q, k, v, *gates, **kw: (v * 1.0, None)
     T = 64
     tokens = torch.randint(0, 257, (1, T))
     with FlopCounterMode(display=False) as counter:
@@ -55,3 +55,19 @@ def test_recurrence_flops_match_flop_counter_for_ssd_scan():
         chunk_ssd_ref(q, k, v, g, chunk_size=16)
     conv = 2 * cfg.conv_size * (cfg.ssd_inner + 2 * cfg.ssd_state_dim)
     assert counter.get_total_flops() == (flops_per_token(cfg).recurrence - conv) * T
+
+
+def test_recurrence_flops_match_flop_counter_for_the_delta_rule():
+    """The chunked delta rule's matmuls, counted; the triangular solve is not (the counter
+    has no formula for it)."""
+    from baton.kernels import chunk_delta_ref
+    from baton.models.flops import delta_rule_flops
+
+    cfg = ModelConfig(mixer="gdn", n_layers=1, chunk_size=16, gdn_head_dim=16)
+    H, K, V = scan_shape(cfg)
+    T = 64
+    q, k, v = torch.randn(1, T, H, K), torch.randn(1, T, H, K), torch.randn(1, T, H, V)
+    g, beta = -torch.rand(1, T, H), torch.rand(1, T, H)
+    with FlopCounterMode(display=False) as counter:
+        chunk_delta_ref(q, k, v, g, beta, chunk_size=16)
+    assert counter.get_total_flops() == H * delta_rule_flops(16, K, V) * T

@@ -22,7 +22,7 @@ from baton.parallel.recompute import apply_activation_checkpointing
 from baton.parallel.relay import RelayRecord
 from baton.profile.activations import ActivationMeter, release_interpreter_arguments
 
-SHAPE = dict(d_model=64, n_layers=1, n_heads=2, vocab_size=300, ssd_head_dim=32, ssd_state_dim=16)
+SHAPE = dict(d_model=64, n_layers=1, n_heads=2, vocab_size=300, ssd_head_dim=32, ssd_state_dim=16, gdn_head_dim=16)
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def measured_per_token(cfg: ModelConfig, policy: str, dtype: torch.dtype, T: int
     return (block_kept(cfg, policy, 2 * T, dtype) - block_kept(cfg, policy, T, dtype)) / T
 
 
-@pytest.mark.parametrize("mixer", ["gla", "ssd"])
+@pytest.mark.parametrize("mixer", ["gla", "ssd", "gdn"])
 @pytest.mark.parametrize("policy", ["none", "full", "mixer"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_reference_path(mixer, policy, dtype, backend):
@@ -57,7 +57,7 @@ def test_reference_path(mixer, policy, dtype, backend):
     assert measured_per_token(cfg, policy, dtype, 128) == predicted
 
 
-@pytest.mark.parametrize("mixer", ["gla", "ssd"])
+@pytest.mark.parametrize("mixer", ["gla", "ssd", "gdn"])
 def test_triton_path(mixer, backend):
     pytest.importorskip("triton")
     backend("triton")

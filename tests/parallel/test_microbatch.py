@@ -1,10 +1,10 @@
 """Sequence micro-batches are exact: real processes (gloo), each rank's piece in slices of 16
 tokens (one chunk), against one process running the whole stream in one pass.
 
-For 2 and 3 ranks, each relay strategy and both mixers, over test_sequence's plans (a document
-spanning every rank, random documents and cuts, a cut on a document boundary, two chains in one
-step): every document longer than a slice crosses slice boundaries, and the spanning one crosses
-rank boundaries too. Outputs, loss and every parameter gradient match in fp32 to a relative
+For 2 and 3 ranks, each relay strategy and every mixer, over test_sequence's plans (a document
+spanning every rank, random documents and cuts, a cut on a document boundary or inside the conv
+window, two chains in one step): every document longer than a slice crosses slice boundaries,
+and the spanning one crosses rank boundaries too. Outputs, loss and every parameter gradient match in fp32 to a relative
 1e-5 (the runs differ in summation order only, ~1e-7).
 """
 

@@ -96,6 +96,28 @@ def test_cuts_move_to_document_ends_when_relays_cost_more():
     assert costly.imbalance < 1.05
 
 
+def test_hops_are_priced_from_the_models_summaries():
+    """The 1.3B shapes: a delta-rule hop carries a K×K transition per head besides the state,
+    a GLA hop a K-vector; with GDN's pricier hops the planner cuts fewer documents."""
+    from baton.launch.config import load_config
+    from baton.models.flops import relay_bytes_per_hop
+    from tests.conftest import CONFIGS
+
+    gla, gdn = (load_config(str(CONFIGS / name)).model for name in ("1b.yaml", "1b-gdn.yaml"))
+    costs = {}
+    for name, model in (("gla", gla), ("gdn", gdn)):
+        costs[name] = CostModel.for_model(model, [1e-6] * 16, 10e-6, 200.0, 25.0, 8)
+        nbytes = relay_bytes_per_hop(model)
+        assert costs[name].hop_seconds == pytest.approx(2 * model.n_layers * 10e-6 + nbytes / 200e9)
+        assert costs[name].inter_node_hop_seconds == pytest.approx(2 * model.n_layers * 10e-6 + nbytes / 25e9)
+    # Per layer: GLA 4 heads x (256 + 256 x 512) x 4 B + the state gradient; GDN 6 x (256² + 256 x 512).
+    assert relay_bytes_per_hop(gla) == 24 * (4 * 4 * (256 + 256 * 512) + 4 * 4 * 256 * 512)
+    assert relay_bytes_per_hop(gdn) == 21 * (4 * 6 * (256 * 256 + 256 * 512) + 4 * 6 * 256 * 512)
+    bounds = boundaries(600, 3, giant=True)
+    cuts = {name: len(cut_documents(balanced_plan(bounds, cost).plan, bounds)) for name, cost in costs.items()}
+    assert cuts["gdn"] <= cuts["gla"]
+
+
 def test_memory_caps_are_respected_or_refused():
     bounds = boundaries(200, 4)
     total = bounds[-1]

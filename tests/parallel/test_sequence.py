@@ -1,8 +1,9 @@
 """Sequence parallelism is exact: real processes (gloo) against one process on the same stream.
 
-For 2, 3 and 4 ranks, each relay strategy and both mixers, over plans with random document
-lengths, cuts inside documents, a document spanning every rank, uneven pieces, a cut on a
-document boundary, and two independent chains in one step: outputs, loss and every
+For 2, 3 and 4 ranks, each relay strategy and every mixer (the delta rule with β in [0, 1]
+and in [0, 2]), over plans with random document lengths, cuts inside documents, a document
+spanning every rank, uneven pieces, a cut on a document boundary, a cut inside the short
+conv's window, and two independent chains in one step: outputs, loss and every
 parameter gradient match a single-process run in fp32 to a relative error < 1e-5 (the two
 runs differ only in summation order, ~1e-7).
 """
@@ -20,18 +21,22 @@ from baton.data.loader import Batch, pack
 from baton.dist.local import run_local
 from baton.kernels import chunk_gla, set_backend
 from baton.models.config import ModelConfig
+from baton.models.flops import scan_shape, summary_bytes
 from baton.models.lm import RecurrentLM, token_losses
 from baton.parallel.plan import RankPiece, StepPlan, local_batch
 from baton.parallel.sequence import RelayedScan, SequenceParallel, apply_sequence_parallel
 
-MIXERS = ("gla", "ssd")
+MIXERS = ("gla", "ssd", "gdn", "gdn-neg")  # gdn-neg: allow_neg_eigval
 RELAYS = ("chain", "allgather", "logscan")
 TOLERANCE = 1e-5
 
 
 def tiny_model(mixer: str) -> RecurrentLM:
     torch.manual_seed(0)
-    cfg = ModelConfig(mixer=mixer, d_model=32, n_layers=2, n_heads=2, ssd_head_dim=16, ssd_state_dim=8, chunk_size=16)
+    cfg = ModelConfig(
+        mixer=mixer.removesuffix("-neg"), allow_neg_eigval=mixer.endswith("-neg"), d_model=32, n_layers=2,
+        n_heads=2, ssd_head_dim=16, ssd_state_dim=8, gdn_head_dim=16, chunk_size=16,
+    )  # fmt: skip
     return RecurrentLM(cfg)
 
 
@@ -57,6 +62,10 @@ def scenarios(world: int) -> dict[str, tuple[list[int], StepPlan]]:
     # A cut exactly on a document boundary (the relay must carry nothing across it).
     lengths = [30] * world + [13]
     out["boundary"] = (lengths, [30 * i for i in range(world)] + [sum(lengths)], list(range(world)))
+    # A document starting 2 tokens before the first cut, inside the conv's 3-token window: the
+    # halo the next rank receives is those 2 tokens after a zero.
+    lengths = [30, 40 * world]
+    out["conv_window"] = (lengths, [0, *(32 + 40 * i for i in range(world - 1)), sum(lengths)], list(range(world)))
     result = {
         name: (lengths, StepPlan([RankPiece([(a, b)], chain) for a, b in zip(edges[:-1], edges[1:])]))
         for name, (lengths, edges, chain) in out.items()
@@ -90,7 +99,7 @@ def sp_worker(
     if skip_correction:
         import baton.parallel.sequence as sequence
 
-        sequence.add_state_correction = lambda o, q, g, state, end, scale: o
+        sequence.add_incoming = lambda o, q, k, gates, state, end, scale, chunk_size: o
     results = []
     for mixer, relay, lengths, plan_dict in cases:
         model = tiny_model(mixer)
@@ -132,6 +141,14 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
+def rel_grads(got: list[torch.Tensor], ref: list[torch.Tensor]) -> list[float]:
+    """Each gradient's error relative to its norm, floored at 1e-3 of the largest: a gradient
+    that nearly cancels over the tokens (the delta rule's dt_bias at init, ~1e-4 of the
+    largest) carries fp32 rounding of the terms it sums, not of its small total."""
+    floor = 1e-3 * max(g.norm() for g in ref)
+    return [((g - g_ref).norm() / max(g_ref.norm(), floor)).item() for g, g_ref in zip(got, ref)]
+
+
 def piece_of(full: torch.Tensor, plan: StepPlan, rank: int) -> torch.Tensor:
     return torch.cat([full[a:b] for a, b in plan.pieces[rank].spans])
 
@@ -156,8 +173,8 @@ def assert_match_one_process(world: int, keys: list[tuple], per_rank: list[list[
             got, what = per_rank[rank][i], f"{name}/{mixer}/{relay} rank {rank}"
             assert rel(got["logits"], piece_of(ref["logits"], plan, rank)) < TOLERANCE, what
             assert abs(got["loss"].item() - ref["loss"].item()) / ref["loss"].item() < TOLERANCE, what
-            for p, (g, g_ref) in enumerate(zip(got["grads"], ref["grads"])):
-                assert rel(g, g_ref) < TOLERANCE, f"{what} parameter {p}"
+            for p, error in enumerate(rel_grads(got["grads"], ref["grads"])):
+                assert error < TOLERANCE, f"{what} parameter {p}"
 
 
 @pytest.fixture(scope="module", params=[2, 3, 4], ids=lambda w: f"{w}ranks")
@@ -171,17 +188,24 @@ def test_outputs_loss_and_gradients_match_single_process(world_results):
     assert_match_one_process(*world_results)
 
 
-def test_chain_relay_sends_one_state_per_layer(world_results):
-    _, keys, per_rank = world_results
-    for i, (name, mixer, relay, _, _) in enumerate(keys):
-        if name == "spanning" and relay == "chain":
-            sent = per_rank[0][i]["comm"]["sent"]
-            # Rank 0 sends one [H, K, V] fp32 state per layer, whatever the length.
-            H, K, V = (2, 8, 16) if mixer == "gla" else (4, 8, 16)
-            assert sent["layer0.scan"] == H * K * V * 4
+def test_relay_bytes_per_layer_are_the_summaries_whatever_the_length(world_results):
+    """Rank 0 of one chain over every rank: the chain relay sends one [H, K, V] fp32 state per
+    layer; the all-gather sends the summary (A, S) the planner prices to each other rank; the
+    same in every scenario, whatever its length."""
+    world, keys, per_rank = world_results
+    for i, (name, mixer, relay, lengths, _) in enumerate(keys):
+        if name not in ("spanning", "random", "conv_window"):
+            continue
+        sent = per_rank[0][i]["comm"]["sent"]["layer0.scan"]
+        cfg = tiny_model(mixer).cfg
+        H, K, V = scan_shape(cfg)
+        if relay == "chain":
+            assert sent == H * K * V * 4, (name, mixer)
+        elif relay == "allgather":
+            assert sent == summary_bytes(cfg) * (world - 1), (name, mixer, sum(lengths))
 
 
-@pytest.mark.parametrize("mixer", MIXERS)
+@pytest.mark.parametrize("mixer", ("gla", "ssd", "gdn-neg"))
 def test_triton_relay_ops_match_single_process(mixer):
     """The scan, summary and in-place correction as Triton kernels (interpreted on CPU, or
     compiled on a GPU machine) against one process on the references. 1e-4: the kernels'
