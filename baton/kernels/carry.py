@@ -88,6 +88,30 @@ def scan_carrying(
     return add_incoming(o, q, k, gates, state_in, int(cu_seqlens[1]), scale, chunk_size)
 
 
+def conv_carrying(
+    conv: Callable,
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    cu_seqlens: Tensor,
+    window_in: Tensor | None,
+    width: int,
+) -> tuple[Tensor, Tensor]:
+    """The short conv over a packed piece x [1, T, C] whose first document continues through
+    ``window_in`` (the ``width`` = W - 1 inputs before the piece; None: zeros), and the window
+    after it."""
+    out = conv(x, weight, bias, cu_seqlens, left_context=window_in)
+    return out, last_window(x, cu_seqlens, window_in, width)
+
+
+def tail_window(project: Callable[[Tensor], Tensor], x: Tensor, width: int) -> Tensor:
+    """The conv window after x [B, T', d], the last tokens of a piece's last document (what the
+    conv of a piece continuing it needs first): ``project`` (to the conv's inputs) of those
+    tokens only."""
+    tail = project(x[:, x.shape[1] - min(width, x.shape[1]) :])
+    return last_window(tail, torch.tensor([0, tail.shape[1]]), None, width)
+
+
 def last_window(x: Tensor, cu_seqlens: Tensor, window_in: Tensor | None, width: int) -> Tensor:
     """The last ``width`` rows of x [B, T, C]'s last document (a short conv's window for what
     continues it), continued back into ``window_in`` when that document is also the piece's

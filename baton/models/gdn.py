@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from baton.kernels import causal_conv1d, chunk_delta, conv_step, delta_step
-from baton.kernels.carry import last_window, scan_carrying, state_after
+from baton.kernels.carry import conv_carrying, scan_carrying, state_after, tail_window
 from baton.models.config import ModelConfig
 from baton.models.norm import RMSNorm
 from baton.models.state import LayerState
@@ -74,10 +74,10 @@ class GatedDeltaNetMixer(nn.Module):
         document continues from it, and the state after the piece is returned too;
         ``summary_only`` returns that state alone (no outputs: what a rank relays)."""
         mixed = self.qkv_proj(x)
-        window = state.conv if state is not None else None
         if state is not None:
-            conv = self.conv(mixed, self.conv_weight, self.conv_bias, cu_seqlens, left_context=window)
-            window = last_window(mixed, cu_seqlens, window, self.window)
+            conv, window = conv_carrying(
+                self.conv, mixed, self.conv_weight, self.conv_bias, cu_seqlens, state.conv, self.window
+            )
         else:
             conv = self.conv(mixed, self.conv_weight, self.conv_bias, cu_seqlens)
         q, k, v = self._qkv(conv)
@@ -106,5 +106,4 @@ class GatedDeltaNetMixer(nn.Module):
     def conv_window(self, x: Tensor) -> Tensor:
         """The conv window after x [B, T', d], the last tokens of a piece's last document (what
         the conv of a piece continuing it needs first): a projection of those tokens only."""
-        tail = self.qkv_proj(x[:, x.shape[1] - min(self.window, x.shape[1]) :])
-        return last_window(tail, torch.tensor([0, tail.shape[1]]), None, self.window)
+        return tail_window(self.qkv_proj, x, self.window)

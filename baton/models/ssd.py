@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from baton.kernels import causal_conv1d, chunk_ssd, conv_step, recurrent_step
-from baton.kernels.carry import last_window, scan_carrying, state_after
+from baton.kernels.carry import conv_carrying, scan_carrying, state_after, tail_window
 from baton.models.config import ModelConfig
 from baton.models.norm import RMSNorm
 from baton.models.state import LayerState
@@ -48,8 +48,9 @@ class SSDMixer(nn.Module):
         B, T, _ = x.shape
         z, xbc, dt = self.in_proj(x).split([self.inner, self.conv_channels, self.n_heads], dim=-1)
         if carrying:
-            conv = self.conv(xbc, self.conv_weight, self.conv_bias, cu_seqlens, left_context=window)
-            window = last_window(xbc, cu_seqlens, window, self.window)
+            conv, window = conv_carrying(
+                self.conv, xbc, self.conv_weight, self.conv_bias, cu_seqlens, window, self.window
+            )
         else:
             conv = self.conv(xbc, self.conv_weight, self.conv_bias, cu_seqlens)
         xs, b, c = F.silu(conv).split([self.inner, self.state_dim, self.state_dim], dim=-1)
@@ -99,6 +100,4 @@ class SSDMixer(nn.Module):
     def conv_window(self, x: Tensor) -> Tensor:
         """The conv window after x [B, T', d], the last tokens of a piece's last document (what
         the conv of a piece continuing it needs first): a projection of those tokens only."""
-        tail = x[:, x.shape[1] - min(self.window, x.shape[1]) :]
-        xbc = self.in_proj(tail).narrow(-1, self.inner, self.conv_channels)
-        return last_window(xbc, torch.tensor([0, xbc.shape[1]]), None, self.window)
+        return tail_window(lambda t: self.in_proj(t).narrow(-1, self.inner, self.conv_channels), x, self.window)
