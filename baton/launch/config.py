@@ -54,7 +54,9 @@ class OptimConfig:
 @dataclass
 class SequenceParallelConfig:
     size: int = 1  # ranks that share one packed stream (1: off)
-    relay: str = "allgather"  # chain | allgather | logscan
+    relay: str = "allgather"  # chain | allgather | logscan | auto: per step, the fastest by the scaling model
+    relay_blocks: int = 1  # the chain relay's state in this many blocks of the value dim, hops pipelined
+    overlap: bool = True  # relays in flight during the local scan (false: each finishes first)
 
 
 @dataclass
@@ -143,7 +145,7 @@ CHOICES = {
     "train.dtype": ("auto", "fp32", "bf16"),
     "train.kernels": BACKENDS,
     "train.activation_checkpoint": POLICIES,
-    "parallel.sp.relay": ("chain", "allgather", "logscan"),
+    "parallel.sp.relay": ("chain", "allgather", "logscan", "auto"),
     "parallel.planner.kind": ("fixed", "balanced", "concat"),
     "parallel.zero.engine": ENGINES,
     "parallel.zero.stage": (1, 2, 3),
@@ -163,6 +165,7 @@ RANGES = {
     "optim.beta2": (0, 1, True, False),
     "optim.grad_clip": (0, INF, True, True),
     "parallel.sp.size": (1, INF, True, True),
+    "parallel.sp.relay_blocks": (1, 256, True, True),
     "parallel.planner.ranks_per_node": (1, INF, True, True),
     "parallel.planner.hop_latency_s": (0, INF, True, True),
     "parallel.planner.intra_node_gb_per_s": (0, INF, False, True),

@@ -67,6 +67,8 @@ from baton.parallel.budget import memory_cap
 from baton.parallel.parallelize import parallelize
 from baton.parallel.plan import LocalBatch, StepPlan, local_batch
 from baton.parallel.planner import CostModel, make_plan
+from baton.parallel.scaling import assumed_seconds_per_token, choose_relay
+from baton.profile.gpu import peak_flops
 from baton.profile.recorder import NullProfiler, RankProfiler
 from baton.profile.trace import StepTracer
 
@@ -121,6 +123,9 @@ class Trainer:
             cfg.model, [1.0] * self.env.world_size, p.hop_latency_s, p.intra_node_gb_per_s, p.inter_node_gb_per_s,
             p.ranks_per_node, [cap] * self.env.world_size if cap else None,
         )  # fmt: skip
+        self.assumed_seconds_per_token = assumed_seconds_per_token(
+            cfg.model, peak_flops(self.device, cfg.profile.peak_tflops)
+        )  # for relay=auto until the run has measured its speed
         self.batches = PlannedBatches(self.data.loader(cfg.data.tokens_per_batch, cfg.train.seed), self.make_plan)
         self.preemption = Preemption(self.run_dir, self.env, cfg.train.deadline_margin_s)
         if resume_from is not None:
@@ -147,7 +152,15 @@ class Trainer:
     def make_plan(self, batch: Batch, cost: CostModel) -> tuple[StepPlan, dict]:
         cfg = self.cfg
         min_piece = max(4, cfg.model.conv_size)
-        return make_plan(cfg.parallel.planner.kind, batch, cost, cfg.parallel.sp.size, min_piece)
+        plan, info = make_plan(cfg.parallel.planner.kind, batch, cost, cfg.parallel.sp.size, min_piece)
+        if cfg.parallel.sp.relay == "auto":
+            seconds_per_token = (
+                cost.seconds_per_token if cost.measured else [self.assumed_seconds_per_token] * len(plan.pieces)
+            )
+            plan.relay, info["relay_predicted_s"] = choose_relay(
+                cfg.model, cfg.parallel, plan, batch.cu_seqlens.tolist(), seconds_per_token
+            )
+        return plan, info
 
     def enter_step(self, plan: StepPlan, batch: Batch) -> LocalBatch:
         local = local_batch(plan, self.env.rank, batch)
@@ -156,12 +169,14 @@ class Trainer:
 
     def calibrate(self, summary: dict | None) -> None:
         """Feed the measured per-rank speed (rank 0's interval summary) to the cost model."""
-        if self.cfg.parallel.planner.kind != "balanced" or not self.env.distributed:
+        p = self.cfg.parallel
+        if (p.planner.kind != "balanced" and p.sp.relay != "auto") or not self.env.distributed:
             return
         speeds = torch.tensor(summary["tokens_per_s"] if summary else [0.0] * self.env.world_size, dtype=torch.float64)
         dist.broadcast(speeds, 0)
         if (speeds > 0).all():
             self.cost.seconds_per_token = (1.0 / speeds).tolist()
+            self.cost.measured = True
 
     def local_loss(self, batch: Batch, local: LocalBatch) -> torch.Tensor:
         """This rank's summed loss on its piece, divided by the global target count."""
@@ -208,6 +223,7 @@ class Trainer:
             "loader": self.batches.cursor(),
             "scheduler": schedule_state(self.parallel.scheduler),
             "seconds_per_token": self.cost.seconds_per_token,
+            "speeds_measured": self.cost.measured,
             "world_size": self.env.world_size,
             "engine": self.parallel.engine,
             "model": asdict(self.cfg.model),
@@ -223,6 +239,7 @@ class Trainer:
         load_schedule_state(p.scheduler, extras["scheduler"])
         if extras["world_size"] == self.env.world_size:
             self.cost.seconds_per_token = extras["seconds_per_token"]
+            self.cost.measured = extras.get("speeds_measured", False)
         if self.env.is_main:
             print(
                 f"baton: resumed from {path} at step {self.step} "

@@ -40,8 +40,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from baton.models.state import LayerState
-from baton.parallel.relay import RELAYS, recv_head, send_tail
-from baton.parallel.sequence import TAG_STRIDE, SequenceParallel, check_halo_source
+from baton.parallel.relay import TAG_STRIDE, recv_head, relay, send_tail
+from baton.parallel.sequence import SequenceParallel, check_halo_source
 
 
 def slice_cuts(bounds: list[int], micro_tokens: int, chunk_size: int) -> list[int]:
@@ -103,15 +103,14 @@ class SlicedBlock:
                 x = send_tail(x, window, link)
             if sp.continues_from_prev:
                 halo = recv_head(x, (x.shape[0], mixer.window, mixer.conv_channels), link)
-        carries = sp.continues_from_prev and len(bounds) == 2  # one segment, continuing: the state passes through
-        summary = LayerState(conv=halo if carries else None)
+        summary = LayerState(conv=halo if sp.carries else None)
         last = bounds[-2]
         for a, b in zip(cuts[:-1], cuts[1:]):
             if b > last:
                 a = max(a, last)
                 summary = checkpoint(self._summary, x[:, a:b], local_bounds(bounds, a, b), summary, use_reentrant=False)
-        A = summary.transition * carries
-        S_in = RELAYS[sp.relay](A, summary.scan, sp.link(f"layer{layer}.scan", tag=2 * layer * TAG_STRIDE))()
+        A = summary.transition * sp.carries
+        S_in = relay(sp.strategy, A, summary.scan, sp.link(f"layer{layer}.scan", tag=2 * layer * TAG_STRIDE))()
         # A zero state where nothing continues keeps the relay in the graph: its backward sends
         # messages other ranks wait for.
         return x, LayerState(S_in, halo) if sp.continues_from_prev else LayerState(S_in * 0)

@@ -89,7 +89,8 @@ def parallelize(
     optimizer and schedule over the result. ``param_dtype``: the compute dtype of sharded
     parameters (bf16 autocast runs), None for fp32. ``load_universal``: a DeepSpeed run that
     will resume from a checkpoint of another world size."""
-    sp = SequenceParallel(env.rank, env.world_size, cfg.parallel.sp.relay)
+    p = cfg.parallel.sp
+    sp = SequenceParallel(env.rank, env.world_size, p.relay, p.relay_blocks, p.overlap)
     engine = cfg.parallel.zero.engine if env.distributed else "none"
     micro_tokens = cfg.train.micro_tokens
     if env.distributed:

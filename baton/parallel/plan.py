@@ -44,6 +44,7 @@ class RankPiece:
 @dataclass
 class StepPlan:
     pieces: list[RankPiece]  # one per rank
+    relay: str | None = None  # the relay strategy chosen for this step (parallel.sp.relay=auto)
 
     @property
     def world_size(self) -> int:
@@ -52,12 +53,41 @@ class StepPlan:
     def neighbours(self, rank: int) -> tuple[int | None, int | None]:
         return chain_neighbours(self.pieces[rank].chain, rank)
 
+    def carries(self, rank: int, boundaries: list[int]) -> bool:
+        """Whether the state ``rank`` sends on depends on the one it receives: its piece is one
+        span inside one document, continued from the rank before (any document start inside
+        is a reset)."""
+        spans = self.pieces[rank].spans
+        if self.neighbours(rank)[0] is None or len(spans) != 1:
+            return False
+        start, end = spans[0]
+        return bisect.bisect_left(boundaries, start) == bisect.bisect_left(boundaries, end)
+
+    def dependency_runs(self, boundaries: list[int]) -> list[list[int]]:
+        """Each chain cut where the relayed state stops depending on what came before: in a
+        run, every rank after the first forwards what it received, the first (a chain start,
+        or a rank that resets) sends without waiting. A run of n ranks is n - 1 dependent
+        hops; the relay's latency is its longest run's (``boundaries``: the document ends,
+        ``Batch.cu_seqlens``)."""
+        runs = []
+        for chain in {tuple(p.chain) for p in self.pieces if len(p.chain) > 1}:
+            run = [chain[0]]
+            for rank in chain[1:]:
+                run.append(rank)
+                if not self.carries(rank, boundaries):
+                    runs.append(run)
+                    run = [rank]
+            if len(run) > 1:
+                runs.append(run)
+        return sorted(runs)
+
     def to_dict(self) -> dict:
-        return {"pieces": [{"spans": [list(s) for s in p.spans], "chain": p.chain} for p in self.pieces]}
+        pieces = [{"spans": [list(s) for s in p.spans], "chain": p.chain} for p in self.pieces]
+        return {"pieces": pieces} | ({"relay": self.relay} if self.relay else {})
 
     @classmethod
     def from_dict(cls, d: dict) -> StepPlan:
-        return cls([RankPiece([tuple(s) for s in p["spans"]], list(p["chain"])) for p in d["pieces"]])
+        return cls([RankPiece([tuple(s) for s in p["spans"]], list(p["chain"])) for p in d["pieces"]], d.get("relay"))
 
     def validate(self, n_tokens: int) -> None:
         """Every token held exactly once; chains agree across their ranks and join end to start."""

@@ -6,8 +6,11 @@ mixers that have one) for a relaying version. Each step the trainer hands the pl
 
 1. summary of its last segment (cheap, one pass over that segment),
 2. relay started: the state entering the piece, from the chain's earlier ranks,
-3. the local chunked scan (the bulk of the work; an all-gather relay is still in flight),
+3. the local chunked scan (the bulk of the work, while the relay is in flight),
 4. relay finished, and the first segment's outputs corrected with the incoming state.
+
+The backward mirrors it: the correction's backward gives the incoming state's gradient,
+whose relay back along the chain is in flight during the scan's backward.
 """
 
 from __future__ import annotations
@@ -18,29 +21,51 @@ from torch import Tensor, nn
 
 from baton.kernels.carry import add_incoming, last_window, segment_transition
 from baton.parallel.plan import LocalBatch, StepPlan
-from baton.parallel.relay import RELAYS, CommStats, RelayLink, RelayRecord, recv_head, send_tail
-
-TAG_STRIDE = 4096  # point-to-point tag space per op; > any recursive-doubling distance
+from baton.parallel.relay import (
+    MAX_BLOCKS,
+    STRATEGIES,
+    TAG_STRIDE,
+    CommStats,
+    RelayLink,
+    RelayRecord,
+    recv_head,
+    relay,
+    send_tail,
+)
 
 
 class SequenceParallel:
     """This rank's view of the current step's plan, shared by every relaying op."""
 
-    def __init__(self, rank: int, world_size: int, relay: str) -> None:
-        if relay not in RELAYS:
-            raise ValueError(f"parallel.sp.relay must be one of {', '.join(RELAYS)}, got {relay!r}")
+    def __init__(
+        self, rank: int, world_size: int, relay: str, blocks: int = 1, overlap: bool = True, trace_hops: bool = False
+    ) -> None:
+        if relay not in (*STRATEGIES, "auto"):
+            raise ValueError(f"parallel.sp.relay must be one of {', '.join(STRATEGIES)}, auto, got {relay!r}")
+        if not 1 <= blocks <= MAX_BLOCKS:
+            raise ValueError(f"parallel.sp.relay_blocks must be in [1, {MAX_BLOCKS}], got {blocks}")
         self.rank, self.world_size, self.relay = rank, world_size, relay
+        self.strategy = relay  # this step's: the plan's choice under auto
+        self.blocks, self.overlap, self.trace_hops = blocks, overlap, trace_hops
         self.stats = CommStats()
         self.record = RelayRecord()  # what this step's relays received, for recomputations
         self.chain: list[int] = []
         self.any_chain = False
-        self.continues_from_prev = self.continues_to_next = False
+        self.continues_from_prev = self.continues_to_next = self.carries = False
 
     def set_step(self, plan: StepPlan, local: LocalBatch) -> None:
         self.chain = plan.pieces[self.rank].chain
         self.any_chain = any(len(p.chain) > 1 for p in plan.pieces)
+        self.strategy = plan.relay or self.relay
+        if self.strategy == "auto" and self.any_chain:
+            raise ValueError(
+                "parallel.sp.relay=auto: the step's plan names no relay (the trainer chooses one per step)"
+            )
         self.continues_from_prev = local.continues_from_prev
         self.continues_to_next = local.continues_to_next
+        # The state at the piece's end depends on the incoming state only when the piece is
+        # a single segment continuing a document; any document start inside is a reset.
+        self.carries = local.continues_from_prev and len(local.cu_seqlens) == 2
         self.stats.reset()
         self.record.clear()
 
@@ -48,11 +73,14 @@ class SequenceParallel:
     def relaying(self) -> bool:
         """Whether this rank takes part in a relay this step: it is in a chain, or the
         all-gather (a collective on the world group) runs because some rank is."""
-        return self.any_chain and (len(self.chain) > 1 or self.relay == "allgather")
+        return self.any_chain and (len(self.chain) > 1 or self.strategy == "allgather")
 
     def link(self, name: str, tag: int) -> RelayLink:
         chain = self.chain if len(self.chain) > 1 else [self.rank]
-        return RelayLink(self.rank, self.world_size, chain, self.stats, name, tag, self.record)
+        return RelayLink(
+            self.rank, self.world_size, chain, self.stats, name, tag, self.record, self.carries, self.blocks,
+            self.overlap, self.trace_hops,
+        )  # fmt: skip
 
 
 class RelayedScan:
@@ -79,12 +107,10 @@ class RelayedScan:
             return self.local_scan(q, k, v, *gates, scale=scale, cu_seqlens=cu_seqlens, chunk_size=chunk_size)[0], None
 
         A, S = segment_transition(k, v, gates, bounds[-2], chunk_size)
-        # The state at the piece's end depends on the incoming state only when the piece is
-        # a single segment continuing a document; any document start inside is a reset.
-        carries = sp.continues_from_prev and len(bounds) == 2
-        finish_relay = RELAYS[sp.relay](A * carries, S, sp.link(self.name, self.tag))
+        finish_relay = relay(sp.strategy, A * sp.carries, S, sp.link(self.name, self.tag))
+        S_in = None if sp.overlap else finish_relay()
         o, _ = self.local_scan(q, k, v, *gates, scale=scale, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
-        S_in = finish_relay()  # an all-gather relay was in flight during the scan
+        S_in = finish_relay() if S_in is None else S_in  # in flight during the scan
         first = bounds[1] if sp.continues_from_prev else 0
         # Applied even when empty so that every rank runs the relay's backward.
         return add_incoming(o, q, k, gates, S_in, first, scale, chunk_size), None

@@ -35,6 +35,7 @@ def single_process(tmp_path_factory):
         ("gla", 2, 2, "chain"),
         ("gla", 4, 2, "logscan"),
         ("gla", 4, 4, "allgather"),
+        ("gla", 4, 4, "auto"),
         ("ssd", 2, 2, "chain"),
         ("ssd", 4, 2, "logscan"),
         ("gdn", 2, 2, "allgather"),
@@ -48,10 +49,20 @@ def test_sp_loss_curve_matches_single_process(tmp_path, single_process, mixer, n
     assert len(single) == len(parallel) == 6
     for a, b in zip(single, parallel):
         assert abs(a - b) / a < 1e-4, (single, parallel)
+    if relay == "auto":  # each step's plan names the strategy the scaling model predicted fastest
+        for record in jsonl(tmp_path / "sp" / "metrics.jsonl"):
+            predicted = record["plan"]["relay_predicted_s"]
+            assert record["plan"]["relay"] == min(predicted, key=predicted.get)
 
 
 @pytest.mark.parametrize(
-    "engine", [["parallel.zero.engine=fsdp2", "parallel.zero.stage=3"], ["parallel.zero.engine=deepspeed"]]
+    "engine",
+    [
+        ["parallel.zero.engine=fsdp2", "parallel.zero.stage=3"],
+        ["parallel.zero.engine=deepspeed"],
+        # the chain's messages from the relay thread beside FSDP2's collectives
+        ["parallel.zero.engine=fsdp2", "parallel.sp.relay=chain", "parallel.sp.relay_blocks=2"],
+    ],
 )
 def test_sp_composes_with_sharding(tmp_path, single_process, engine):
     # Both ranks share one sequence and one sharding group; the all-gather relay's async

@@ -1,5 +1,6 @@
 """Plans: exact coverage, consistent chains, and the local view each rank gets."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,3 +65,31 @@ def test_validate_rejects_bad_plans(pieces, message):
 def test_plan_round_trips_through_json():
     plan = even_groups_plan(make_batch([50, 70]), 4, 2)
     assert StepPlan.from_dict(plan.to_dict()) == plan
+
+
+def test_dependency_runs_break_where_a_piece_resets():
+    """Documents [0,100) [100,130) [130,400): a chain of 6 ranks. Rank 2 holds the start of
+    document 2 and rank 3 the start of document 3: the state each sends on does not depend on
+    what it receives, so the 5-hop chain is three runs, the longest 2 hops."""
+    batch = make_batch([100, 30, 270])
+    edges = [0, 40, 80, 120, 200, 300, 400]
+    chain = list(range(6))
+    plan = StepPlan([RankPiece([(a, b)], chain) for a, b in zip(edges[:-1], edges[1:])])
+    plan.validate(400)
+    bounds = batch.cu_seqlens.tolist()
+    assert plan.dependency_runs(bounds) == [[0, 1, 2], [2, 3], [3, 4, 5]]
+    whole = StepPlan([RankPiece([(a, b)], chain) for a, b in zip(edges[:-1], edges[1:])])
+    assert whole.dependency_runs([0, 400]) == [chain]
+
+
+def test_plan_carries_agrees_with_the_local_batches():
+    """The plan's view of which ranks forward state equals what each rank's model sees (one
+    segment continuing a document), over plans of every planner on random batches."""
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        batch = make_batch([int(x) for x in rng.integers(5, 300, size=int(rng.integers(1, 12)))], seed=trial)
+        plan = even_groups_plan(batch, 4, int(rng.choice([1, 2, 4])))
+        bounds = batch.cu_seqlens.tolist()
+        for rank in range(4):
+            local = local_batch(plan, rank, batch)
+            assert plan.carries(rank, bounds) == (local.continues_from_prev and len(local.cu_seqlens) == 2)

@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+import baton.parallel.relay as relay_module
 from baton.data.loader import Batch, pack
 from baton.dist.local import run_local
 from baton.kernels import chunk_gla, set_backend
@@ -94,16 +95,17 @@ def scenarios(world: int) -> dict[str, tuple[list[int], StepPlan]]:
 def sp_worker(
     rank: int, world: int, cases: list[tuple], skip_correction: bool = False, backend: str = "auto"
 ) -> list[dict]:
-    """Run every (mixer, relay, lengths, plan) case on this rank; its logits, loss and grads."""
+    """Run every (mixer, relay, lengths, plan[, SequenceParallel options]) case on this rank;
+    its logits, loss, grads and communication stats."""
     set_backend(backend)
     if skip_correction:
         import baton.parallel.sequence as sequence
 
         sequence.add_incoming = lambda o, q, k, gates, state, end, scale, chunk_size: o
     results = []
-    for mixer, relay, lengths, plan_dict in cases:
+    for mixer, relay, lengths, plan_dict, *options in cases:
         model = tiny_model(mixer)
-        sp = SequenceParallel(rank, world, relay)
+        sp = SequenceParallel(rank, world, relay, **(options[0] if options else {}))
         apply_sequence_parallel(model, sp)
         batch, plan = make_batch(lengths), StepPlan.from_dict(plan_dict)
         plan.validate(batch.n_tokens)
@@ -223,6 +225,40 @@ def test_triton_relay_ops_match_single_process(mixer):
                 assert rel(g, g_ref) < 1e-4, f"rank {rank} parameter {p}"
 
 
+@pytest.mark.parametrize("world", (3, 4))
+def test_pipelined_chain_and_unhidden_relays_match_single_process(world):
+    """The chain in 3 blocks of the value dim (uneven: V = 16 or 32), and every strategy with
+    overlap off, on the scenarios with cuts inside documents and resets inside chains."""
+    cases, keys = [], []
+    for name in ("spanning", "random", "two_chains"):
+        lengths, plan = scenarios(world)[name]
+        for mixer in ("gla", "ssd", "gdn-neg"):
+            for relay, options in [("chain", {"blocks": 3})] + [(r, {"overlap": False}) for r in RELAYS]:
+                cases.append((mixer, relay, lengths, plan.to_dict(), options))
+                keys.append((name, mixer, relay, lengths, plan))
+    assert_match_one_process(world, keys, run_local(world, sp_worker, cases))
+
+
+def test_a_reset_shortens_the_chains_dependency():
+    """One chain over 4 ranks: a document spanning all of them is 3 dependent hops; with a
+    document starting inside rank 1's piece, rank 1 sends on without waiting and the longest
+    dependency is 2 hops (counted by the relay itself, each message's count one past the
+    one its sender received if it forwarded it); the plan's runs say the same, and the
+    results stay exact."""
+    spanning = [160]
+    reset = [50, 110]  # document 1 starts at 50, inside rank 1's piece [40, 80)
+    edges = [0, 40, 80, 120, 160]
+    plan = StepPlan([RankPiece([(a, b)], [0, 1, 2, 3]) for a, b in zip(edges[:-1], edges[1:])])
+    cases = [("gla", "chain", lengths, plan.to_dict(), {"trace_hops": True}) for lengths in (spanning, reset)]
+    per_rank = run_local(4, sp_worker, cases)
+    for i, lengths in enumerate((spanning, reset)):
+        hops = max(per_rank[rank][i]["comm"]["hops"]["layer0.scan"] for rank in range(4))
+        runs = plan.dependency_runs(make_batch(lengths).cu_seqlens.tolist())
+        assert hops == max(len(run) - 1 for run in runs) == (3 if lengths == spanning else 2)
+    keys = [(f"hops{len(lengths)}", "gla", "chain", lengths, plan) for lengths in (spanning, reset)]
+    assert_match_one_process(4, keys, per_rank)
+
+
 def test_skipped_correction_is_detected():
     """With the incoming-state correction disabled, continuing pieces are wrong: the
     exactness test above has teeth."""
@@ -265,9 +301,24 @@ def test_no_state_leaks_across_a_document_boundary(mixer):
         assert not torch.equal(per_rank[0][0][:20], per_rank[0][1][:20])
 
 
-def overlap_worker(rank: int, world: int, relay: str, lengths: list[int], plan_dict: dict) -> dict:
-    """One relayed scan, rank 1 late by a second; when each rank began the relay and its scan."""
-    sp = SequenceParallel(rank, world, relay)
+class _StampBackward(torch.autograd.Function):
+    """Identity; records when its backward runs (just before the backward of what made x)."""
+
+    @staticmethod
+    def forward(ctx, x, times):
+        ctx.times = times
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.times["scan_backward"] = time.time()
+        return grad, None
+
+
+def overlap_worker(rank: int, world: int, relay: str, overlap: bool, lengths: list[int], plan_dict: dict) -> dict:
+    """One relayed scan, rank 0 late by a second: when each rank began its relay and its
+    scan, and when its backward launched the gradient relay and began the scan's backward."""
+    sp = SequenceParallel(rank, world, relay, overlap=overlap)
     plan = StepPlan.from_dict(plan_dict)
     local = local_batch(plan, rank, make_batch(lengths))
     sp.set_step(plan, local)
@@ -279,20 +330,32 @@ def overlap_worker(rank: int, world: int, relay: str, lengths: list[int], plan_d
 
     def timed_scan(*args, **kwargs):
         times["scan"] = time.time()
-        return chunk_gla(*args, **kwargs)
+        o, state = chunk_gla(*args, **kwargs)
+        return _StampBackward.apply(o, times), state
 
-    if rank == 1:
+    launch_backward = relay_module._InFlight.start_backward
+
+    def timed_launch(self, dS_in):
+        times["relay_backward"] = time.time()
+        launch_backward(self, dS_in)
+
+    relay_module._InFlight.start_backward = timed_launch
+    if rank == 0:
         time.sleep(1.0)
     times["relay"] = time.time()
     o, _ = RelayedScan(timed_scan, sp, "layer0.scan", tag=0)(q, k, v, g, cu_seqlens=local.cu_seqlens, chunk_size=16)
-    o.square().sum().backward()  # the backward's all-reduce completes too
+    o.square().sum().backward()
     return times
 
 
-@pytest.mark.parametrize("relay,overlaps", [("allgather", True), ("logscan", False)])
-def test_allgather_relay_is_in_flight_during_the_scan(relay, overlaps):
-    """Rank 0 scans its piece while the all-gather waits for the late rank 1; the point-to-
-    point strategies (here recursive doubling, whose rounds need rank 1) cannot."""
+@pytest.mark.parametrize("overlap", (True, False), ids=("overlap", "no_overlap"))
+@pytest.mark.parametrize("relay", RELAYS)
+def test_relay_is_in_flight_during_the_scan(relay, overlap):
+    """Rank 1 scans its piece while its relay waits for the late rank 0, and each rank's
+    gradient relay is launched before its scan's backward; with ``overlap=False`` the relay
+    finishes before the scan, and the gradient relay is launched after the scan's backward."""
     lengths, plan = scenarios(2)["spanning"]
-    rank0, rank1 = run_local(2, overlap_worker, relay, lengths, plan.to_dict())
-    assert (rank0["scan"] < rank1["relay"]) == overlaps, (rank0, rank1)
+    rank0, rank1 = run_local(2, overlap_worker, relay, overlap, lengths, plan.to_dict())
+    assert (rank1["scan"] < rank0["relay"]) == overlap, (rank0, rank1)
+    for times in (rank0, rank1):
+        assert (times["relay_backward"] < times["scan_backward"]) == overlap, times

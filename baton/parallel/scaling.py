@@ -1,0 +1,250 @@
+"""How long a step takes on every rank with each relay strategy, and the strategy to use.
+
+A layer on a rank runs, forward: the part before its relay starts (projections, the
+segment summary), the local scan, then the part after the incoming state arrives (the
+correction, the MLP); the relay is in flight during the scan. The backward mirrors it with
+the gradient relay in flight during the scan's backward. So per layer and rank
+
+    end = max(start + before + scan, arrival) + after          (overlap)
+    end = max(start + before, arrival) + scan + after           (no overlap)
+
+and the arrival of the incoming state depends on the strategy:
+
+- chain: along each dependency run (``StepPlan.dependency_runs``) a rank forwards the state
+  the moment it lands (the relay thread / side stream does, not the scan), so the state
+  reaching rank r left the run's earlier rank j when j's summary was ready and travelled
+  the hops from j to r; in ``blocks`` pieces, the last arriving ``blocks - 1`` hop-times of
+  one piece after the first.
+- logscan: ceil(log2 n) rounds of one summary; all of a chain's ranks must have joined.
+- allgather: a ring all-gather of every rank's summary over the whole world (LASP-2):
+  (P - 1) steps, each a summary over the slowest link the ring crosses.
+
+Layers follow one another on each rank, so waits propagate as a wavefront and a chain's
+latency is paid about once per pass rather than once per layer. The model is this recurrence,
+evaluated for every rank and layer (vectorised over ranks), not a closed form; the gradient
+all-reduce and optimizer step are the same for every strategy and left out.
+
+Interconnect defaults are published figures for a node of 8 H100 SXM and NDR InfiniBand:
+NVLink 4 gives 450 GB/s per direction (NCCL reaches 150-350 GB/s point to point; 200 taken),
+one 400 Gb/s NDR port per GPU 50 GB/s (25 taken, for NCCL's measured ~25-45 GB/s on
+multi-node point-to-point), and a few microseconds per NCCL message (10 us taken). They are
+``parallel.planner`` keys and :meth:`Interconnect.fit` calibrates them from measured hops.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from baton.launch.config import ParallelConfig
+from baton.models.config import ModelConfig
+from baton.models.flops import flops_per_token, scan_shape, summary_bytes
+from baton.parallel.plan import StepPlan
+from baton.parallel.relay import STRATEGIES
+
+CPU_FLOPS = 1e11  # what a CPU process is assumed to sustain before a run measures its speed
+
+
+@dataclass
+class Interconnect:
+    """A message of n bytes between two ranks takes ``latency_s + n / bandwidth``; the
+    bandwidth of a node's links inside it, of the network between nodes."""
+
+    latency_s: float = 10e-6
+    intra_gb_per_s: float = 200.0
+    inter_gb_per_s: float = 25.0
+    ranks_per_node: int = 8
+
+    def hop(self, nbytes: float, a: int, b: int) -> float:
+        same = a // self.ranks_per_node == b // self.ranks_per_node
+        return self.latency_s + nbytes / ((self.intra_gb_per_s if same else self.inter_gb_per_s) * 1e9)
+
+    def hops(self, nbytes: float, order: np.ndarray) -> np.ndarray:
+        """Seconds of each hop order[i] -> order[i + 1]."""
+        same = order[:-1] // self.ranks_per_node == order[1:] // self.ranks_per_node
+        return self.latency_s + nbytes / (np.where(same, self.intra_gb_per_s, self.inter_gb_per_s) * 1e9)
+
+    @classmethod
+    def fit(cls, nbytes: list[float], seconds: list[float], ranks_per_node: int = 8) -> Interconnect:
+        """Latency and bandwidth from measured one-way hops inside a node (least squares of
+        ``seconds = latency + bytes / bandwidth``), the same bandwidth between nodes."""
+        slope, intercept = np.polyfit(np.asarray(nbytes, float), np.asarray(seconds, float), 1)
+        gb_per_s = 1e-9 / max(slope, 1e-18)
+        return cls(max(float(intercept), 0.0), gb_per_s, gb_per_s, ranks_per_node)
+
+
+@dataclass
+class LayerTimes:
+    """One layer's compute on one rank, per token (seconds), forward or backward, split as
+    the relay sees it: before it starts, the scan it overlaps, after it finishes; and what
+    sequence parallelism adds, per token of the segments it covers: the summary of the
+    piece's last segment (before the relay) and the correction of its first (after)."""
+
+    before: float
+    scan: float
+    after: float
+    summary: float = 0.0
+    correction: float = 0.0
+
+
+@dataclass
+class StepModel:
+    """What the prediction needs about the model and the machine."""
+
+    n_layers: int
+    state_bytes: int  # one layer's state [H, K, V] (the chain's message)
+    summary_bytes: int  # one layer's summary (A, S) (the all-gather's and log-depth's message)
+    forward: LayerTimes
+    backward: LayerTimes
+    head_seconds_per_token: float  # embedding, LM head and loss, forward and backward
+    interconnect: Interconnect
+
+    @classmethod
+    def for_model(
+        cls, cfg: ModelConfig, seconds_per_token: float, interconnect: Interconnect, scan_share: float | None = None,
+        relay_op_share: float | None = None,
+    ) -> StepModel:  # fmt: skip
+        """Split a measured (or assumed) training time per token over the layers by FLOPs;
+        ``scan_share``: the scan's part of a layer's time (default: its FLOP share, which
+        under-states it on GPUs, where the scan runs below matmul speed: conservative, it is
+        the window that hides the relay); ``relay_op_share``: the summary's (and the
+        correction's) time per token relative to the scan's (default: by FLOPs)."""
+        flops = flops_per_token(cfg)
+        head = 2 * cfg.d_model * cfg.vocab_size
+        layer_share = (flops.forward - head) / flops.forward
+        per_layer = seconds_per_token * layer_share / cfg.n_layers
+        scan = flops.recurrence / (flops.forward - head) if scan_share is None else scan_share
+        H, K, V = scan_shape(cfg)
+        # The summary accumulates k vᵀ, the correction reads the state with q: 2HKV FLOPs per
+        # token each, priced at the scan's speed unless measured.
+        relay_op = 2 * H * K * V / (flops.recurrence / cfg.n_layers) if relay_op_share is None else relay_op_share
+
+        def split(seconds: float) -> LayerTimes:
+            rest, scan_s = (1 - scan) * seconds / 2, scan * seconds
+            return LayerTimes(rest, scan_s, rest, relay_op * scan_s, relay_op * scan_s)
+
+        return cls(
+            cfg.n_layers, 4 * H * K * V, summary_bytes(cfg), split(per_layer / 3), split(2 * per_layer / 3),
+            seconds_per_token * (1 - layer_share), interconnect,
+        )  # fmt: skip
+
+
+def _chain_arrival(
+    ready: np.ndarray, runs: list[list[int]], nbytes: float, blocks: int, net: Interconnect
+) -> np.ndarray:
+    """When the incoming state has fully arrived at each rank (-inf: nothing comes in)."""
+    arrival = np.full(len(ready), -np.inf)
+    for run in runs:
+        order = np.asarray(run)
+        hop = net.hops(nbytes / blocks, order)
+        travelled = np.concatenate([[0.0], np.cumsum(hop)])  # from the run's first rank
+        left = np.maximum.accumulate(ready[order] - travelled)[:-1]  # latest departure, rebased
+        arrival[order[1:]] = np.maximum(arrival[order[1:]], left + travelled[1:] + (blocks - 1) * hop)
+    return arrival
+
+
+def _logscan_arrival(ready: np.ndarray, chains: list[list[int]], nbytes: float, net: Interconnect) -> np.ndarray:
+    arrival = np.full(len(ready), -np.inf)
+    for chain in chains:
+        order = np.asarray(chain)
+        rounds = math.ceil(math.log2(len(order)))
+        spans_nodes = order.min() // net.ranks_per_node != order.max() // net.ranks_per_node
+        hop = net.hop(nbytes, int(order[0]), int(order[-1]) if spans_nodes else int(order[0]))
+        arrival[order] = ready[order].max() + rounds * hop
+    return arrival
+
+
+def _allgather_arrival(ready: np.ndarray, nbytes: float, net: Interconnect) -> np.ndarray:
+    P = len(ready)
+    worst = net.hop(nbytes, 0, P - 1)  # the ring crosses nodes when there is more than one
+    return np.full(P, ready.max() + (P - 1) * worst)
+
+
+def predict_step(
+    model: StepModel,
+    plan: StepPlan,
+    boundaries: list[int],
+    strategy: str,
+    slowdown: list[float] | None = None,
+    blocks: int = 1,
+    overlap: bool = True,
+) -> np.ndarray:
+    """Predicted seconds of forward + backward on every rank (the step's time is the max).
+    ``slowdown``: each rank's time per token relative to the model's (1.0 each by default)."""
+    P = plan.world_size
+    speed = np.ones(P) if slowdown is None else np.asarray(slowdown, float)
+    tokens = np.array([p.n_tokens for p in plan.pieces], dtype=float) * speed
+    first, last = (t * speed for t in _relay_segments(plan, boundaries, strategy))
+    chains = [list(c) for c in {tuple(p.chain) for p in plan.pieces if len(p.chain) > 1}]
+    relays = bool(chains)
+    runs = plan.dependency_runs(boundaries) if relays and strategy == "chain" else []
+
+    def arrival(ready: np.ndarray, backward: bool) -> np.ndarray:
+        if not relays:
+            return np.full(P, -np.inf)
+        if strategy == "chain":
+            return _chain_arrival(ready, [r[::-1] for r in runs] if backward else runs, model.state_bytes, blocks,
+                                  model.interconnect)  # fmt: skip
+        if strategy == "logscan":
+            return _logscan_arrival(ready, chains, model.summary_bytes, model.interconnect)
+        return _allgather_arrival(ready, model.summary_bytes, model.interconnect)
+
+    clock = tokens * model.head_seconds_per_token / 3  # the embedding
+    for times, backward in [(model.forward, False)] * model.n_layers + [(model.backward, True)] * model.n_layers:
+        ready = clock + tokens * times.before + last * times.summary
+        arrived = arrival(ready, backward)
+        after = tokens * times.after + first * times.correction
+        if overlap:
+            clock = np.maximum(ready + tokens * times.scan, arrived) + after
+        else:
+            clock = np.maximum(ready, arrived) + tokens * times.scan + after
+    return clock + tokens * model.head_seconds_per_token * 2 / 3
+
+
+def _relay_segments(plan: StepPlan, boundaries: list[int], strategy: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per rank, the tokens the correction covers (the first segment, where the piece continues
+    a document from the rank before) and the summary covers (the last segment, where the rank
+    takes part in the relay: in a chain, or in the all-gather every rank joins)."""
+    first, last = np.zeros(plan.world_size), np.zeros(plan.world_size)
+    if not any(len(p.chain) > 1 for p in plan.pieces):
+        return first, last
+    for r, piece in enumerate(plan.pieces):
+        if len(piece.chain) < 2 and strategy != "allgather":
+            continue
+        start, end = piece.spans[-1]
+        last[r] = end - max(start, boundaries[bisect.bisect_left(boundaries, end) - 1])
+        start, end = piece.spans[0]
+        i = bisect.bisect_left(boundaries, start)
+        if plan.neighbours(r)[0] is not None and boundaries[i] != start:
+            first[r] = min(end, boundaries[i]) - start
+    return first, last
+
+
+def choose_strategy(
+    model: StepModel, plan: StepPlan, boundaries: list[int], slowdown: list[float] | None = None, blocks: int = 1
+) -> tuple[str, dict[str, float]]:
+    """The strategy with the shortest predicted step, and every strategy's prediction."""
+    predicted = {s: float(predict_step(model, plan, boundaries, s, slowdown, blocks).max()) for s in STRATEGIES}
+    return min(predicted, key=predicted.get), predicted
+
+
+def assumed_seconds_per_token(cfg: ModelConfig, peak_flops: float | None, mfu: float = 0.4) -> float:
+    """A training token's time before a run has measured it: its FLOPs at ``mfu`` of the
+    device's peak (``CPU_FLOPS`` where the peak is unknown)."""
+    return flops_per_token(cfg).training / (mfu * (peak_flops or CPU_FLOPS))
+
+
+def choose_relay(
+    cfg: ModelConfig, parallel: ParallelConfig, plan: StepPlan, boundaries: list[int], seconds_per_token: list[float]
+) -> tuple[str, dict[str, float]]:
+    """``parallel.sp.relay=auto``: this step's strategy from the interconnect of the
+    ``parallel.planner`` keys and the ranks' speeds."""
+    p = parallel.planner
+    net = Interconnect(p.hop_latency_s, p.intra_node_gb_per_s, p.inter_node_gb_per_s, p.ranks_per_node)
+    typical = float(np.median(seconds_per_token))
+    model = StepModel.for_model(cfg, typical, net)
+    slowdown = [s / typical for s in seconds_per_token]
+    return choose_strategy(model, plan, boundaries, slowdown, parallel.sp.relay_blocks)
