@@ -14,6 +14,8 @@ bench:
 	@scripts/setup-env.sh dev
 	.venv/bin/python bench/scan_ref.py
 	.venv/bin/python bench/sp_relay.py
+	.venv/bin/python bench/sp_overlap.py --tokens-per-rank 1024 --steps 7
+	.venv/bin/python bench/sp_scaling.py
 	.venv/bin/python bench/planner_sim.py
 	.venv/bin/python bench/profile_overhead.py
 	.venv/bin/python bench/checkpoint_io.py
