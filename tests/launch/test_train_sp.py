@@ -60,8 +60,9 @@ def test_sp_loss_curve_matches_single_process(tmp_path, single_process, mixer, n
     [
         ["parallel.zero.engine=fsdp2", "parallel.zero.stage=3"],
         ["parallel.zero.engine=deepspeed"],
-        # the chain's messages from the relay thread beside FSDP2's collectives
+        # the point-to-point relays' messages from the relay thread beside the engines' collectives
         ["parallel.zero.engine=fsdp2", "parallel.sp.relay=chain", "parallel.sp.relay_blocks=2"],
+        ["parallel.zero.engine=deepspeed", "parallel.sp.relay=logscan"],
     ],
 )
 def test_sp_composes_with_sharding(tmp_path, single_process, engine):
