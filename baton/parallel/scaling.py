@@ -13,8 +13,8 @@ and the arrival of the incoming state depends on the strategy:
 - chain: along each dependency run (``StepPlan.dependency_runs``) a rank forwards the state
   the moment it lands (the relay thread / side stream does, not the scan), so the state
   reaching rank r left the run's earlier rank j when j's summary was ready and travelled
-  the hops from j to r; in ``blocks`` pieces, the last arriving ``blocks - 1`` hop-times of
-  one piece after the first.
+  the hops from j to r; in ``blocks`` pieces, each hop moves 1/blocks of the state and the
+  last piece lands ``blocks - 1`` such hops after the first.
 - logscan: ceil(log2 n) rounds of one summary; all of a chain's ranks must have joined.
 - allgather: a ring all-gather of every rank's summary over the whole world (LASP-2):
   (P - 1) steps, each a summary over the slowest link the ring crosses.
@@ -45,7 +45,7 @@ from baton.models.flops import flops_per_token, scan_shape, summary_bytes
 from baton.parallel.plan import StepPlan
 from baton.parallel.relay import STRATEGIES
 
-CPU_FLOPS = 1e11  # what a CPU process is assumed to sustain before a run measures its speed
+CPU_FLOPS = 1e11  # a CPU process's peak, assumed where the device's is unknown
 
 
 @dataclass
@@ -151,8 +151,7 @@ def _logscan_arrival(ready: np.ndarray, chains: list[list[int]], nbytes: float, 
     for chain in chains:
         order = np.asarray(chain)
         rounds = math.ceil(math.log2(len(order)))
-        spans_nodes = order.min() // net.ranks_per_node != order.max() // net.ranks_per_node
-        hop = net.hop(nbytes, int(order[0]), int(order[-1]) if spans_nodes else int(order[0]))
+        hop = net.hop(nbytes, int(order.min()), int(order.max()))  # between nodes if the chain spans them
         arrival[order] = ready[order].max() + rounds * hop
     return arrival
 
