@@ -132,15 +132,24 @@ class StepModel:
         )  # fmt: skip
 
 
-def _chain_arrival(
-    ready: np.ndarray, runs: list[list[int]], nbytes: float, blocks: int, net: Interconnect
-) -> np.ndarray:
-    """When the incoming state has fully arrived at each rank (-inf: nothing comes in)."""
-    arrival = np.full(len(ready), -np.inf)
+Route = tuple[np.ndarray, np.ndarray, np.ndarray]  # a run's ranks, its hops, time travelled from its start
+
+
+def _chain_routes(runs: list[list[int]], nbytes: float, blocks: int, net: Interconnect) -> list[Route]:
+    """Each dependency run's ranks, the seconds of each hop of one block, and the seconds from
+    the run's first rank to each (the same for every layer: computed once per prediction)."""
+    routes = []
     for run in runs:
         order = np.asarray(run)
         hop = net.hops(nbytes / blocks, order)
-        travelled = np.concatenate([[0.0], np.cumsum(hop)])  # from the run's first rank
+        routes.append((order, hop, np.concatenate([[0.0], np.cumsum(hop)])))
+    return routes
+
+
+def _chain_arrival(ready: np.ndarray, routes: list[Route], blocks: int) -> np.ndarray:
+    """When the incoming state has fully arrived at each rank (-inf: nothing comes in)."""
+    arrival = np.full(len(ready), -np.inf)
+    for order, hop, travelled in routes:
         left = np.maximum.accumulate(ready[order] - travelled)[:-1]  # latest departure, rebased
         arrival[order[1:]] = np.maximum(arrival[order[1:]], left + travelled[1:] + (blocks - 1) * hop)
     return arrival
@@ -179,14 +188,18 @@ def predict_step(
     first, last = (t * speed for t in _relay_segments(plan, boundaries, strategy))
     chains = [list(c) for c in {tuple(p.chain) for p in plan.pieces if len(p.chain) > 1}]
     relays = bool(chains)
-    runs = plan.dependency_runs(boundaries) if relays and strategy == "chain" else []
+    routes: dict[bool, list[Route]] = {}  # by direction: forward, backward (the runs reversed)
+    if relays and strategy == "chain":
+        runs = plan.dependency_runs(boundaries)
+        for backward in (False, True):
+            directed = [r[::-1] for r in runs] if backward else runs
+            routes[backward] = _chain_routes(directed, model.state_bytes, blocks, model.interconnect)
 
     def arrival(ready: np.ndarray, backward: bool) -> np.ndarray:
         if not relays:
             return np.full(P, -np.inf)
         if strategy == "chain":
-            return _chain_arrival(ready, [r[::-1] for r in runs] if backward else runs, model.state_bytes, blocks,
-                                  model.interconnect)  # fmt: skip
+            return _chain_arrival(ready, routes[backward], blocks)
         if strategy == "logscan":
             return _logscan_arrival(ready, chains, model.summary_bytes, model.interconnect)
         return _allgather_arrival(ready, model.summary_bytes, model.interconnect)
