@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
-# The memory and delta-rule issues' GPU checks, one prepared script for a lent H100 or H200 (under 9 minutes):
+# Prepared GPU checks for a lent H100 or H200, in sections that each fit one session's device time:
 #
-#   bash bench/gpu_check.sh        # from the repository root, on the GPU machine
+#   bash bench/gpu_check.sh [memory|throughput|throughput-more]   # from the repository root (default: memory)
 #
+# throughput (issue 20, about 8 minutes at most, every step time-boxed): `baton tune` for configs/1b.yaml
+# (what a first start pays for kernel tuning), then configs/1b.yaml at 32K tokens eager and compiled with
+# that tuning file (first-step seconds after), configs/125m.yaml at 64K eager and compiled (untuned: its
+# head dims would need a tuning run of their own), and the GLA kernel table against fla at the 1b
+# preset's heads (4 x K 256 x V 512) and at 16 x 128. Targets: 1b at >= 55K tok/s (>= 43% MFU), 125m
+# >= 30% MFU, baton's kernels at least as fast as fla's chunk_gla. throughput-more: 1b at 64K, 125m at 32K.
+#
+# memory (issues 16 and 18, under 9 minutes):
 # Trains a few steps of each case and prints, as soon as the case ends, its peak GPU memory,
 # tokens per second and MFU (baton's own per-rank records), next to what `baton memory`
 # predicts for it:
@@ -13,9 +21,10 @@
 # Results also go to $OUT/gpu_check.jsonl (bench/out/ when OUT is unset).
 #
 # The GPU machine has torch and Triton but not omegaconf: carry its wheels (README, "GPU
-# checks") in .whl/, which this script installs first. Kernels run untuned (BATON_AUTOTUNE=0):
-# tuning compiles every candidate, minutes on a fresh machine.
+# checks") in .whl/, which this script installs first. The memory cases run the kernels untuned
+# (BATON_AUTOTUNE=0): tuning compiles every candidate, minutes on a fresh machine.
 set -u
+section=${1:-memory}
 cd "$(dirname "$0")/.."
 out="${OUT:-bench/out}"
 mkdir -p "$out"
@@ -26,7 +35,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 else
     export PYTHONPATH="$PWD"
 fi
-export BATON_AUTOTUNE=0 PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/gpu_check/triton  # compiled kernels shared by all cases
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'Triton', triton.__version__)"
 
@@ -65,10 +74,41 @@ if int(code) != 0:
 EOF
 }
 
-run_case 1b-full 160 configs/1b.yaml train.activation_checkpoint=full train.micro_tokens=65536
-run_case 125m-none 80 configs/125m.yaml train.activation_checkpoint=none
-run_case 125m-full 80 configs/125m.yaml train.activation_checkpoint=full
-# The delta rule (issue 18): its GPU path (reference + Triton state walk) against the reference
-# and, when importable, flash-linear-attention's chunk_gated_delta_rule, at the 1b-gdn head.
-timeout 150 python3 bench/kernels.py --gates gdn --lengths 8192 --tokens 32768 --heads 6 --dim 256 --ref-max 8192 \
-    || echo "gdn kernel bench: exit $?"
+if [[ $section == memory ]]; then
+    export BATON_AUTOTUNE=0
+    run_case 1b-full 160 configs/1b.yaml train.activation_checkpoint=full train.micro_tokens=65536
+    run_case 125m-none 80 configs/125m.yaml train.activation_checkpoint=none
+    run_case 125m-full 80 configs/125m.yaml train.activation_checkpoint=full
+    # The delta rule (issue 18): its GPU path (reference + Triton state walk) against the reference
+    # and, when importable, flash-linear-attention's chunk_gated_delta_rule, at the 1b-gdn head.
+    timeout 150 python3 bench/kernels.py --gates gdn --lengths 8192 --tokens 32768 --heads 6 --dim 256 --ref-max 8192 \
+        || echo "gdn kernel bench: exit $?"
+fi
+
+throughput() {  # config, tokens per step, seconds allowed per case, throughput.py options...
+    local config=$1 tokens=$2 limit=$3
+    shift 3
+    python3 bench/throughput.py --config "$config" --tokens "$tokens" --steps 5 --limit "$limit" \
+        --work /tmp/gpu_check/throughput "$@" data.eval_batches=1 checkpoint.every=0 \
+        || echo "throughput $config $tokens: exit $?"
+    cp bench/out/throughput.json "$out/throughput-$(basename "$config" .yaml)-$tokens.json" 2>/dev/null
+}
+
+if [[ $section == throughput ]]; then
+    tuning=/tmp/gpu_check/tune-1b
+    timeout 240 python3 -m baton.launch.cli tune configs/1b.yaml train.run_dir=$tuning || echo "baton tune: exit $?"
+    throughput configs/1b.yaml 32768 120 --tuning $tuning/tuning.json
+    BATON_AUTOTUNE=0 throughput configs/125m.yaml 65536 90
+    timeout 120 python3 bench/kernels.py --gates gla --lengths 8192 --tokens 32768 --heads 4 --dim 256 \
+        --value-dim 512 || echo "kernels 4x256x512: exit $?"
+    cp bench/out/kernels.json "$out/kernels-4x256x512.json" 2>/dev/null
+    timeout 100 python3 bench/kernels.py --gates gla --lengths 8192 --tokens 32768 --heads 16 --dim 128 \
+        || echo "kernels 16x128: exit $?"
+    cp bench/out/kernels.json "$out/kernels-16x128.json" 2>/dev/null
+fi
+
+if [[ $section == throughput-more ]]; then
+    export BATON_AUTOTUNE=0
+    throughput configs/1b.yaml 65536 120
+    throughput configs/125m.yaml 32768 90
+fi

@@ -3,7 +3,8 @@ reference and, when importable, flash-linear-attention's chunk_gla / chunk_simpl
 chunk_gated_delta_rule (for the delta rule, ``gdn``, baton's GPU path is its reference with the
 chunk-to-chunk state walk in Triton).
 
-python bench/kernels.py [--lengths 2048 8192 32768 65536] [--tokens 65536] [--heads 16] [--dim 128] [--relay]
+python bench/kernels.py [--lengths 2048 8192 32768 65536] [--tokens 65536] [--heads 16] [--dim 128]
+                        [--value-dim V] [--relay]
 
 Shapes are those of a 1.3B model's mixer (hidden 2048 = 16 heads × 128), a fixed number of
 tokens per batch (batch = tokens / T). TFLOP/s counts the chunked algorithm's dense matrix
@@ -67,9 +68,13 @@ def contenders(gate: str, cuda: bool) -> dict:
     return ours
 
 
-def make_inputs(gate: str, B: int, T: int, H: int, D: int, device: str, dtype: torch.dtype, seed: int = 0):
+def make_inputs(
+    gate: str, B: int, T: int, H: int, D: int, device: str, dtype: torch.dtype, seed: int = 0, V: int | None = None
+):
+    """q, k [B, T, H, D], v [B, T, H, V] (V = D unless given), the gates (and the delta rule's beta)."""
     gen = torch.Generator(device=device).manual_seed(seed)
-    q, k, v = (torch.randn(B, T, H, D, device=device, dtype=dtype, generator=gen) for _ in range(3))
+    q, k = (torch.randn(B, T, H, D, device=device, dtype=dtype, generator=gen) for _ in range(2))
+    v = torch.randn(B, T, H, V or D, device=device, dtype=dtype, generator=gen)
     k = F.normalize(k, dim=-1) if gate == "gdn" else k / D**0.5
     g_shape = (B, T, H, D) if gate == "gla" else (B, T, H)
     g = F.logsigmoid(torch.randn(g_shape, device=device, generator=gen)) / 16
@@ -114,11 +119,11 @@ def tuned_settings() -> dict[str, dict[str, str]]:
     return {name: {str(key): str(cfg) for key, cfg in f.cache.items()} for name, f in kernels.items() if f.cache}
 
 
-def agreement(gate: str, H: int, D: int, device: str) -> dict:
+def agreement(gate: str, H: int, D: int, device: str, V: int | None = None) -> dict:
     """Relative difference of each contender's output and dq from the reference, bf16, T=1024;
     and the seconds of that first forward + backward, which compiles (and autotunes baton's
     kernels for these heads and head dims) unless Triton's cache already holds them."""
-    inputs = make_inputs(gate, 1, 1024, H, D, device, torch.bfloat16, seed=1)
+    inputs = make_inputs(gate, 1, 1024, H, D, device, torch.bfloat16, seed=1, V=V)
     result = {}
     ref_o = ref_dq = None
     for name, fn in contenders(gate, device == "cuda").items():
@@ -213,7 +218,8 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 32768, 65536])
     parser.add_argument("--tokens", type=int, default=65536, help="tokens per batch (batch = tokens / T)")
     parser.add_argument("--heads", type=int, default=16)
-    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--dim", type=int, default=128, help="key head dim (and value head dim, unless given)")
+    parser.add_argument("--value-dim", type=int, help="value head dim (GLA and SSD; default: --dim)")
     parser.add_argument("--gates", nargs="+", default=["gla", "ssd", "gdn"])
     parser.add_argument("--profile", action="store_true", help="print per-kernel CUDA time at the first length")
     parser.add_argument("--ref-max", type=int, default=8192, help="skip the PyTorch reference above this length")
@@ -221,20 +227,22 @@ def main() -> None:
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
-    H, D = args.heads, args.dim
+    H, D, V = args.heads, args.dim, args.value_dim or args.dim
+    if V != D and "gdn" in args.gates:
+        parser.error("--value-dim: the delta-rule contenders take one head dim")
     rows, checks = [], {}
     for gate in args.gates:
-        checks[gate] = agreement(gate, H, D, device)
+        checks[gate] = agreement(gate, H, D, device, V)
         print(f"{gate}: difference from the fp32 reference, first call's seconds (bf16, T=1024): {checks[gate]}")
         for T in args.lengths:
             B = max(1, args.tokens // T)
-            per_head = delta_rule_flops(CHUNK, D, D) if gate == "gdn" else 2 * CHUNK * (D + D) + 4 * D * D
+            per_head = delta_rule_flops(CHUNK, D, D) if gate == "gdn" else 2 * CHUNK * (D + V) + 4 * D * V
             flops = 3 * B * T * H * per_head
             for name, fn in contenders(gate, cuda).items():
                 row = {"gate": gate, "B": B, "T": T, "impl": name}
                 if name == "torch-ref" and T > args.ref_max:
                     continue
-                inputs = make_inputs(gate, B, T, H, D, device, dtype)
+                inputs = make_inputs(gate, B, T, H, D, device, dtype, V=V)
                 try:
                     seconds, mem = bench_one(fn, inputs, cuda)
                 except torch.OutOfMemoryError:
@@ -266,8 +274,8 @@ def main() -> None:
     name = torch.cuda.get_device_name() if cuda else "cpu"
     tuned = tuned_settings() if cuda else {}
     write_json(
-        "kernels", rows, device=name, heads=H, dim=D, chunk=CHUNK, dtype=str(dtype), agreement=checks, relay=relay,
-        tuned=tuned, **(toolchain() if cuda else {}),
+        "kernels", rows, device=name, heads=H, dim=D, value_dim=V, chunk=CHUNK, dtype=str(dtype), agreement=checks,
+        relay=relay, tuned=tuned, **(toolchain() if cuda else {}),
     )  # fmt: skip
 
 

@@ -12,7 +12,9 @@ on one rank, with the same two ops:
 ``gates`` is ``(g,)`` for the diagonal scans (GLA, SSD: Â a per-key-dim or per-head
 multiplier, [H, K, 1] or [H, 1, 1]) and ``(g, beta)`` for the delta rule (Â a K×K matrix per
 head). All ops are differentiable, so the incoming state's gradient flows back to whatever
-produced it: the piece before, or the relay from the previous rank.
+produced it: the piece before, or the relay from the previous rank. Under ``torch.compile``
+the carrying functions run eagerly between a block's graphs (``torch.compiler.disable``): they
+read document boundaries as numbers, which would otherwise recompile per boundary layout.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def add_incoming(
     return add_state_correction(o, q, gates[0], state, end, scale)
 
 
+@torch.compiler.disable
 def state_after(
     k: Tensor,
     v: Tensor,
@@ -68,6 +71,7 @@ def state_after(
     return S, A if transition_in is None else apply_transition(A, transition_in)
 
 
+@torch.compiler.disable
 def scan_carrying(
     scan: Callable,
     q: Tensor,
@@ -88,6 +92,7 @@ def scan_carrying(
     return add_incoming(o, q, k, gates, state_in, int(cu_seqlens[1]), scale, chunk_size)
 
 
+@torch.compiler.disable
 def conv_carrying(
     conv: Callable,
     x: Tensor,

@@ -17,8 +17,11 @@ def positions_in_document(n_tokens: int, cu_seqlens: Tensor | None, device: torc
     if cu_seqlens is None:
         return torch.arange(n_tokens, device=device)
     cu = cu_seqlens.to(device, torch.long)
-    starts = torch.repeat_interleave(cu[:-1], cu[1:] - cu[:-1])
-    return torch.arange(n_tokens, device=device) - starts
+    tokens = torch.arange(n_tokens, device=device)
+    # each token's document: the last one starting at or before it (shapes that do not
+    # depend on cu_seqlens' values, so torch.compile traces this without a break)
+    document = torch.searchsorted(cu, tokens, right=True) - 1
+    return tokens - cu[document]
 
 
 def causal_conv1d(

@@ -15,10 +15,9 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 
-from baton.kernels.delta_ref import chunk_delta_ref, delta_correction_ref, delta_step_ref, delta_summary_ref
-from baton.kernels.gla_ref import chunk_gla_ref
+from baton.kernels import ops
+from baton.kernels.delta_ref import delta_correction_ref, delta_step_ref, delta_summary_ref
 from baton.kernels.relay_ref import add_state_correction_ref, segment_summary_ref
-from baton.kernels.ssd_ref import chunk_ssd_ref
 from baton.kernels.step_ref import recurrent_step_ref
 
 BACKENDS = ("auto", "triton", "torch")
@@ -70,7 +69,9 @@ def _check_assembler(device: int) -> None:
         warnings.warn(reason, stacklevel=4)
 
 
-def _use_triton(x: Tensor) -> bool:
+def _wants_triton(x: Tensor) -> bool:
+    """Whether ``x``'s op runs the Triton kernels: a decision on the backend and the device
+    alone, which ``torch.compile`` traces (the scan ops check the assembler when they run)."""
     if _backend == "torch" or (_backend == "auto" and not x.is_cuda):
         return False
     if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
@@ -78,8 +79,19 @@ def _use_triton(x: Tensor) -> bool:
             "kernel backend 'triton' needs CUDA tensors; set TRITON_INTERPRET=1 to run the kernels "
             "on CPU through Triton's interpreter (slow)"
         )
+    return True
+
+
+def check_assembler(x: Tensor) -> None:
+    """Warn once per GPU where Triton's assembler may miscompile the kernels."""
     if x.is_cuda:
         _check_assembler(x.device.index if x.device.index is not None else torch.cuda.current_device())
+
+
+def _use_triton(x: Tensor) -> bool:
+    if not _wants_triton(x):
+        return False
+    check_assembler(x)
     return True
 
 
@@ -127,13 +139,14 @@ def _reference(fn: Callable, *args) -> Tensor | tuple[Tensor, ...]:
     return _Recomputed.apply(fn, *args) if torch.is_grad_enabled() else fn(*args)
 
 
-def _scan(reference: Callable, *args) -> tuple[Tensor, Tensor]:
-    """The Triton scans (one implementation for both gate layouts) or ``reference``."""
-    if _use_triton(args[0]):
-        from baton.kernels.scan_triton import chunk_scan_triton
-
-        return chunk_scan_triton(*args)
-    return _reference(reference, *args)
+def _scan(kind: str, q, k, v, g, beta, scale, initial_state, cu_seqlens, chunk_size) -> tuple[Tensor, Tensor]:
+    """A chunked scan through its custom op (``ops.py``): the Triton scans (GLA and SSD, one
+    implementation for both gate layouts), else the reference of ``kind``."""
+    scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
+    if _wants_triton(q) and kind != "delta":
+        return ops.scan_triton(q, k, v, g, initial_state, cu_seqlens, scale, chunk_size)[:2]
+    walk = kind == "delta" and _wants_triton(q)
+    return ops.scan_ref(kind, q, k, v, g, beta, initial_state, cu_seqlens, scale, chunk_size, walk)
 
 
 def chunk_gla(
@@ -162,7 +175,7 @@ def chunk_gla(
         o [B, T, H, V] in v's dtype, and the final state of every sequence [N, H, K, V] in
         fp32 (fp64 for fp64 inputs).
     """
-    return _scan(chunk_gla_ref, q, k, v, g, scale, initial_state, cu_seqlens, chunk_size)
+    return _scan("gla", q, k, v, g, None, scale, initial_state, cu_seqlens, chunk_size)
 
 
 def chunk_ssd(
@@ -186,7 +199,7 @@ def chunk_ssd(
     Returns:
         o [B, T, H, V] in v's dtype, and the final state of every sequence [N, H, K, V] fp32.
     """
-    return _scan(chunk_ssd_ref, q, k, v, g, scale, initial_state, cu_seqlens, chunk_size)
+    return _scan("ssd", q, k, v, g, None, scale, initial_state, cu_seqlens, chunk_size)
 
 
 def segment_summary(k: Tensor, v: Tensor, g: Tensor, start: int) -> tuple[Tensor, Tensor]:
@@ -240,7 +253,7 @@ def chunk_delta(
     Returns:
         o [B, T, H, V] in v's dtype, and the final state of every sequence [N, H, K, V] fp32.
     """
-    return _reference(_on_walk(chunk_delta_ref, q), q, k, v, g, beta, scale, initial_state, cu_seqlens, chunk_size)
+    return _scan("delta", q, k, v, g, beta, scale, initial_state, cu_seqlens, chunk_size)
 
 
 def delta_summary(k: Tensor, v: Tensor, g: Tensor, beta: Tensor, start: int, chunk_size: int) -> tuple[Tensor, Tensor]:

@@ -493,26 +493,66 @@ def _backward(q, k, v, gc, do, d_final, scale, chunk_offsets, states_in, A, g_dt
     return dq, dk, dv, dg, d_h0
 
 
-class _ChunkScan(torch.autograd.Function):
-    """Autograd over the chunked layout: q, k, v, g (log gates) all [N, C, H, *]; returns
-    o [N, C, H, V] and final states [S, H, K, V] (fp32)."""
+def _chunked(tensors: tuple[Tensor, ...], initial_state, cu_seqlens, chunk_size):
+    """``tensors`` [B, T, H, *] in the document-aligned chunk layout [N, C, H, *], with the
+    layout and each sequence's first chunk (a device tensor, as the state walks read it)."""
+    B, T = tensors[0].shape[:2]
+    cu, _ = flatten_batch(tensors[0], cu_seqlens, initial_state)
+    layout = build_layout(cu, chunk_size, tensors[0].device)
+    chunked = [to_chunks(x.reshape(B * T, *x.shape[2:]), layout) for x in tensors]
+    offsets = torch.tensor(layout.chunk_offsets, dtype=torch.int64, device=tensors[0].device)
+    return chunked, layout, offsets
 
-    @staticmethod
-    def forward(ctx, q, k, v, g, h0, scale, chunk_offsets):
-        gc = g.cumsum(1, dtype=torch.float32)
-        o, final, states_in, A = _forward(q, k, v, gc, scale, chunk_offsets, h0)
-        ctx.save_for_backward(q, k, v, gc, states_in, A, chunk_offsets)
-        ctx.scale, ctx.has_h0, ctx.g_dtype = scale, h0 is not None, g.dtype
-        return o, final
 
-    @staticmethod
-    def backward(ctx, do, d_final):
-        q, k, v, gc, states_in, A, chunk_offsets = ctx.saved_tensors
-        d_final = d_final.contiguous() if d_final is not None else None
-        dq, dk, dv, dg, d_h0 = _backward(
-            q, k, v, gc, do.contiguous(), d_final, ctx.scale, chunk_offsets, states_in, A, ctx.g_dtype
-        )
-        return dq, dk, dv, dg, d_h0 if ctx.has_h0 else None, None, None
+def scan_forward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    initial_state: Tensor | None,
+    cu_seqlens: Tensor | None,
+    scale: float,
+    chunk_size: int,
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """o [B, T, H, V], the final states [S, H, K, V] fp32, and what :func:`scan_backward` reads
+    besides q, k, v: the cumulative gates, the state entering each chunk and the intra-chunk
+    scores."""
+    if chunk_size not in TRITON_CHUNK_SIZES:
+        raise ValueError(f"the Triton scans need chunk_size in {TRITON_CHUNK_SIZES}, got {chunk_size}")
+    if q.dtype == torch.float64:
+        raise ValueError("the Triton scans take fp32, bf16 or fp16 inputs, not fp64")
+    (q_c, k_c, v_c, g_c), layout, offsets = _chunked((q, k, v, g), initial_state, cu_seqlens, chunk_size)
+    gc = g_c.cumsum(1, dtype=torch.float32)  # SSD's scalar gates: [N, C, H]
+    h0 = initial_state.float().contiguous() if initial_state is not None else None
+    o, final, states_in, A = _forward(q_c.contiguous(), k_c.contiguous(), v_c.contiguous(), gc, scale, offsets, h0)
+    return from_chunks(o, layout).reshape(v.shape), final, (gc, states_in, A)
+
+
+def scan_backward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    initial_state: Tensor | None,
+    cu_seqlens: Tensor | None,
+    scale: float,
+    chunk_size: int,
+    saved: tuple[Tensor, Tensor, Tensor],
+    g_dtype: torch.dtype,
+    d_out: Tensor,
+    d_final: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """Gradients of q, k, v, the gates (in the inputs' shapes, the gates' in ``g_dtype``) and of
+    the initial state (None without one)."""
+    gc, states_in, A = saved
+    (q_c, k_c, v_c, do), layout, offsets = _chunked((q, k, v, d_out), initial_state, cu_seqlens, chunk_size)
+    d_final = d_final.contiguous() if d_final is not None else None
+    dq, dk, dv, dg, d_h0 = _backward(
+        q_c.contiguous(), k_c.contiguous(), v_c.contiguous(), gc, do.contiguous(), d_final, scale, offsets,
+        states_in, A, g_dtype,
+    )  # fmt: skip
+    B, T = q.shape[:2]
+    grads = (from_chunks(d, layout).reshape(B, T, *d.shape[2:]) for d in (dq, dk, dv, dg))
+    return *grads, d_h0 if initial_state is not None else None
 
 
 def chunk_scan_triton(
@@ -526,18 +566,10 @@ def chunk_scan_triton(
     chunk_size: int = 64,
 ) -> tuple[Tensor, Tensor]:
     """GLA (g [B, T, H, K]) or SSD (g [B, T, H]) chunked scan; the contract of
-    :func:`baton.kernels.gla_ref.chunk_gla_ref`. Needs ``chunk_size`` in ``TRITON_CHUNK_SIZES``."""
-    if chunk_size not in TRITON_CHUNK_SIZES:
-        raise ValueError(f"the Triton scans need chunk_size in {TRITON_CHUNK_SIZES}, got {chunk_size}")
-    if q.dtype == torch.float64:
-        raise ValueError("the Triton scans take fp32, bf16 or fp16 inputs, not fp64")
-    B, T, H, K = q.shape
-    scale = K**-0.5 if scale is None else scale
-    cu, _ = flatten_batch(q, cu_seqlens, initial_state)
-    layout = build_layout(cu, chunk_size, q.device)
-    q_c, k_c, v_c = (to_chunks(x.reshape(B * T, *x.shape[2:]), layout).contiguous() for x in (q, k, v))
-    g_c = to_chunks(g.reshape(B * T, *g.shape[2:]), layout)  # SSD's scalar gates: [N, C, H]
-    offsets = torch.tensor(layout.chunk_offsets, dtype=torch.int64, device=q.device)
-    h0 = initial_state.float().contiguous() if initial_state is not None else None
-    o, final = _ChunkScan.apply(q_c, k_c, v_c, g_c, h0, float(scale), offsets)
-    return from_chunks(o, layout).reshape(B, T, H, v.shape[-1]), final
+    :func:`baton.kernels.gla_ref.chunk_gla_ref`. Needs ``chunk_size`` in ``TRITON_CHUNK_SIZES``.
+    Differentiable through the custom op ``baton::scan_triton`` (``ops.py``)."""
+    from baton.kernels.ops import scan_triton
+
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    o, final, *_ = scan_triton(q, k, v, g, initial_state, cu_seqlens, float(scale), chunk_size)
+    return o, final

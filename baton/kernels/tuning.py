@@ -3,14 +3,17 @@ settings, tile sizes, and the tensor-core operand dtype. Shared by ``scan_triton
 ``relay_triton.py``.
 
 On a GPU each kernel is autotuned the first time it meets a shape; Triton keeps the choice in
-its cache directory. Under the interpreter (where warps and stages mean nothing) or with
-``BATON_AUTOTUNE=0`` the kernels run untuned: the launch passes its tiles and two stages.
+its cache directory, and ``tuning_file.py`` in the run directory (``TUNERS`` holds every
+kernel's tuner for that). With ``BATON_AUTOTUNE=0`` the kernels run untuned: the launch passes
+its tiles and two stages. Under the interpreter they run untuned unless ``BATON_AUTOTUNE=1``
+asks for tuning there too (timed by the wall clock; only the tiles change anything: tests).
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections.abc import Callable
 
 import torch
@@ -19,7 +22,12 @@ import triton.language as tl
 from torch import Tensor
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-AUTOTUNE = os.environ.get("BATON_AUTOTUNE", "1").lower() not in ("0", "false", "off", "no") and not INTERPRET
+_AUTOTUNE_SETTING = os.environ.get("BATON_AUTOTUNE")
+AUTOTUNE = (
+    _AUTOTUNE_SETTING.lower() not in ("0", "false", "off", "no") if _AUTOTUNE_SETTING is not None else not INTERPRET
+)
+TUNERS: dict[str, triton.runtime.Autotuner] = {}  # every tuned kernel's autotuner, by kernel name
+_settings_timed = 0
 SUB_BLOCK = 16
 SMALL_TILE_WARPS = (1, 2, 4, 8)  # 16-row blocks of the intra-chunk kernels: few warps can do
 LARGE_TILE_WARPS = (2, 4, 8)  # [C or BK, BV] tiles: one warp would spill
@@ -73,10 +81,34 @@ def tuned(
             distinct.setdefault(setting, triton.Config(sizes, num_warps=c.num_warps, num_stages=c.num_stages))
         return list(distinct.values())
 
-    return triton.autotune(
-        configs, key=list(key), prune_configs_by={"early_config_prune": capped} if tiles else None,
-        restore_value=list(restore), cache_results=True,
-    )  # fmt: skip
+    def decorate(kernel):
+        tuner = triton.autotune(
+            configs, key=list(key), prune_configs_by={"early_config_prune": capped} if tiles else None,
+            restore_value=list(restore), cache_results=True, do_bench=_benchmark,
+        )(kernel)  # fmt: skip
+        TUNERS[kernel.__name__] = tuner
+        return tuner
+
+    return decorate
+
+
+def _benchmark(kernel_call: Callable[[], None], quantiles: tuple[float, ...] | None = None, **kwargs):
+    """Time one candidate launch setting, counted (:func:`settings_timed`): Triton's benchmark
+    on a GPU, the wall clock of one run under the interpreter."""
+    global _settings_timed
+    _settings_timed += 1
+    if INTERPRET:
+        start = time.perf_counter()
+        kernel_call()
+        ms = (time.perf_counter() - start) * 1e3
+        return [ms] * len(quantiles) if quantiles else ms
+    return triton.testing.do_bench(kernel_call, quantiles=quantiles, **kwargs)
+
+
+def settings_timed() -> int:
+    """Candidate launch settings the autotuner has timed in this process (each one compiled
+    and benchmarked: what a start pays before its first step when nothing was tuned before)."""
+    return _settings_timed
 
 
 def untuned(**tiles: int) -> dict[str, int]:

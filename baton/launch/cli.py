@@ -1,4 +1,4 @@
-"""The ``baton`` command: ``train``, ``config``, ``memory``, ``submit``, ``data build``, ``data synth``,
+"""The ``baton`` command: ``train``, ``tune``, ``config``, ``memory``, ``submit``, ``data build``, ``data synth``,
 ``report``, ``replay``, ``generate``, ``eval``, ``export``."""
 
 from __future__ import annotations
@@ -30,6 +30,17 @@ def _train(args: argparse.Namespace) -> None:
     finally:
         trainer.close()
     leave_together()
+
+
+def _tune(args: argparse.Namespace) -> None:
+    from baton.launch.config import load_config
+    from baton.launch.tune import tune
+
+    done = tune(load_config(*_config_and_overrides(args)))
+    print(
+        f"baton tune: {done['timed']} launch settings timed in {done['seconds']:.1f}s "
+        f"({done['loaded']} choices were already in the file); {done['saved']} choices in {done['file']}"
+    )
 
 
 def _config(args: argparse.Namespace) -> None:
@@ -198,6 +209,7 @@ def default_workers() -> int:
 
 def _add_training_commands(sub) -> None:
     _configured(sub, "train", _train, "train a model")
+    _configured(sub, "tune", _tune, "autotune the Triton kernels for a config on this GPU, into its run directory")
     _configured(sub, "config", _config, "print the resolved config")
     mem = _configured(sub, "memory", _memory, "what one rank holds in memory, and what fits")
     mem.add_argument("--gpu-memory", type=_positive, help="GiB per GPU (default: this machine's GPU; none: no limit)")

@@ -120,6 +120,7 @@ class TrainConfig:
     activation_checkpoint: str = "none"  # none | full (recompute blocks) | mixer (recompute token mixers)
     micro_tokens: int = 0  # tokens per rank per block pass, a multiple of model.chunk_size (0: the whole piece)
     loss_chunk_tokens: int = 4096  # the head and loss run over chunks of this many tokens (0: all logits at once)
+    compile: bool = False  # torch.compile each block (the scans stay custom ops); the first steps compile
     stop_at_step: int = 0  # end this run at this step (checkpointed), the schedule still for `steps`; 0: off
     deadline_margin_s: float = 120.0  # under `baton submit`: checkpoint and requeue this long before the time limit
     log_every: int = 10

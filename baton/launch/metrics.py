@@ -87,8 +87,11 @@ class MetricsLogger:
     def note(self, step: int, text: str) -> None:
         self.progress.update(step, text)
 
-    def finish(self, steps: int, parameters: int, flops_per_token: int, world_size: int) -> dict:
-        """The run's summary, written to ``summary.json`` with a closing line."""
+    def finish(
+        self, steps: int, parameters: int, flops_per_token: int, world_size: int, start: dict | None = None
+    ) -> dict:
+        """The run's summary, written to ``summary.json`` with a closing line; ``start``: what
+        this start of the run cost before training (first step, kernel tuning)."""
         elapsed = time.perf_counter() - self.start
         summary = {
             "steps": steps,
@@ -101,6 +104,7 @@ class MetricsLogger:
             "model_flops_per_s": self.tokens * flops_per_token / elapsed,
             "parameters": parameters,
             "world_size": world_size,
+            **(start or {}),
         }
         self.close()
         if self.enabled:

@@ -28,12 +28,27 @@ def pick_device(cfg: Config) -> tuple[torch.device, torch.dtype | None]:
     device = torch.device("cuda") if cuda else torch.device("cpu")
     if cfg.train.kernels == "triton" and not cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise ConfigError("train.kernels: triton needs a CUDA device (or TRITON_INTERPRET=1 to interpret on CPU)")
-    triton = cfg.train.kernels == "triton" or (cfg.train.kernels == "auto" and cuda)
-    if triton and cfg.model.chunk_size not in TRITON_CHUNK_SIZES:
+    if uses_triton(cfg, device) and cfg.model.chunk_size not in TRITON_CHUNK_SIZES:
         sizes = ", ".join(map(str, TRITON_CHUNK_SIZES))
         raise ConfigError(f"model.chunk_size: the Triton kernels need one of {sizes}, got {cfg.model.chunk_size}")
     bf16 = cfg.train.dtype == "bf16" or (cfg.train.dtype == "auto" and cuda)
     return device, torch.bfloat16 if bf16 else None
+
+
+def uses_triton(cfg: Config, device: torch.device) -> bool:
+    """Whether the run's kernels are the Triton ones (else the PyTorch references)."""
+    return cfg.train.kernels == "triton" or (cfg.train.kernels == "auto" and device.type == "cuda")
+
+
+def keep_compiled_code(cfg: Config, device: torch.device, run_dir: Path) -> None:
+    """Triton's compiled kernels go to the run directory where Triton kernels run (and the
+    environment names no other place), so that a restart, also on fresh nodes of the same GPU
+    model, loads them instead of compiling again. Triton keys them by source, version and
+    device, and writes each file whole (a rename), so ranks and nodes can share the directory.
+    (Inductor's compiled graphs stay in its own cache, by default on the node's /tmp: it takes
+    file locks, which shared file systems do not all honour.)"""
+    if uses_triton(cfg, device):
+        os.environ.setdefault("TRITON_CACHE_DIR", str(run_dir / "compiled" / "triton"))
 
 
 def open_corpus(cfg: Config) -> Corpus:

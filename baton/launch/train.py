@@ -41,6 +41,7 @@ The life of a step (``file:function``):
 from __future__ import annotations
 
 import math
+import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,6 +54,8 @@ from baton.data.loader import Batch
 from baton.dist.env import DistEnv, init_distributed
 from baton.dist.faults import KILL_AT_STEP, kill_if_asked, slow_down
 from baton.kernels import set_backend as set_kernel_backend
+from baton.kernels.tuning_file import FILE_NAME as TUNING_FILE
+from baton.kernels.tuning_file import count_choices, load_choices, save_choices, settings_timed
 from baton.launch.batches import PlannedBatches
 from baton.launch.config import Config, to_yaml
 from baton.launch.evaluate import held_out_losses
@@ -60,7 +63,7 @@ from baton.launch.logs import prepare_run_dir, tee_output
 from baton.launch.metrics import MetricsLogger
 from baton.launch.preempt import Preemption
 from baton.launch.schedule import load_schedule_state, schedule_state
-from baton.launch.setup import checkpoint_root, pick_device, training_data
+from baton.launch.setup import checkpoint_root, keep_compiled_code, pick_device, training_data, uses_triton
 from baton.models.flops import count_parameters, flops_per_token
 from baton.models.lm import RecurrentLM
 from baton.parallel.budget import memory_cap
@@ -106,6 +109,8 @@ class Trainer:
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.env.local_rank)
         set_kernel_backend(cfg.train.kernels)
+        keep_compiled_code(cfg, self.device, self.run_dir)
+        self._load_tuning()
         torch.manual_seed(cfg.train.seed)
         self.data = training_data(cfg)
         self.step = 0
@@ -136,6 +141,26 @@ class Trainer:
             cfg.profile.trace_ranks, cfg.profile.trace_steps, self.env.rank, self.device, self.run_dir
         )
         self.metrics: MetricsLogger | None = None
+
+    def _load_tuning(self) -> None:
+        """Where Triton kernels run: the autotuner's choices of an earlier start (or of
+        ``baton tune``) from the run directory, so that this start times no candidates for them."""
+        self.tuning_file = self.run_dir / TUNING_FILE if uses_triton(self.cfg, self.device) else None
+        self.tuning_loaded = self.tuning_saved = 0
+        if self.tuning_file is None:
+            return
+        self.tuning_loaded, why_none = load_choices(self.tuning_file)
+        self.tuning_saved = self.tuning_loaded
+        if self.env.is_main:
+            loaded = f"{self.tuning_loaded} choices loaded from {self.tuning_file}"
+            print(f"baton: kernel tuning: {loaded if self.tuning_loaded else why_none + '; the first step tunes'}")
+
+    def _save_tuning(self) -> None:
+        """Rank 0 keeps the choices in the run directory whenever there are new ones."""
+        if self.tuning_file is None or not self.env.is_main or count_choices() == self.tuning_saved:
+            return
+        save_choices(self.tuning_file)
+        self.tuning_saved = count_choices()
 
     def _build_profiler(self) -> RankProfiler | NullProfiler:
         p = self.cfg.profile
@@ -281,11 +306,17 @@ class Trainer:
         self.metrics = MetricsLogger(
             self.run_dir, cfg.train.steps, env.is_main, env.distributed, cfg.profile.tensorboard
         )
+        first_step, start = self.step + 1, {}
         while self.step < last:
             kill_if_asked(KILL_AT_STEP, env.rank, self.step + 1)  # tests: a rank dying mid-job
             self.tracer.before_step(self.step + 1)
+            began = time.perf_counter()
             result = self.train_step()
             self.tracer.after_step(self.step)
+            if self.step == first_step:  # what this start paid: compilation, kernel tuning
+                start = {"first_step_s": time.perf_counter() - began, "tuning_loaded": self.tuning_loaded}
+                start["settings_timed"] = settings_timed() if self.tuning_file else 0
+                self._save_tuning()
             at_end = self.step == last
             evaluation = self.evaluate() if self.step % cfg.train.eval_every == 0 or at_end else None
             logging = self.step % cfg.train.log_every == 0 or at_end
@@ -295,6 +326,7 @@ class Trainer:
             stop = self.preemption.requested() if not at_end else ""
             if stop or self.checkpointer.should_save(self.step, last):
                 self.save_checkpoint()
+                self._save_tuning()
             if stop:  # not finished: the requeued (or resumed) run writes the summary
                 self.checkpointer.finish()
                 self.metrics.note(self.step, f"stopping: {stop}; checkpoint of step {self.step} written")
@@ -302,7 +334,7 @@ class Trainer:
                 return {"steps": self.step, "stopped": stop}
         self.checkpointer.finish()
         n_params, flops = count_parameters(cfg.model), flops_per_token(cfg.model).training
-        return self.metrics.finish(self.step, n_params, flops, env.world_size)
+        return self.metrics.finish(self.step, n_params, flops, env.world_size, start)
 
     def close(self) -> None:
         """Release what this process holds (files, the planning thread), once, whether the run

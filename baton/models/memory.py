@@ -42,8 +42,8 @@ def _ssd_mixer(cfg: ModelConfig, a: int, path: str) -> int:
     kept += F * inner + 2 * F * H  # x·dt, dt before and after softplus
     kept += 2 * F * inner + a * inner + F  # y + D x, the gated product, SiLU(z), norm statistics
     kept += a * inner  # the norm's output as out_proj keeps it
-    if path == "triton":  # C and B copied out of their broadcast, cumulative gates, chunk states, scores
-        return kept + 2 * F * H * N + F * H + F * H * N * cfg.ssd_head_dim // C + F * H * C
+    if path == "triton":  # cumulative gates, chunk states, scores; C and B are kept as their broadcast
+        return kept + F * H + F * H * N * cfg.ssd_head_dim // C + F * H * C  # views, laid out again in backward
     return kept + F * H  # the reference scan keeps its gate input
 
 

@@ -3,12 +3,13 @@ torchtitan's ``parallelize``). The model code knows nothing of it.
 
 1. Sequence parallelism: every token mixer's scan (and the SSD conv) is swapped for a
    relaying one that reads the step's plan (``parallel/sequence.py``); all ranks start from
-   rank 0's weights. With micro-batches the blocks relay themselves (step 3) instead.
-2. Activation checkpointing (``parallel/recompute.py``): blocks or mixers recomputed in
+   rank 0's weights. With micro-batches the blocks relay themselves (step 4) instead.
+2. ``torch.compile`` per block (``parallel/compile.py``), with ``train.compile``.
+3. Activation checkpointing (``parallel/recompute.py``): blocks or mixers recomputed in
    backward, their relay ops replaying what they received.
-3. Sequence micro-batches (``parallel/microbatch.py``): each block runs over the piece in
-   slices carrying the state, each slice recomputed in backward under step 2's policy.
-4. Sharding, last, as it must see the final modules: FSDP2 (``fully_shard`` per block, then
+4. Sequence micro-batches (``parallel/microbatch.py``): each block runs over the piece in
+   slices carrying the state, each slice recomputed in backward under step 3's policy.
+5. Sharding, last, as it must see the final modules: FSDP2 (``fully_shard`` per block, then
    the root), or a DeepSpeed ZeRO engine, which also takes the optimizer and schedule.
 
 The result, :class:`ParallelModel`, is what a training step drives: backward, the gradient
@@ -29,6 +30,7 @@ from torch.distributed.tensor import DTensor
 
 from baton.dist.env import DistEnv, sum_over_ranks
 from baton.launch.schedule import build_optimizer, build_scheduler
+from baton.parallel.compile import compile_blocks
 from baton.parallel.microbatch import apply_micro_batches
 from baton.parallel.recompute import apply_activation_checkpointing
 from baton.parallel.sequence import SequenceParallel, apply_sequence_parallel
@@ -98,6 +100,8 @@ def parallelize(
             apply_sequence_parallel(model, sp)
         for p in model.parameters():
             dist.broadcast(p.data, 0)
+    if cfg.train.compile:
+        compile_blocks(model, cfg.train.activation_checkpoint)
     apply_activation_checkpointing(model, cfg.train.activation_checkpoint, sp.record)
     if micro_tokens:
         apply_micro_batches(model, sp, micro_tokens, cfg.model.chunk_size)

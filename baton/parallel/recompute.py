@@ -20,6 +20,7 @@ checkpointing.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -32,6 +33,7 @@ def recompute_in_backward(module: nn.Module, record: RelayRecord) -> None:
     """Run ``module``'s forward under activation checkpointing from now on (in place)."""
     forward = module.forward
 
+    @torch.compiler.disable  # a compiled block calls a checkpointed mixer eagerly (compiled on its own)
     def checkpointed(*args, **kwargs):
         return checkpoint(forward, *args, use_reentrant=False, context_fn=record.checkpoint_contexts, **kwargs)
 

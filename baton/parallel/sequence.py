@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 
 from baton.kernels.carry import add_incoming, last_window, segment_transition
@@ -90,6 +91,7 @@ class RelayedScan:
     def __init__(self, local_scan: Callable, sp: SequenceParallel, name: str, tag: int) -> None:
         self.local_scan, self.sp, self.name, self.tag = local_scan, sp, name, tag
 
+    @torch.compiler.disable  # messages and a relay thread: eager between a compiled block's graphs
     def __call__(
         self,
         q: Tensor,
@@ -123,6 +125,7 @@ class RelayedConv:
     def __init__(self, local_conv: Callable, sp: SequenceParallel, name: str, tag: int) -> None:
         self.local_conv, self.sp, self.name, self.tag = local_conv, sp, name, tag
 
+    @torch.compiler.disable
     def __call__(
         self, x: Tensor, weight: Tensor, bias: Tensor | None = None, cu_seqlens: Tensor | None = None
     ) -> Tensor:

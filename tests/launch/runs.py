@@ -17,8 +17,11 @@ def mpirun() -> str | None:
     return str(beside) if beside.exists() else shutil.which("mpirun")
 
 
-def baton_train(run_dir: Path, data_dir: Path, nproc: int, *overrides: str, launcher: str = "torchrun") -> Path:
-    """Train into ``run_dir`` (fails the test with the tail of stderr on a non-zero exit)."""
+def baton_train(
+    run_dir: Path, data_dir: Path, nproc: int, *overrides: str, launcher: str = "torchrun", env: dict | None = None
+) -> Path:
+    """Train into ``run_dir`` (fails the test with the tail of stderr on a non-zero exit);
+    ``env``: variables set for it."""
     args = [
         "-m",
         "baton.launch.cli",
@@ -34,7 +37,8 @@ def baton_train(run_dir: Path, data_dir: Path, nproc: int, *overrides: str, laun
         cmd = [mpirun(), "--allow-run-as-root", "--oversubscribe", "-n", str(nproc), sys.executable, *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
 

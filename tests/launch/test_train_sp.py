@@ -63,6 +63,8 @@ def test_sp_loss_curve_matches_single_process(tmp_path, single_process, mixer, n
         # the point-to-point relays' messages from the relay thread beside the engines' collectives
         ["parallel.zero.engine=fsdp2", "parallel.sp.relay=chain", "parallel.sp.relay_blocks=2"],
         ["parallel.zero.engine=deepspeed", "parallel.sp.relay=logscan"],
+        # compiled blocks, each mixer checkpointed (compiled on its own), the relay eager between graphs
+        ["parallel.zero.engine=fsdp2", "train.compile=true", "train.activation_checkpoint=mixer"],
     ],
 )
 def test_sp_composes_with_sharding(tmp_path, single_process, engine):
