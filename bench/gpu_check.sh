@@ -98,7 +98,7 @@ if [[ $section == throughput ]]; then
     tuning=/tmp/gpu_check/tune-1b
     timeout 240 python3 -m baton.launch.cli tune configs/1b.yaml train.run_dir=$tuning || echo "baton tune: exit $?"
     throughput configs/1b.yaml 32768 120 --tuning $tuning/tuning.json
-    BATON_AUTOTUNE=0 throughput configs/125m.yaml 65536 90
+    (export BATON_AUTOTUNE=0; throughput configs/125m.yaml 65536 90)
     timeout 120 python3 bench/kernels.py --gates gla --lengths 8192 --tokens 32768 --heads 4 --dim 256 \
         --value-dim 512 || echo "kernels 4x256x512: exit $?"
     cp bench/out/kernels.json "$out/kernels-4x256x512.json" 2>/dev/null

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table, time_it, write_json  # noqa: E402
 
 from baton.kernels import chunk_delta, chunk_delta_ref, chunk_gla_ref, chunk_ssd_ref  # noqa: E402
+from baton.kernels.tuning_file import choices  # noqa: E402
 from baton.models.flops import delta_rule_flops  # noqa: E402
 
 CHUNK = 64
@@ -107,16 +108,6 @@ def bench_one(fn, inputs, cuda: bool) -> tuple[float, float]:
     peak = (torch.cuda.max_memory_allocated() - base) / 2**30
     ms = do_bench(run, warmup=50, rep=300, grad_to_none=inputs, return_mode="median")
     return ms / 1e3, peak
-
-
-def tuned_settings() -> dict[str, dict[str, str]]:
-    """What Triton's autotuner chose (warps, stages, tiles) for each baton kernel, per shape key."""
-    from triton.runtime.autotuner import Autotuner
-
-    from baton.kernels import relay_triton, scan_triton
-
-    kernels = {n: f for m in (scan_triton, relay_triton) for n, f in vars(m).items() if isinstance(f, Autotuner)}
-    return {name: {str(key): str(cfg) for key, cfg in f.cache.items()} for name, f in kernels.items() if f.cache}
 
 
 def agreement(gate: str, H: int, D: int, device: str, V: int | None = None) -> dict:
@@ -272,7 +263,7 @@ def main() -> None:
         print("\nsequence-parallel summary + correction over a whole piece of T tokens (batch 1):")
         print_table(relay, list(relay[0]))
     name = torch.cuda.get_device_name() if cuda else "cpu"
-    tuned = tuned_settings() if cuda else {}
+    tuned = choices() if cuda else {}  # what the autotuner chose, per kernel and shape key
     write_json(
         "kernels", rows, device=name, heads=H, dim=D, value_dim=V, chunk=CHUNK, dtype=str(dtype), agreement=checks,
         relay=relay, tuned=tuned, **(toolchain() if cuda else {}),

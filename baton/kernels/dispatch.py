@@ -17,6 +17,7 @@ from torch.autograd import Function
 
 from baton.kernels import ops
 from baton.kernels.delta_ref import delta_correction_ref, delta_step_ref, delta_summary_ref
+from baton.kernels.norm import norm_gate_ref
 from baton.kernels.relay_ref import add_state_correction_ref, segment_summary_ref
 from baton.kernels.step_ref import recurrent_step_ref
 
@@ -89,6 +90,7 @@ def check_assembler(x: Tensor) -> None:
 
 
 def _use_triton(x: Tensor) -> bool:
+    """:func:`_wants_triton` for the ops that launch their kernels here (eagerly)."""
     if not _wants_triton(x):
         return False
     check_assembler(x)
@@ -286,3 +288,13 @@ def delta_step(
     """One token of the delta rule for a batch of streams, for decoding (see
     :func:`~baton.kernels.delta_ref.delta_step_ref`)."""
     return delta_step_ref(q, k, v, g, beta, state, scale)
+
+
+def norm_gate(x: Tensor, gate: Tensor, weight: Tensor, eps: float | None, norm_first: bool) -> Tensor:
+    """RMSNorm with a SiLU output gate (see :func:`~baton.kernels.norm.norm_gate_ref`): one
+    fused Triton kernel where the scans run in Triton, the reference's ops elsewhere."""
+    if not _wants_triton(x):
+        return norm_gate_ref(x, gate, weight, eps, norm_first)
+    eps = torch.finfo(x.dtype).eps if eps is None else eps
+    with torch.autocast(x.device.type, enabled=False):  # fp32 inside whatever autocast says, as rms_norm
+        return ops.norm_gate(x, gate, weight, eps, norm_first)[0]

@@ -13,6 +13,7 @@ launches) never reaches the tracer. :mod:`baton.kernels.dispatch` picks the op p
   reads: the cumulative gates, the state entering each chunk and the intra-chunk scores, laid
   out in document-aligned chunks whose number depends on ``cu_seqlens``' values (an unbacked
   size to the tracer).
+- ``baton::norm_gate``: the fused RMSNorm with a SiLU output gate (``norm_gate_triton.py``).
 """
 
 from __future__ import annotations
@@ -236,3 +237,47 @@ def _scan_triton_grads(ctx, d_out: Tensor, d_final: Tensor | None, *_):
 
 
 scan_triton.register_autograd(_scan_triton_grads, setup_context=_save_triton)
+
+
+@custom_op("baton::norm_gate", mutates_args=())
+def norm_gate(x: Tensor, gate: Tensor, weight: Tensor, eps: float, norm_first: bool) -> tuple[Tensor, Tensor]:
+    """RMSNorm with a SiLU output gate, one Triton kernel (``norm_gate_triton.py``): the
+    output and every row's statistic (kept for backward)."""
+    from baton.kernels.norm_gate_triton import norm_gate_forward
+
+    return norm_gate_forward(x, gate, weight, eps, norm_first)
+
+
+@norm_gate.register_fake
+def _(x, gate, weight, eps, norm_first):
+    out = x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, gate.dtype))
+    return out, x.new_empty(x.numel() // x.shape[-1], dtype=torch.float32)
+
+
+@custom_op("baton::norm_gate_backward", mutates_args=())
+def norm_gate_backward(
+    x: Tensor, gate: Tensor, weight: Tensor, rstd: Tensor, d_out: Tensor, norm_first: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    from baton.kernels.norm_gate_triton import norm_gate_backward as backward
+
+    return backward(x, gate, weight, rstd, d_out, norm_first)
+
+
+@norm_gate_backward.register_fake
+def _(x, gate, weight, rstd, d_out, norm_first):
+    return torch.empty_like(x), torch.empty_like(gate), torch.empty_like(weight)
+
+
+def _save_norm_gate(ctx, inputs, output) -> None:
+    x, gate, weight, _, norm_first = inputs
+    ctx.save_for_backward(x, gate, weight, output[1])
+    ctx.norm_first = norm_first
+    ctx.mark_non_differentiable(output[1])
+
+
+def _norm_gate_grads(ctx, d_out: Tensor, _):
+    x, gate, weight, rstd = ctx.saved_tensors
+    return *norm_gate_backward(x, gate, weight, rstd, d_out, ctx.norm_first), None, None
+
+
+norm_gate.register_autograd(_norm_gate_grads, setup_context=_save_norm_gate)

@@ -39,7 +39,8 @@ def _tuners() -> dict:
     return TUNERS
 
 
-def _choices() -> dict[str, list]:
+def choices() -> dict[str, list]:
+    """Every tuner's choices, as the file keeps them: per kernel, [key, launch setting] pairs."""
     return {
         name: [[list(key), {"kwargs": c.kwargs, "num_warps": c.num_warps, "num_stages": c.num_stages}]
                for key, c in tuner.cache.items()]
@@ -56,7 +57,7 @@ def settings_timed() -> int:
 
 def count_choices() -> int:
     """Choices the tuners hold now (loaded or timed)."""
-    return sum(len(entries) for entries in _choices().values())
+    return sum(len(entries) for entries in choices().values())
 
 
 def load_choices(path: Path) -> tuple[int, str]:
@@ -87,7 +88,7 @@ def load_choices(path: Path) -> tuple[int, str]:
 def save_choices(path: Path) -> int:
     """Write every tuner's choices to ``path`` (atomically), with those already there for
     shapes this process did not meet; the number written."""
-    kernels = _choices()
+    kernels = choices()
     try:
         saved = json.loads(path.read_text()) if path.exists() else {}
     except ValueError:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from baton.kernels import causal_conv1d, chunk_delta, conv_step, delta_step
 from baton.kernels.carry import conv_carrying, scan_carrying, state_after, tail_window
 from baton.models.config import ModelConfig
-from baton.models.norm import RMSNorm
+from baton.models.norm import GatedRMSNorm
 from baton.models.state import LayerState
 
 
@@ -45,7 +45,7 @@ class GatedDeltaNetMixer(nn.Module):
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
         self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(1, 16)))
         self.out_gate = nn.Linear(d, H * V, bias=False)
-        self.head_norm = RMSNorm(V, eps=cfg.norm_eps)
+        self.head_norm = GatedRMSNorm(V, eps=cfg.norm_eps, norm_first=True)
         self.o_proj = nn.Linear(H * V, d, bias=False)
         self.scan = chunk_delta
         self.conv = causal_conv1d
@@ -64,7 +64,7 @@ class GatedDeltaNetMixer(nn.Module):
         return -self.A_log.exp() * F.softplus(a + self.dt_bias), self.beta_range * torch.sigmoid(b)
 
     def _output(self, o: Tensor, x: Tensor) -> Tensor:
-        o = self.head_norm(o) * F.silu(self.out_gate(x).unflatten(-1, (self.n_heads, self.value_dim)))
+        o = self.head_norm(o, self.out_gate(x).unflatten(-1, (self.n_heads, self.value_dim)))
         return self.o_proj(o.flatten(-2))
 
     def forward(

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from baton.kernels import chunk_gla, recurrent_step
 from baton.kernels.carry import scan_carrying, state_after
 from baton.models.config import ModelConfig
-from baton.models.norm import RMSNorm
+from baton.models.norm import GatedRMSNorm
 from baton.models.state import LayerState
 
 
@@ -29,7 +29,7 @@ class GLAMixer(nn.Module):
         self.v_proj = nn.Linear(d, dv, bias=False)
         self.out_gate = nn.Linear(d, dv, bias=False)
         self.forget_gate = nn.Sequential(nn.Linear(d, cfg.gate_low_rank, bias=False), nn.Linear(cfg.gate_low_rank, dk))
-        self.head_norm = RMSNorm(dv // H, eps=cfg.norm_eps)
+        self.head_norm = GatedRMSNorm(dv // H, eps=cfg.norm_eps, norm_first=True)
         self.o_proj = nn.Linear(dv, d, bias=False)
         self.scan = chunk_gla
 
@@ -60,7 +60,7 @@ class GLAMixer(nn.Module):
             o, _ = self.scan(q, k, v, g, cu_seqlens=cu_seqlens, chunk_size=self.chunk_size)
         else:
             o = scan_carrying(self.scan, q, k, v, (g,), None, cu_seqlens, self.chunk_size, state.scan)
-        o = self.head_norm(o) * F.silu(self._heads(x, self.out_gate))
+        o = self.head_norm(o, self._heads(x, self.out_gate))
         return self.o_proj(o.reshape(*x.shape[:2], -1)), after
 
     def step(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
@@ -71,5 +71,5 @@ class GLAMixer(nn.Module):
         q = self._heads(x[:, None], self.q_proj)[:, 0]
         S = state.scan if state.scan is not None else k.new_zeros(*k.shape, v.shape[-1], dtype=torch.float32)
         o, S = recurrent_step(q, k, v, g, S, q.shape[-1] ** -0.5)
-        o = self.head_norm(o) * F.silu(self._heads(x[:, None], self.out_gate)[:, 0])
+        o = self.head_norm(o, self._heads(x[:, None], self.out_gate)[:, 0])
         return self.o_proj(o.reshape(x.shape[0], -1)), LayerState(S)

@@ -26,10 +26,12 @@ def _gla_mixer(cfg: ModelConfig, a: int, path: str) -> int:
     kept = a * d  # the normed input, shared by the five projections
     kept += a * (2 * dk + dv)  # q, k, v
     kept += a * (cfg.gate_low_rank + dk)  # the gate's low-rank activation, its input to softplus
-    kept += a * 5 * dv + F * H  # scan output, head norm output and statistics, output gate, its SiLU, product
+    kept += a * 3 * dv + F * H  # scan output, output gate, gated norm's statistics, its output (o_proj's input)
     if path == "triton":  # cumulative gates, chunk states (input dtype), intra-chunk scores
         return kept + F * dk + a * H * K * V // C + F * H * C
-    return kept + a * dk  # the reference scan recomputes its work in backward: it keeps its gate input
+    # the reference scan recomputes its work in backward: it keeps its gate input; the unfused
+    # gated norm keeps its norm's output and the gate's SiLU
+    return kept + a * dk + 2 * a * dv
 
 
 def _ssd_mixer(cfg: ModelConfig, a: int, path: str) -> int:
@@ -40,17 +42,18 @@ def _ssd_mixer(cfg: ModelConfig, a: int, path: str) -> int:
     kept += a * conv + (W - 1)  # the conv's padded input and its W-1 causal masks (bool)
     kept += 2 * F * conv  # conv output and its SiLU (fp32: promoted by the fp32 conv weight)
     kept += F * inner + 2 * F * H  # x·dt, dt before and after softplus
-    kept += 2 * F * inner + a * inner + F  # y + D x, the gated product, SiLU(z), norm statistics
+    kept += F * inner + F  # y + D x, the gated norm's statistics
     kept += a * inner  # the norm's output as out_proj keeps it
     if path == "triton":  # cumulative gates, chunk states, scores; C and B are kept as their broadcast
         return kept + F * H + F * H * N * cfg.ssd_head_dim // C + F * H * C  # views, laid out again in backward
-    return kept + F * H  # the reference scan keeps its gate input
+    # the reference scan keeps its gate input; the unfused gated norm its product and SiLU(z)
+    return kept + F * H + F * inner + a * inner
 
 
 def _gdn_mixer(cfg: ModelConfig, a: int, path: str) -> int:
     """What the Gated DeltaNet mixer keeps, its normed input included. The delta-rule op keeps
-    its inputs alone and runs again in backward on either path (the paths differ only in the
-    chunk-to-chunk state walk, ``kernels/delta_triton.py``)."""
+    its inputs alone and runs again in backward on either path (its paths differ only in the
+    chunk-to-chunk state walk, ``kernels/delta_triton.py``); the Triton path fuses the gated norm."""
     d, H, W = cfg.d_model, cfg.n_heads, cfg.conv_size
     HK, HV = H * cfg.gdn_head_dim, H * cfg.gdn_value_head_dim
     conv = 2 * HK + HV
@@ -58,8 +61,11 @@ def _gdn_mixer(cfg: ModelConfig, a: int, path: str) -> int:
     kept += 2 * F * conv  # conv output and its SiLU (fp32: promoted by the fp32 conv weight)
     kept += 2 * F * HK + 4 * F * H  # unit-norm q and k, their norms before and after the clamp
     kept += 5 * F * H  # α's pre-activation plus dt_bias, its softplus, log α; β's sigmoid, β
-    kept += 2 * F * HV + F * H  # scan output (fp32 as v), head norm output and statistics
-    return kept + 3 * a * HV  # output gate, its SiLU, the gated product as o_proj keeps it
+    kept += F * HV + F * H  # scan output (fp32 as v), the gated norm's statistics
+    kept += 2 * a * HV  # output gate, the gated norm's output as o_proj keeps it
+    if path == "triton":
+        return kept
+    return kept + F * HV + a * HV  # the unfused gated norm keeps its norm's output (fp32) and the gate's SiLU
 
 
 MIXERS = {"gla": _gla_mixer, "ssd": _ssd_mixer, "gdn": _gdn_mixer}

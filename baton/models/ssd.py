@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from baton.kernels import causal_conv1d, chunk_ssd, conv_step, recurrent_step
 from baton.kernels.carry import conv_carrying, scan_carrying, state_after, tail_window
 from baton.models.config import ModelConfig
-from baton.models.norm import RMSNorm
+from baton.models.norm import GatedRMSNorm
 from baton.models.state import LayerState
 
 
@@ -35,7 +35,7 @@ class SSDMixer(nn.Module):
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
         self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(1, 16)))
         self.D = nn.Parameter(torch.ones(H))
-        self.norm = RMSNorm(inner, eps=cfg.norm_eps)
+        self.norm = GatedRMSNorm(inner, eps=cfg.norm_eps, norm_first=False)
         self.out_proj = nn.Linear(inner, d, bias=False)
         self.scan = chunk_ssd
         self.conv = causal_conv1d
@@ -79,7 +79,7 @@ class SSDMixer(nn.Module):
         else:
             y, _ = self.scan(q, k, v, g, scale=1.0, cu_seqlens=cu_seqlens, chunk_size=self.chunk_size)
         y = y + self.D[:, None] * xs
-        return self.out_proj(self.norm(y.reshape(B, T, -1) * F.silu(z))), after
+        return self.out_proj(self.norm(y.reshape(B, T, -1), z)), after
 
     def step(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
         """One token for each of B streams (decoding): x [B, d] -> [B, d]; the state: the scan
@@ -95,7 +95,7 @@ class SSDMixer(nn.Module):
         S = state.scan if state.scan is not None else k.new_zeros(*heads, xs.shape[-1], dtype=torch.float32)
         y, S = recurrent_step(q, k, v, -self.A_log.exp() * dt, S, 1.0)
         y = y + self.D[:, None] * xs
-        return self.out_proj(self.norm(y.reshape(B, -1) * F.silu(z))), LayerState(S, window)
+        return self.out_proj(self.norm(y.reshape(B, -1), z)), LayerState(S, window)
 
     def conv_window(self, x: Tensor) -> Tensor:
         """The conv window after x [B, T', d], the last tokens of a piece's last document (what

@@ -12,7 +12,7 @@ from tests.launch.runs import baton_train, jsonl
 
 TUNED = {"TRITON_INTERPRET": "1", "BATON_AUTOTUNE": "1"}
 SHAPE = ["model.d_model=32", "model.n_heads=1", "model.n_layers=1", "model.chunk_size=16", "train.kernels=triton"]
-STEPS = ["data.tokens_per_batch=256", "train.steps=3", "train.eval_every=100", "train.log_every=1"]
+STEPS = ["data.tokens_per_batch=256", "data.eval_batches=1", "train.steps=3", "train.eval_every=100"]
 
 
 def train(tmp_path, run: str, *overrides: str) -> dict:
