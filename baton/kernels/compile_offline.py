@@ -2,8 +2,8 @@
 is not here.
 
 ``python -m baton.kernels.compile_offline ARCH GATES DTYPE CHUNK OUT.json`` runs the forward
-and backward of the chunked scan, of both relay ops and of the delta rule's state walk on CPU
-tensors, with Triton's real
+and backward of the chunked scan, of both relay ops, of the delta rule's state walk and of the
+gated norm on CPU tensors, with Triton's real
 compiler (down to ptxas) targeting compute capability ARCH (90: H100, 80: A100), and writes
 one record per compiled kernel. A driver that only answers "which GPU" stands in for the
 missing one and launches stop after compiling, so outputs are garbage and only the
@@ -79,6 +79,7 @@ def compile_one_step(
     Autotuner.do_bench = property(lambda self: lambda call, quantiles: (call(), [1.0] * len(quantiles))[1])
     from baton.kernels.delta_triton import matrix_state_walk
     from baton.kernels.layout import build_layout
+    from baton.kernels.norm_gate_triton import norm_gate_backward, norm_gate_forward
     from baton.kernels.relay_triton import add_state_correction_triton, segment_summary_triton
     from baton.kernels.scan_triton import chunk_scan_triton
     from baton.kernels.step_triton import recurrent_step_triton
@@ -103,6 +104,11 @@ def compile_one_step(
     update = torch.randn(layout.n_chunks, H, 256, 512, requires_grad=True)
     states_in, final = matrix_state_walk(M, update, layout, None)
     (states_in.sum() + final.sum()).backward()
+    # The gated norm, both orders: per head (GLA, Gated DeltaNet) and over Mamba2's inner width.
+    for width, norm_first in ((V, True), (2048, False)):
+        x, gate = torch.randn(T, width, dtype=dtype), torch.randn(T, width, dtype=dtype)
+        y, rstd = norm_gate_forward(x, gate, torch.ones(width), 1e-6, norm_first)
+        norm_gate_backward(x, gate, torch.ones(width), rstd, torch.ones_like(y), norm_first)
     return compiled
 
 

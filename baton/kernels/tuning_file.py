@@ -75,6 +75,8 @@ def load_choices(path: Path) -> tuple[int, str]:
     if origin != _origin():
         return 0, f"{path} was tuned on {origin['device']} with Triton {origin['triton']}"
     given, tuners = 0, _tuners()
+    if not tuners:
+        return 0, "kernel tuning is off (BATON_AUTOTUNE)"
     for name, entries in kernels.items():
         if name not in tuners:  # a kernel of another baton version
             continue
