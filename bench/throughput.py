@@ -88,8 +88,10 @@ def main() -> None:
             run_dir = args.work / f"{Path(args.config).stem}-{tokens}-{mode}"
             shutil.rmtree(run_dir, ignore_errors=True)
             run_dir.mkdir(parents=True)
-            if args.tuning:
+            if args.tuning and args.tuning.is_file():
                 shutil.copy(args.tuning, run_dir / "tuning.json")
+            elif args.tuning:
+                print(f"no {args.tuning}: the first step tunes", flush=True)
             for restart in [False, True] if args.restart else [False]:
                 rows.append(run_case(args, tokens, mode, run_dir, restart))
                 print(json.dumps(rows[-1]), flush=True)
