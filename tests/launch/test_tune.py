@@ -23,31 +23,27 @@ def train(tmp_path, run: str, *overrides: str) -> dict:
     return summary | {"in_file": sum(len(entries) for entries in kernels.values())}
 
 
-def test_a_restart_loads_the_choices_and_times_nothing(tmp_path):
-    first = train(tmp_path, "run", "train.stop_at_step=1")
-    assert first["settings_timed"] > 0 and first["tuning_loaded"] == 0
-    again = train(tmp_path, "run", "train.stop_at_step=2", "resume=auto")
-    assert again["tuning_loaded"] == first["in_file"] > 0
-    assert again["settings_timed"] == 0
-    # Choices made on another GPU model are not used: the next start tunes again.
-    path = tmp_path / "run" / "tuning.json"
-    path.write_text(json.dumps(json.loads(path.read_text()) | {"device": "NVIDIA H100 80GB HBM3"}))
-    other = train(tmp_path, "run", "resume=auto")
-    assert other["tuning_loaded"] == 0 and other["settings_timed"] == first["settings_timed"]
-    assert "was tuned on NVIDIA H100 80GB HBM3" in (tmp_path / "run" / "logs" / "rank0.log").read_text()
-    assert [m["step"] for m in jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]
-
-
-def test_baton_tune_ahead_of_a_job(tmp_path):
+def test_tuning_is_paid_once(tmp_path):
     run = tmp_path / "run"
-    done = subprocess.run(
+    tuned = subprocess.run(
         [sys.executable, "-m", "baton.launch.cli", "tune", *SHAPE, f"train.run_dir={run}"],
         capture_output=True, text=True, env=dict(os.environ, **TUNED), timeout=600,
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "launch settings timed" in done.stdout
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    assert "launch settings timed" in tuned.stdout
+    # A job after `baton tune` times nothing.
     job = train(tmp_path, "run", "train.stop_at_step=1")
     assert job["tuning_loaded"] == job["in_file"] > 0 and job["settings_timed"] == 0
+    # Choices made on another GPU model are not used: the start tunes, and saves its own.
+    path = run / "tuning.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"device": "NVIDIA H100 80GB HBM3"}))
+    other = train(tmp_path, "run", "train.stop_at_step=2", "resume=auto")
+    assert other["tuning_loaded"] == 0 and other["settings_timed"] > 0
+    assert "was tuned on NVIDIA H100 80GB HBM3" in (run / "logs" / "rank0.log").read_text()
+    # A restart loads what the run itself saved and times nothing.
+    again = train(tmp_path, "run", "resume=auto")
+    assert again["tuning_loaded"] == other["in_file"] > 0 and again["settings_timed"] == 0
+    assert [m["step"] for m in jsonl(run / "metrics.jsonl")] == [1, 2, 3]
 
 
 def test_baton_tune_refuses_the_reference_kernels(tmp_path):
