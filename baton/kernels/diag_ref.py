@@ -1,6 +1,7 @@
 """The diagonal linear recurrence ``h_t = a_t ∘ h_{t-1} + b_t`` with signed coefficients, in plain
 PyTorch: each Newton iteration of a ParaGRU layer is one (``models/newton.py``), its backward
-the same recurrence reversed.
+the same recurrence reversed. Block-diagonal too: with ``a`` of 2×2 blocks per unit (a CIFG
+LSTM's state [c, h], ParaLSTM), ``h_t = a_t h_{t-1} + b_t`` per unit with ``h`` a pair.
 
 Unlike the gated scans' log-space gates, ``a_t`` may be negative or above one (a nonlinear
 cell's Jacobian), so nothing is factored through ``exp`` of cumulative sums: the scan composes
@@ -31,15 +32,20 @@ def diag_scan_ref(
     from each sequence's end).
 
     Args:
-        a, b: [B, T, H, D].
-        initial_state: [N, H, D], the state before each sequence's first token (its last,
+        a, b: [B, T, H, D]; or, for 2×2 blocks, a [B, T, H, D, 2, 2] and b [B, T, H, D, 2].
+        initial_state: [N, H, D(, 2)], the state before each sequence's first token (its last,
             reverse); None: zeros.
         cu_seqlens: [N + 1] document boundaries of a packed stream (then B == 1).
 
     Returns:
-        h [B, T, H, D] and each sequence's final state [N, H, D] (its initial state where it
-        has no tokens), in the inputs' dtype.
+        h (b's shape) and each sequence's final state [N, H, D(, 2)] (its initial state where
+        it has no tokens), in the inputs' dtype.
     """
+    blocks = a.dim() == b.dim() + 1
+
+    def apply(A: Tensor, X: Tensor) -> Tensor:  # A ∘ X, or each block A times its pair X
+        return (A @ X[..., None])[..., 0] if blocks else A * X
+
     B, T = a.shape[:2]
     bounds = torch.arange(B + 1) * T if cu_seqlens is None else cu_seqlens.to("cpu", torch.long)
     if cu_seqlens is not None and B != 1:
@@ -49,7 +55,7 @@ def diag_scan_ref(
     first = (ends - 1 if reverse else starts)[nonempty]  # where each sequence's state enters
     A, X = _flat(a).clone(), _flat(b).clone()
     if initial_state is not None:
-        X[first] = X[first] + A[first] * initial_state[nonempty].to(X.dtype)
+        X[first] = X[first] + apply(A[first], initial_state[nonempty].to(X.dtype))
     A[first] = 0
     if reverse:
         A, X = A.flip(0), X.flip(0)
@@ -57,7 +63,7 @@ def diag_scan_ref(
     while step < A.shape[0]:  # after this round each position holds the composition of 2·step tokens
         A_prev = torch.cat([A.new_zeros(step, *A.shape[1:]), A[:-step]])
         X_prev = torch.cat([X.new_zeros(step, *X.shape[1:]), X[:-step]])
-        A, X = A * A_prev, A * X_prev + X
+        A, X = (A @ A_prev if blocks else A * A_prev), apply(A, X_prev) + X
         step *= 2
     if reverse:
         X = X.flip(0)
