@@ -17,6 +17,7 @@ from torch.autograd import Function
 
 from baton.kernels import ops
 from baton.kernels.delta_ref import delta_correction_ref, delta_step_ref, delta_summary_ref
+from baton.kernels.diag_ref import diag_scan_ref
 from baton.kernels.norm import norm_gate_ref
 from baton.kernels.relay_ref import add_state_correction_ref, segment_summary_ref
 from baton.kernels.step_ref import recurrent_step_ref
@@ -298,3 +299,15 @@ def norm_gate(x: Tensor, gate: Tensor, weight: Tensor, eps: float | None, norm_f
     eps = torch.finfo(x.dtype).eps if eps is None else eps
     with torch.autocast(x.device.type, enabled=False):  # fp32 inside whatever autocast says, as rms_norm
         return ops.norm_gate(x, gate, weight, eps, norm_first)[0]
+
+
+def diag_scan(
+    a: Tensor, b: Tensor, initial_state: Tensor | None, cu_seqlens: Tensor | None, reverse: bool = False
+) -> tuple[Tensor, Tensor]:
+    """The signed diagonal (or 2×2 block-diagonal) recurrence of Newton's solves, no autograd:
+    see :func:`~baton.kernels.diag_ref.diag_scan_ref`."""
+    if _use_triton(b):
+        from baton.kernels.diag_triton import diag_scan_triton
+
+        return diag_scan_triton(a, b, initial_state, cu_seqlens, reverse)
+    return diag_scan_ref(a, b, initial_state, cu_seqlens, reverse)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from baton.models.newton import Cell
+
 
 def _gates(h: Tensor, u: Tensor, d_z: Tensor, d_r: Tensor, d_c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     u_z, u_r, u_c = u.unbind(-2)
@@ -35,17 +37,4 @@ def gru_jacobian(h: Tensor, u: Tensor, d_z: Tensor, d_r: Tensor, d_c: Tensor) ->
     return (1 - z) + (c - h) * dz + z * dc
 
 
-def gru_sequential(
-    u: Tensor, params: tuple[Tensor, ...], initial_state: Tensor | None = None, cu_seqlens: Tensor | None = None
-) -> Tensor:
-    """The reference: the cell applied token after token (autograd through the loop), h [B, T, H, D]."""
-    B, T = u.shape[:2]
-    bounds = (torch.arange(B + 1) * T if cu_seqlens is None else cu_seqlens.to("cpu", torch.long)).tolist()
-    flat = u.reshape(B * T, *u.shape[2:])
-    out = []
-    for n, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
-        h = flat.new_zeros(*u.shape[2:3], u.shape[-1]) if initial_state is None else initial_state[n].to(u.dtype)
-        for t in range(start, end):
-            h = gru_cell(h, flat[t], *params)
-            out.append(h)
-    return torch.stack(out).reshape(B, T, *u.shape[2:3], u.shape[-1])
+GRU = Cell(gru_cell, gru_jacobian)
