@@ -265,6 +265,11 @@ def _validate_micro_batches(cfg: Config) -> None:
             f"train.micro_tokens={micro} must be a multiple of model.chunk_size={chunk}: slices cut documents "
             f"at whole chunks (e.g. train.micro_tokens={max(chunk, micro // chunk * chunk)})"
         )
+    if micro and cfg.model.newton:
+        raise ConfigError(
+            f"train.micro_tokens={micro} with model.mixer={cfg.model.mixer}: slices carry a state by composing "
+            "linear summaries, and a nonlinear RNN has none; use sequence parallelism or train.micro_tokens=0"
+        )
     zero = cfg.parallel.zero
     if micro and zero.engine == "deepspeed" and zero.stage == 3:
         raise ConfigError(

@@ -16,6 +16,8 @@ def mixer_linear_params(cfg: ModelConfig) -> int:
     if cfg.mixer == "gdn":
         H, K, V = scan_shape(cfg)
         return d * H * (2 * K + V) + d * 2 * H + 2 * d * H * V  # q/k/v, the gates, output gate and o_proj
+    if cfg.newton:
+        return 3 * d * d // cfg.n_heads + d * d  # the block-diagonal input projection, out_proj
     inner, N, H = cfg.ssd_inner, cfg.ssd_state_dim, cfg.ssd_heads
     return d * (2 * inner + 2 * N + H) + inner * d
 
@@ -29,6 +31,8 @@ def count_parameters(cfg: ModelConfig) -> int:
     elif cfg.mixer == "gdn":
         H, K, Vh = scan_shape(cfg)
         mixer += H * (2 * K + Vh) * cfg.conv_size + 2 * H + Vh  # conv (no bias), dt_bias and A_log, head norm
+    elif cfg.newton:
+        mixer += 6 * d  # the input projection's bias, the diagonal recurrent weights
     else:
         conv_dim = cfg.ssd_inner + 2 * cfg.ssd_state_dim
         mixer += conv_dim * (cfg.conv_size + 1) + 3 * cfg.ssd_heads + cfg.ssd_inner
@@ -43,6 +47,8 @@ def scan_shape(cfg: ModelConfig) -> tuple[int, int, int]:
         return cfg.n_heads, cfg.key_dim // cfg.n_heads, cfg.value_dim // cfg.n_heads
     if cfg.mixer == "gdn":
         return cfg.n_heads, cfg.gdn_head_dim, cfg.gdn_value_head_dim
+    if cfg.newton:  # per head D units of one state (GRU's h) or two (LSTM's [c, h])
+        return cfg.n_heads, cfg.d_model // cfg.n_heads, 2 if cfg.mixer == "paralstm" else 1
     return cfg.ssd_heads, cfg.ssd_state_dim, cfg.ssd_head_dim
 
 
@@ -90,6 +96,8 @@ def flops_per_token(cfg: ModelConfig) -> FlopsPerToken:
     matmul = cfg.n_layers * 2 * (mixer_linear_params(cfg) + 3 * d * cfg.mlp_hidden) + 2 * d * cfg.vocab_size
     if cfg.mixer == "gdn":
         recurrence = H * (delta_rule_flops(C, K, V) + C * (K + V)) + 2 * cfg.conv_size * H * (2 * K + V)
+    elif cfg.newton:
+        recurrence = newton_flops(cfg)
     else:
         recurrence = H * (2 * C * (K + V) + 4 * K * V)
     if cfg.mixer == "ssd":
@@ -104,3 +112,17 @@ def delta_rule_flops(C: int, K: int, V: int) -> int:
     outputs (2CV), and moving the state across chunks (2K²V / C). The triangular solve
     (C(K + V): forward substitution over the chunk) is added by :func:`flops_per_token`."""
     return 4 * C * K + 2 * C * V + 6 * K * V + 2 * K * K + 2 * K * K * V // C
+
+
+# Elementwise operations per unit (a transcendental counted as one): the cell's step and its
+# Jacobian (GRU's diagonal, LSTM's 2×2 block), and one token of the linear scan (GRU: a multiply
+# and an add; LSTM: a 2×2 block times a pair and its sum).
+CELL_OPS = {"paragru": (14, 20, 2), "paralstm": (16, 28, 6)}
+
+
+def newton_flops(cfg: ModelConfig) -> int:
+    """Per token and layer: the first guess (one cell step), then per Newton iteration the cell,
+    its Jacobian, ``b = f − J h`` and the scan, over ``d_model`` units. Elementwise work, which
+    runs far below matmul speed: a count for the cost model, not a claim on tensor cores."""
+    step, jacobian, scan = CELL_OPS[cfg.mixer]
+    return cfg.d_model * (step + cfg.newton_iterations * (step + jacobian + 2 * scan))

@@ -11,10 +11,13 @@ from baton.models.gla import GLAMixer
 from baton.models.loss import fused_head_loss, token_losses
 from baton.models.mlp import SwiGLU
 from baton.models.norm import RMSNorm
+from baton.models.pararnn import ParaGRUMixer, ParaLSTMMixer
 from baton.models.ssd import SSDMixer
 from baton.models.state import LayerState
 
-MIXERS = {"gla": GLAMixer, "ssd": SSDMixer, "gdn": GatedDeltaNetMixer}
+MIXERS = {
+    "gla": GLAMixer, "ssd": SSDMixer, "gdn": GatedDeltaNetMixer, "paragru": ParaGRUMixer, "paralstm": ParaLSTMMixer,
+}  # fmt: skip
 
 __all__ = ["Block", "LayerState", "RecurrentLM", "token_losses"]
 

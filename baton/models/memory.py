@@ -68,7 +68,16 @@ def _gdn_mixer(cfg: ModelConfig, a: int, path: str) -> int:
     return kept + F * HV + a * HV  # the unfused gated norm keeps its norm's output (fp32) and the gate's SiLU
 
 
-MIXERS = {"gla": _gla_mixer, "ssd": _ssd_mixer, "gdn": _gdn_mixer}
+def _newton_mixer(cfg: ModelConfig, a: int, path: str) -> int:
+    """What a ParaGRU / ParaLSTM mixer keeps: Newton's iterations keep nothing (implicit
+    differentiation needs the solution alone), on either path."""
+    d, pair = cfg.d_model, cfg.mixer == "paralstm"
+    kept = F * d + F * 3 * d  # the normed input in fp32 (the input projection's), the pre-activations
+    kept += F * d * (2 if pair else 1)  # the solution h (LSTM: [c, h])
+    return kept + (a * d if a != F else 0)  # out_proj's input: h cast to bf16 (in fp32 a view of h)
+
+
+MIXERS = {"gla": _gla_mixer, "ssd": _ssd_mixer, "gdn": _gdn_mixer, "paragru": _newton_mixer, "paralstm": _newton_mixer}
 
 
 @dataclass(frozen=True)

@@ -156,6 +156,7 @@ class _NewtonRecurrence(Function):
         return None, None, None, None, None, *grads
 
 
+@torch.compiler.disable  # Python loops over iterations and documents: eager between a compiled block's graphs
 def newton_recurrence(
     cell: Cell,
     u: Tensor,

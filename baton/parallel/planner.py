@@ -29,7 +29,7 @@ import numpy as np
 
 from baton.data.loader import Batch
 from baton.models.config import ModelConfig
-from baton.models.flops import relay_bytes_per_hop
+from baton.models.flops import relay_bytes_per_hop, relay_messages_per_layer
 from baton.parallel.plan import PlanError, RankPiece, StepPlan
 
 
@@ -64,8 +64,9 @@ class CostModel:
         inter_gb_per_s: float, ranks_per_node: int, memory_cap_tokens: list[int] | None = None,
     ) -> CostModel:  # fmt: skip
         """Hops priced from what they carry: the model's summaries (``relay_bytes_per_hop``),
-        a message per layer each way."""
-        nbytes, messages = relay_bytes_per_hop(model), 2 * model.n_layers
+        per layer a message each way (a Newton-trained RNN: one per iteration forward and its
+        first guess's, ``relay_messages_per_layer``)."""
+        nbytes, messages = relay_bytes_per_hop(model), relay_messages_per_layer(model) * model.n_layers
         return cls(
             seconds_per_token,
             hop_seconds=messages * latency_s + nbytes / (intra_gb_per_s * 1e9),

@@ -19,6 +19,9 @@ and the arrival of the incoming state depends on the strategy:
 - allgather: a ring all-gather of every rank's summary over the whole world (LASP-2):
   (P - 1) steps, each a summary over the slowest link the ring crosses.
 
+A Newton-trained RNN's layer relays once per iteration in forward: it is modelled as that many
+consecutive passes, each with its share of the layer's forward time.
+
 Layers follow one another on each rank, so waits propagate as a wavefront and a chain's
 latency is paid about once per pass rather than once per layer. The model is this recurrence,
 evaluated for every rank and layer (vectorised over ranks), not a closed form; the gradient
@@ -41,7 +44,7 @@ import numpy as np
 
 from baton.launch.config import ParallelConfig
 from baton.models.config import ModelConfig
-from baton.models.flops import flops_per_token, scan_shape, summary_bytes
+from baton.models.flops import flops_per_token, forward_relays, scan_shape, summary_bytes
 from baton.parallel.plan import StepPlan
 from baton.parallel.relay import STRATEGIES
 
@@ -101,6 +104,7 @@ class StepModel:
     backward: LayerTimes
     head_seconds_per_token: float  # embedding, LM head and loss, forward and backward
     interconnect: Interconnect
+    forward_relays: int = 1  # per layer (Newton iterations); ``forward`` is one relay's share
 
     @classmethod
     def for_model(
@@ -126,9 +130,10 @@ class StepModel:
             rest, scan_s = (1 - scan) * seconds / 2, scan * seconds
             return LayerTimes(rest, scan_s, rest, relay_op * scan_s, relay_op * scan_s)
 
+        relays = forward_relays(cfg)
         return cls(
-            cfg.n_layers, 4 * H * K * V, summary_bytes(cfg), split(per_layer / 3), split(2 * per_layer / 3),
-            seconds_per_token * (1 - layer_share), interconnect,
+            cfg.n_layers, 4 * H * K * V, summary_bytes(cfg), split(per_layer / 3 / relays),
+            split(2 * per_layer / 3), seconds_per_token * (1 - layer_share), interconnect, relays,
         )  # fmt: skip
 
 
@@ -205,7 +210,9 @@ def predict_step(
         return _allgather_arrival(ready, model.summary_bytes, model.interconnect)
 
     clock = tokens * model.head_seconds_per_token / 3  # the embedding
-    for times, backward in [(model.forward, False)] * model.n_layers + [(model.backward, True)] * model.n_layers:
+    forward = [(model.forward, False)] * (model.n_layers * model.forward_relays)
+    passes = forward + [(model.backward, True)] * model.n_layers
+    for times, backward in passes:
         ready = clock + tokens * times.before + last * times.summary
         arrived = arrival(ready, backward)
         after = tokens * times.after + first * times.correction

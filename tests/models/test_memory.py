@@ -47,7 +47,7 @@ def measured_per_token(cfg: ModelConfig, policy: str, dtype: torch.dtype, T: int
     return (block_kept(cfg, policy, 2 * T, dtype) - block_kept(cfg, policy, T, dtype)) / T
 
 
-@pytest.mark.parametrize("mixer", ["gla", "ssd", "gdn"])
+@pytest.mark.parametrize("mixer", ["gla", "ssd", "gdn", "paragru", "paralstm"])
 @pytest.mark.parametrize("policy", ["none", "full", "mixer"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_reference_path(mixer, policy, dtype, backend):
