@@ -55,17 +55,31 @@ def scan_shape(cfg: ModelConfig) -> tuple[int, int, int]:
 def summary_bytes(cfg: ModelConfig) -> int:
     """Bytes of one layer's segment summary (A, S) in fp32, what the all-gather and log-depth
     relays send per hop: the transition per head (K for GLA's per-key-dim gate, 1 for SSD's
-    scalar one, K×K for the delta rule's matrix) and the state K×V per head."""
+    scalar one, K×K for the delta rule's matrix; a Newton-trained RNN's Jacobian product, D
+    per head for ParaGRU, a 2×2 block per unit for ParaLSTM) and the state K×V per head."""
     H, K, V = scan_shape(cfg)
-    transition = {"gla": K, "ssd": 1, "gdn": K * K}[cfg.mixer]
+    transition = {"gla": K, "ssd": 1, "gdn": K * K, "paragru": K, "paralstm": 2 * K * V}[cfg.mixer]
     return 4 * H * (transition + K * V)
 
 
+def forward_relays(cfg: ModelConfig) -> int:
+    """Relays per layer in a forward pass: one for the linear mixers, one per Newton iteration
+    for the nonlinear ones."""
+    return cfg.newton_iterations if cfg.newton else 1
+
+
+def relay_messages_per_layer(cfg: ModelConfig) -> int:
+    """Dependent messages per layer and training step between neighbouring ranks: the forward
+    relays and the backward's one (K + 1 relays for a Newton-trained RNN), which also sends
+    its first guess's last state."""
+    return forward_relays(cfg) + 1 + cfg.newton
+
+
 def relay_bytes_per_hop(cfg: ModelConfig) -> int:
-    """Bytes one hop of the relay carries in a training step: every layer's summary forward
-    and its state gradient back."""
+    """Bytes one hop of the relay carries in a training step: every layer's summaries forward
+    (and a Newton-trained RNN's first-guess state) and its state gradient back."""
     H, K, V = scan_shape(cfg)
-    return cfg.n_layers * (summary_bytes(cfg) + 4 * H * K * V)
+    return cfg.n_layers * (forward_relays(cfg) * summary_bytes(cfg) + (1 + cfg.newton) * 4 * H * K * V)
 
 
 @dataclass(frozen=True)

@@ -146,10 +146,13 @@ class _NewtonRecurrence(Function):
         with torch.no_grad():
             J = ctx.cell.jacobian(previous_states(h, entering, cu), u, *params)
             adjoint = ctx.solves.adjoint(J, d_h.contiguous(), cu)
+        # The states that entered from outside (another rank's) are constants here: the relay
+        # took their gradients back in the adjoint.
         inputs = [u, entering if ctx.given_initial else None, *params]
         leaves = [None if t is None else t.detach().requires_grad_() for t in inputs]
         with torch.enable_grad():  # f applied to every token at once, at the solution
-            out = ctx.cell.step(previous_states(h, leaves[1], cu), leaves[0], *leaves[2:])
+            before = previous_states(h, leaves[1] if ctx.given_initial else entering, cu)
+            out = ctx.cell.step(before, leaves[0], *leaves[2:])
             wanted = [t for t in leaves if t is not None]
             found = iter(torch.autograd.grad(out, wanted, adjoint, allow_unused=True))
         grads = [None if t is None else next(found) for t in leaves]

@@ -16,13 +16,18 @@ whose relay back along the chain is in flight during the scan's backward.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
 
 from baton.kernels.carry import add_incoming, last_window, segment_transition
+from baton.kernels.dispatch import diag_scan
+from baton.models.newton import WholeSequence, apply_jacobian, next_jacobians, transposed
 from baton.parallel.plan import LocalBatch, StepPlan
 from baton.parallel.relay import (
+    GRAD_TAGS,
+    LAUNCH,
     MAX_BLOCKS,
     STRATEGIES,
     TAG_STRIDE,
@@ -141,6 +146,104 @@ class RelayedConv:
         return self.local_conv(x, weight, bias, cu_seqlens, left_context=halo)
 
 
+class RelayedSolves(WholeSequence):
+    """Newton's linear solves (``models/newton.py``) on one rank's piece. Each iteration's
+    recurrence ``h_t = J_t h_{t-1} + b_t`` is relayed like a linear mixer's scan: the piece is
+    scanned from zero, its last segment's summary ``(∏ J, h_end)`` relayed, the first segment
+    corrected by the incoming state ``S_in`` (``h_t += J_t ⋯ J_first S_in``), which is also the
+    state entering the piece at the next iteration's linearisation. The first guess needs the
+    previous rank's last guess: one more message, with a zero transition. In backward the
+    adjoint's reverse scan relays ``(∏ Jᵀ, J_firstᵀ λ_first)`` along the reversed chain and
+    corrects the last segment. Not overlapped: the local work a relay could hide behind is one
+    elementwise scan. Forward messages are recorded, so a recomputed forward (checkpointing)
+    does not send them again.
+
+    States travel as [H, D, 1] (ParaGRU, a diagonal transition [H, D, 1]) or [H, D, 2, 1]
+    (ParaLSTM's [c, h], a 2×2 block transition [H, D, 2, 2]), the relay's two forms.
+    """
+
+    def __init__(self, sp: SequenceParallel, name: str, tag: int) -> None:
+        self.sp, self.name, self.tag = sp, name, tag
+
+    def _exchange(self, A: Tensor, S: Tensor, key: str, backward: bool = False, carries: bool = True) -> Tensor:
+        """The state entering this piece (forward) or the gradient of the one leaving it
+        (backward), as the chosen strategy relays it: [H, D(, 2)]."""
+        sp = self.sp
+        # one block: the relay's blocks split a state's last dim, here a single column
+        link = replace(sp.link(self.name, self.tag), blocks=1, carries=sp.carries and carries)
+        column = S[..., None]
+        A = A[..., None] if A.dim() == S.dim() else A
+        order, tag, name = link.chain, link.tag, link.name
+        if backward:
+            order, tag, name = order[::-1], tag + GRAD_TAGS, name + ".grad"
+
+        def communicate() -> Tensor:
+            with link.stats.timed():
+                return LAUNCH[sp.strategy](A, column, link, order, tag, name)()[..., 0]
+
+        return communicate() if backward else link.record.once((self.name, key), communicate)
+
+    def _entering(self, S_in: Tensor, cu_seqlens: Tensor) -> Tensor | None:
+        """Each document's entering state: S_in for the first one where it continues."""
+        if not self.sp.continues_from_prev:
+            return None
+        entering = S_in.new_zeros(len(cu_seqlens) - 1, *S_in.shape)
+        entering[0] = S_in
+        return entering
+
+    def _transition(self, J: Tensor, bounds: list[int]) -> Tensor:
+        """What a state entering the piece goes through to its end: zero past a document start
+        (a first token's Jacobian is the cell's at the document's initial state, not a reset)."""
+        return transition_product(J[0, bounds[-2] :]) * self.sp.carries
+
+    def first_guess(self, h: Tensor, initial_state: Tensor | None, cu_seqlens: Tensor | None) -> Tensor | None:
+        if not self.sp.relaying:
+            return initial_state
+        last = h[0, -1]
+        return self._entering(self._exchange(torch.zeros_like(last), last, "guess", carries=False), cu_seqlens)
+
+    def solve(
+        self, J: Tensor, b: Tensor, initial_state: Tensor | None, cu_seqlens: Tensor | None, iteration: int
+    ) -> tuple[Tensor, Tensor | None]:
+        if not self.sp.relaying:
+            return super().solve(J, b, initial_state, cu_seqlens, iteration)
+        bounds = cu_seqlens.tolist()
+        h, finals = diag_scan(J, b, None, cu_seqlens)
+        S_in = self._exchange(self._transition(J, bounds), finals[-1], f"iteration{iteration}")
+        if self.sp.continues_from_prev:
+            first = bounds[1]
+            h[:, :first] += diag_scan(J[:, :first], torch.zeros_like(b[:, :first]), S_in[None], None)[0]
+        return h, self._entering(S_in, cu_seqlens)
+
+    def adjoint(self, J: Tensor, d_h: Tensor, cu_seqlens: Tensor | None) -> Tensor:
+        if not self.sp.relaying:
+            return super().adjoint(J, d_h, cu_seqlens)
+        bounds = cu_seqlens.tolist()
+        after = transposed(next_jacobians(J), d_h)
+        adjoint = diag_scan(after, d_h, None, cu_seqlens, reverse=True)[0]
+        # the gradient of the state entering the piece, from this piece (zero from the ranks after)
+        d_in = apply_jacobian(transposed(J[0, 0], d_h[0, 0]), adjoint[0, 0]) * self.sp.continues_from_prev
+        A = transposed(self._transition(J, bounds), d_h[0, 0])
+        d_out = self._exchange(A, d_in, "adjoint", backward=True)
+        if self.sp.continues_to_next:
+            last = bounds[-2]
+            leaving = torch.zeros_like(d_h[:, last:])
+            leaving[0, -1] = d_out
+            adjoint[:, last:] += diag_scan(after[:, last:], leaving, None, None, reverse=True)[0]
+        return adjoint
+
+
+def transition_product(J: Tensor) -> Tensor:
+    """``J_{T-1} ⋯ J_0`` of a segment's Jacobians [T, H, D(, 2, 2)], pairwise in log depth."""
+    if J.dim() == 3:
+        return J.prod(0)
+    while J.shape[0] > 1:
+        if J.shape[0] % 2:  # an identity after the last keeps the pairs in order
+            J = torch.cat([J, torch.eye(2, dtype=J.dtype, device=J.device).expand_as(J[:1])])
+        J = J[1::2] @ J[0::2]  # the later on the left
+    return J[0]
+
+
 def check_halo_source(sp: SequenceParallel, bounds: list[int], width: int) -> None:
     """A rank continuing a document into the next one passes its conv's last ``width - 1``
     inputs on; a piece that is all inside one document must hold that many."""
@@ -156,6 +259,9 @@ def apply_sequence_parallel(model: nn.Module, sp: SequenceParallel) -> nn.Module
     """Make every token mixer of ``model`` relay through ``sp`` (in place; returns the model)."""
     for i, block in enumerate(model.blocks):
         mixer = block.mixer
+        if hasattr(mixer, "solves"):  # a Newton-trained RNN
+            mixer.solves = RelayedSolves(sp, f"layer{i}.scan", tag=(2 * i) * TAG_STRIDE)
+            continue
         mixer.scan = RelayedScan(mixer.scan, sp, f"layer{i}.scan", tag=(2 * i) * TAG_STRIDE)
         if hasattr(mixer, "conv"):
             mixer.conv = RelayedConv(mixer.conv, sp, f"layer{i}.conv", tag=(2 * i + 1) * TAG_STRIDE)

@@ -13,7 +13,7 @@ def model(mixer: str) -> RecurrentLM:
     return tiny_model(mixer).eval()
 
 
-@pytest.mark.parametrize("mixer", ["gla", "ssd", "gdn", "gdn-neg"])
+@pytest.mark.parametrize("mixer", ["gla", "ssd", "gdn", "gdn-neg", "paragru", "paralstm"])
 def test_decoding_logits_equal_the_full_forward(mixer):
     """Three prompts of different lengths (one token; under a chunk; over two, so the short
     conv's window comes from the scan), decoded together: fp32, 1e-5 relative (the

@@ -26,12 +26,18 @@ def test_presets_have_the_advertised_sizes():
     assert 6.5e9 < sizes["7b"] < 7.5e9
 
 
-@pytest.mark.parametrize("mixer", ["gla", "ssd", "gdn"])
+@pytest.mark.parametrize("mixer", ["paragru", "paralstm"])
+def test_parameter_count_of_the_newton_mixers(mixer):
+    cfg = ModelConfig(mixer=mixer, n_heads=4)
+    assert count_parameters(cfg) == sum(p.numel() for p in RecurrentLM(cfg).parameters())
+
+
+@pytest.mark.parametrize("mixer", ["gla", "ssd", "gdn", "paragru"])
 @pytest.mark.parametrize("tie", [True, False])
 def test_matmul_flops_match_flop_counter(mixer, tie):
     """Count the model's matmuls with torch's FLOP counter, with the scan swapped for one
-    without matmuls; then count the scan alone (SSD reference performs exactly the terms
-    of the formula)."""
+    without matmuls (ParaGRU's Newton iterations have none: elementwise); then count the scan
+    alone (SSD reference performs exactly the terms of the formula)."""
     cfg = ModelConfig(mixer=mixer, tie_embeddings=tie, chunk_size=16)
     model = RecurrentLM(cfg)
     for block in model.blocks:

@@ -270,35 +270,42 @@ def test_skipped_correction_is_detected():
     assert rel(per_rank[1][0]["logits"], piece_of(ref["logits"], plan, 1)) > 1e-3
 
 
-def leak_worker(rank: int, world: int, lengths: list[int], plan_dict: dict, mixer: str) -> list[torch.Tensor]:
-    """Logits for two batches that differ only in document 0's tokens."""
-    out = []
-    for seed_shift in (0, 1):
-        model = tiny_model(mixer)
-        sp = SequenceParallel(rank, world, "chain")
-        apply_sequence_parallel(model, sp)
-        batch = make_batch(lengths)
-        if seed_shift:
-            batch.tokens[: lengths[0]] = (batch.tokens[: lengths[0]] + 1) % 257
-        plan = StepPlan.from_dict(plan_dict)
-        local = local_batch(plan, rank, batch)
-        sp.set_step(plan, local)
-        out.append(model(local.tokens[None], local.cu_seqlens).detach()[0])
-    return out
+LEAK_CUTS = ([0, 35, 70, 100], [0, 20, 70, 100])  # document 0 ends inside rank 0's piece, or at the cut
 
 
-@pytest.mark.parametrize("mixer", MIXERS)
-def test_no_state_leaks_across_a_document_boundary(mixer):
+def leak_worker(rank: int, world: int, lengths: list[int], mixers: list[str]) -> list[list[torch.Tensor]]:
+    """Per mixer and cuts: logits for two batches that differ only in document 0's tokens."""
+    results = []
+    for mixer in mixers:
+        for edges in LEAK_CUTS:
+            plan = StepPlan([RankPiece([(a, b)], [0, 1, 2]) for a, b in zip(edges[:-1], edges[1:])])
+            out = []
+            for seed_shift in (0, 1):
+                model = tiny_model(mixer)
+                sp = SequenceParallel(rank, world, "chain")
+                apply_sequence_parallel(model, sp)
+                batch = make_batch(lengths)
+                if seed_shift:
+                    batch.tokens[: lengths[0]] = (batch.tokens[: lengths[0]] + 1) % 257
+                local = local_batch(plan, rank, batch)
+                sp.set_step(plan, local)
+                out.append(model(local.tokens[None], local.cu_seqlens).detach()[0])
+            results.append(out)
+    return results
+
+
+def test_no_state_leaks_across_a_document_boundary():
     """Document 0 ends inside rank 0's piece (cut 1) or exactly at the cut (cut 2); changing
-    it must leave every later token's logits bitwise unchanged, on every rank."""
-    lengths = [20, 50, 30]
-    for edges in ([0, 35, 70, 100], [0, 20, 70, 100]):
-        plan = StepPlan([RankPiece([(a, b)], [0, 1, 2]) for a, b in zip(edges[:-1], edges[1:])])
-        per_rank = run_local(3, leak_worker, lengths, plan.to_dict(), mixer)
-        for rank, (base, changed) in enumerate(per_rank):
+    it must leave every later token's logits bitwise unchanged, on every rank, every mixer
+    (the Newton-trained ones too: their first guess's message and every iteration's relay)."""
+    lengths, mixers = [20, 50, 30], [*MIXERS, "paragru", "paralstm"]
+    per_rank = run_local(3, leak_worker, lengths, mixers)
+    for i, (mixer, edges) in enumerate((m, e) for m in mixers for e in LEAK_CUTS):
+        for rank in range(3):
+            base, changed = per_rank[rank][i]
             start = max(0, 20 - edges[rank])
-            assert torch.equal(base[start:], changed[start:]), f"rank {rank}, cuts {edges}"
-        assert not torch.equal(per_rank[0][0][:20], per_rank[0][1][:20])
+            assert torch.equal(base[start:], changed[start:]), f"{mixer}: rank {rank}, cuts {edges}"
+        assert not torch.equal(per_rank[0][i][0][:20], per_rank[0][i][1][:20]), mixer
 
 
 class _StampBackward(torch.autograd.Function):
