@@ -42,6 +42,8 @@ class MetricsLogger:
             "comm": result.comm,
             "doc_ids": result.doc_ids,
         }
+        if result.newton_residual is not None:
+            record["newton_residual"] = result.newton_residual
         if evaluation is not None:
             record |= evaluation
             self.eval_loss = evaluation["eval_loss"]
@@ -76,6 +78,8 @@ class MetricsLogger:
         text += f" | {record['tokens_per_s'] / 1e3:.1f}k tok/s"
         if "eval_loss" in record:
             text += f" | eval {record['eval_loss']:.4f}"
+        if "newton_residual" in record:
+            text += f" | newton residual {max(record['newton_residual']):.1e}"
         if interval and self.distributed:
             text += (
                 f" | rank compute min/med/max {interval['compute_s_min']:.2f}/"

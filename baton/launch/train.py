@@ -97,6 +97,7 @@ class StepResult:
     comm: dict
     doc_ids: list
     mfu: float | None = None  # this rank's, where the device's peak is known
+    newton_residual: list[float] | None = None  # per layer, the largest over ranks (model.newton_residual)
 
 
 class Trainer:
@@ -228,7 +229,19 @@ class Trainer:
         comm = self.sp.stats.to_dict()
         record = prof.record(self.step, local.tokens.numel(), comm) or {}
         plan_dict = plan.to_dict() | plan_info
-        return StepResult(total, grad_norm, batch.n_tokens, plan_dict, comm, batch.doc_ids, record.get("mfu"))
+        residual = self.newton_residuals()
+        return StepResult(total, grad_norm, batch.n_tokens, plan_dict, comm, batch.doc_ids, record.get("mfu"), residual)
+
+    def newton_residuals(self) -> list[float] | None:
+        """``‖h − f(h)‖ / ‖h‖`` of every Newton-trained layer in this step's forward, the
+        largest over the ranks' pieces; None unless ``model.newton_residual``."""
+        found = [m.residual for m in self.model.modules() if getattr(m, "check_residual", False)]
+        if not found:
+            return None
+        residuals = torch.stack(found).float()
+        if self.env.distributed:
+            dist.all_reduce(residuals, op=dist.ReduceOp.MAX)
+        return residuals.tolist()
 
     def _optimizer_step(self, loss: float) -> float | None:
         """Clip (``optim.grad_clip``; 0: off) and step; the gradient norm before clipping.

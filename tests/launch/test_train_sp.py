@@ -76,3 +76,19 @@ def test_sp_composes_with_sharding(tmp_path, single_process, engine):
     assert len(single) == len(parallel) == 6
     for a, b in zip(single, parallel):
         assert abs(a - b) / a < 1e-4, (single, parallel)
+
+
+def test_newton_trained_rnn_under_sp_and_sharding_follows_single_process(tmp_path, single_process):
+    """ParaLSTM under SP (2 ranks, log-depth relay), FSDP2 and full checkpointing (the recomputed
+    Newton solves replay their messages), with the residual check: the single-process losses,
+    and a residual per layer in every step's record."""
+    options = ["model.mixer=paralstm", "model.newton_residual=true"]
+    single = train(tmp_path, "single", 1, *options)
+    parallel = train(
+        tmp_path, "sp", 2, *options, "parallel.sp.size=2", "parallel.sp.relay=logscan",
+        "parallel.zero.engine=fsdp2", "train.activation_checkpoint=full",
+    )  # fmt: skip
+    for a, b in zip(single, parallel, strict=True):
+        assert abs(a - b) / a < 1e-4, (single, parallel)
+    for record in jsonl(tmp_path / "sp" / "metrics.jsonl"):
+        assert len(record["newton_residual"]) == 2 and max(record["newton_residual"]) < 1e-3
