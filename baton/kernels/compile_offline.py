@@ -3,7 +3,7 @@ is not here.
 
 ``python -m baton.kernels.compile_offline ARCH GATES DTYPE CHUNK OUT.json`` runs the forward
 and backward of the chunked scan, of both relay ops, of the delta rule's state walk and of the
-gated norm on CPU tensors, with Triton's real
+gated norm, and Newton's diagonal scans, on CPU tensors, with Triton's real
 compiler (down to ptxas) targeting compute capability ARCH (90: H100, 80: A100), and writes
 one record per compiled kernel. A driver that only answers "which GPU" stands in for the
 missing one and launches stop after compiling, so outputs are garbage and only the
@@ -78,6 +78,7 @@ def compile_one_step(
     # The tuner compiles each candidate through JITFunction.run; the timing is skipped.
     Autotuner.do_bench = property(lambda self: lambda call, quantiles: (call(), [1.0] * len(quantiles))[1])
     from baton.kernels.delta_triton import matrix_state_walk
+    from baton.kernels.diag_triton import diag_scan_triton
     from baton.kernels.layout import build_layout
     from baton.kernels.norm_gate_triton import norm_gate_backward, norm_gate_forward
     from baton.kernels.relay_triton import add_state_correction_triton, segment_summary_triton
@@ -109,6 +110,10 @@ def compile_one_step(
         x, gate = torch.randn(T, width, dtype=dtype), torch.randn(T, width, dtype=dtype)
         y, rstd = norm_gate_forward(x, gate, torch.ones(width), 1e-6, norm_first)
         norm_gate_backward(x, gate, torch.ones(width), rstd, torch.ones_like(y), norm_first)
+    # Newton's linear solves: ParaGRU's diagonal (forward) and ParaLSTM's 2×2 blocks (reversed).
+    for pair in ((), (2,)):
+        a, b = torch.rand(1, T, H, K, *pair, *pair), torch.randn(1, T, H, K, *pair)
+        diag_scan_triton(a, b, torch.zeros(1, H, K, *pair), None, reverse=bool(pair))
     return compiled
 
 

@@ -73,3 +73,13 @@ def test_checkpointed_layers_send_each_message_once(mixer):
     comm = per_rank[0]["comm"]
     assert comm["sent"]["layer0.scan"] == (relay_messages_per_layer(cfg) - 1) * 4 * H * K * V
     assert per_rank[1]["comm"]["sent"]["layer0.scan.grad"] == 4 * H * K * V  # the adjoint, back
+
+
+def test_triton_solves_match_single_process_on_the_reference():
+    """Newton's scans as Triton kernels (interpreted on CPU) on 2 ranks, both cells, against
+    one process on the references: 1e-5, as the reference (the kernels' fp32 sums differ in order)."""
+    pytest.importorskip("triton")
+    lengths, plan = scenarios(2)["random"]
+    cases = [(mixer, "chain", lengths, plan.to_dict()) for mixer in NEWTON]
+    keys = [("random", mixer, "chain", lengths, plan) for mixer in NEWTON]
+    assert_match_one_process(2, keys, run_local(2, sp_worker, cases, False, "triton"))
