@@ -16,9 +16,37 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+Parts = list[Tensor]  # a 2×2 block as its four entries [a00, a01, a10, a11], a pair as its two,
+# each its own contiguous tensor (elementwise products of contiguous tensors are far faster than
+# batched 2×2 matrix products); a diagonal coefficient or state is a list of one
 
-def _flat(x: Tensor) -> Tensor:
-    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+def _parts(x: Tensor, entries: int) -> Parts:
+    """[B, T, ...] flattened to tokens, split into its ``entries`` (4: a 2×2 block, 2: a pair)."""
+    flat = x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+    if entries == 1:
+        return [flat]
+    units = flat.shape[: flat.dim() - (2 if entries == 4 else 1)]
+    return [p.contiguous() for p in flat.reshape(*units, entries).unbind(-1)]
+
+
+def _apply(A: Parts, X: Parts) -> Parts:
+    """A X: a 2×2 block times a pair, or a diagonal product."""
+    if len(A) == 1:
+        return [A[0] * X[0]]
+    return [A[0] * X[0] + A[1] * X[1], A[2] * X[0] + A[3] * X[1]]
+
+
+def _compose(A: Parts, B: Parts) -> Parts:
+    """A B: the later transition on the left."""
+    if len(A) == 1:
+        return [A[0] * B[0]]
+    return [A[0] * B[0] + A[1] * B[2], A[0] * B[1] + A[1] * B[3], A[2] * B[0] + A[3] * B[2], A[2] * B[1] + A[3] * B[3]]
+
+
+def _shifted(P: Parts, step: int) -> Parts:
+    """Each entry ``step`` tokens later (zeros before)."""
+    return [torch.cat([p.new_zeros(step, *p.shape[1:]), p[:-step]]) for p in P]
 
 
 def diag_scan_ref(
@@ -41,11 +69,7 @@ def diag_scan_ref(
         h (b's shape) and each sequence's final state [N, H, D(, 2)] (its initial state where
         it has no tokens), in the inputs' dtype.
     """
-    blocks = a.dim() == b.dim() + 1
-
-    def apply(A: Tensor, X: Tensor) -> Tensor:  # A ∘ X, or each block A times its pair X
-        return (A @ X[..., None])[..., 0] if blocks else A * X
-
+    pair = a.dim() == b.dim() + 1
     B, T = a.shape[:2]
     bounds = torch.arange(B + 1) * T if cu_seqlens is None else cu_seqlens.to("cpu", torch.long)
     if cu_seqlens is not None and B != 1:
@@ -53,21 +77,26 @@ def diag_scan_ref(
     starts, ends = bounds[:-1], bounds[1:]
     nonempty = ends > starts
     first = (ends - 1 if reverse else starts)[nonempty]  # where each sequence's state enters
-    A, X = _flat(a).clone(), _flat(b).clone()
+    A, X = _parts(a, 4 if pair else 1), _parts(b, 2 if pair else 1)
+    A, X = [p.clone() for p in A], [p.clone() for p in X]
     if initial_state is not None:
-        X[first] = X[first] + apply(A[first], initial_state[nonempty].to(X.dtype))
-    A[first] = 0
+        entering = _parts(initial_state[nonempty].to(X[0].dtype)[None], 2 if pair else 1)
+        for x, add in zip(X, _apply([p[first] for p in A], entering)):
+            x[first] += add
+    for p in A:
+        p[first] = 0
     if reverse:
-        A, X = A.flip(0), X.flip(0)
+        A, X = [p.flip(0) for p in A], [p.flip(0) for p in X]
     step = 1
-    while step < A.shape[0]:  # after this round each position holds the composition of 2·step tokens
-        A_prev = torch.cat([A.new_zeros(step, *A.shape[1:]), A[:-step]])
-        X_prev = torch.cat([X.new_zeros(step, *X.shape[1:]), X[:-step]])
-        A, X = (A @ A_prev if blocks else A * A_prev), apply(A, X_prev) + X
+    while step < A[0].shape[0]:  # after this round each position holds the composition of 2·step tokens
+        A_prev, X_prev = _shifted(A, step), _shifted(X, step)
+        X = [x + y for x, y in zip(_apply(A, X_prev), X)]
+        A = _compose(A, A_prev)
         step *= 2
     if reverse:
-        X = X.flip(0)
+        X = [p.flip(0) for p in X]
+    h = torch.stack(X, -1) if pair else X[0]
     last = (starts if reverse else ends - 1)[nonempty]
-    final = X.new_zeros(len(starts), *X.shape[1:]) if initial_state is None else initial_state.to(X.dtype).clone()
-    final[nonempty] = X[last]
-    return X.reshape(b.shape), final
+    final = h.new_zeros(len(starts), *h.shape[1:]) if initial_state is None else initial_state.to(h.dtype).clone()
+    final[nonempty] = h[last]
+    return h.reshape(b.shape), final
