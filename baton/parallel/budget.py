@@ -163,7 +163,9 @@ def report(budget: MemoryBudget, tokens: int) -> str:
     fits = budget.total(tokens) <= budget.device_bytes
     lines.append(f"  on {budget.device_bytes / GIB:.2f} GiB: {'fits' if fits else 'does NOT fit'}")
     best = budget.max_micro_tokens(tokens)
-    if t.activation_checkpoint == "none":
+    if cfg.model.newton:
+        lines.append(f"  train.micro_tokens: not for {cfg.model.mixer} (no linear summary to carry between slices)")
+    elif t.activation_checkpoint == "none":
         lines.append("  train.micro_tokens needs train.activation_checkpoint=full or mixer")
     elif best >= tokens:
         lines.append("  largest train.micro_tokens that fits: the whole piece (0)")
@@ -184,7 +186,8 @@ def check_fits(budget: MemoryBudget, tokens: int) -> None:
     fix = []
     if t.activation_checkpoint != "full":
         fix.append("train.activation_checkpoint=full")
-    best = budget.max_micro_tokens(tokens) if t.activation_checkpoint != "none" else 0
+    slices = t.activation_checkpoint != "none" and not budget.cfg.model.newton  # Newton's RNNs cannot be sliced
+    best = budget.max_micro_tokens(tokens) if slices else 0
     if best:
         fix.append(f"train.micro_tokens={best}")
     most = budget.max_tokens()

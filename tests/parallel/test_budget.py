@@ -57,6 +57,15 @@ def test_a_config_that_cannot_fit_is_one_line_naming_the_keys():
     assert f"data.tokens_per_batch <= {budget.max_tokens()}" in message
 
 
+def test_a_newton_rnn_is_not_told_to_slice():
+    """ParaLSTM at the 1.3B shape cannot take micro-batches: the refusal suggests the rest."""
+    overrides = ["model.mixer=paralstm", "model.n_heads=16", "train.activation_checkpoint=full"]
+    budget = MemoryBudget(load_config(ONE_B, overrides), 1, 80 * GIB)
+    with pytest.raises(ConfigError) as exc:
+        check_fits(budget, 4 * budget.max_tokens())
+    assert "train.micro_tokens" not in str(exc.value) and "data.tokens_per_batch <= " in str(exc.value)
+
+
 def test_baton_memory_prints_what_one_rank_holds(capsys):
     args = ["train.activation_checkpoint=full", "data.tokens_per_batch=65536", "--gpu-memory", "80"]
     assert main(["memory", ONE_B, *args]) == 0

@@ -118,6 +118,21 @@ def test_hops_are_priced_from_the_models_summaries():
     assert cuts["gdn"] <= cuts["gla"]
 
 
+@pytest.mark.parametrize("iterations", [1, 3, 5])
+def test_newton_rnn_hops_count_a_relay_per_iteration(iterations):
+    """ParaLSTM: per layer one relay per Newton iteration, the backward's and the first guess's
+    message (K + 2, as ``test_sequence_newton.py`` counts them on the wire); each forward relay
+    carries the summary (a 2×2 block per unit and the [c, h] state), the other two a state."""
+    from baton.models.config import ModelConfig
+    from baton.models.flops import relay_bytes_per_hop
+
+    model = ModelConfig(mixer="paralstm", d_model=256, n_heads=4, n_layers=6, newton_iterations=iterations)
+    cost = CostModel.for_model(model, [1e-6] * 8, 10e-6, 200.0, 25.0, 8)
+    state = 4 * 256 * 2
+    assert relay_bytes_per_hop(model) == 6 * (iterations * (4 * 256 * 4 + state) + 2 * state)
+    assert cost.hop_seconds == pytest.approx((iterations + 2) * 6 * 10e-6 + relay_bytes_per_hop(model) / 200e9)
+
+
 def test_memory_caps_are_respected_or_refused():
     bounds = boundaries(200, 4)
     total = bounds[-1]

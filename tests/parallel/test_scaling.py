@@ -35,6 +35,19 @@ def test_chain_by_hand():
     assert nolap.tolist()[2] == 14.0 + 1 + 2 + 1  # rank 2 starts the backward chain
 
 
+def test_newton_layers_relay_once_per_iteration():
+    """Two forward relays per layer (two Newton iterations), 2 ranks, 1 token each, hops of 5 s.
+    Pass 1: rank 1's state arrives at 6, ends 4 and 7. Pass 2: rank 0 ready at 5, rank 1 at 8,
+    the state arrives at 10: ends 8 and max(10, 10) + 1 = 11. Backward from rank 1 (ready 12,
+    end 15) to rank 0 (arrival 17, end 18). The model built from a config relays K times."""
+    times = LayerTimes(1.0, 2.0, 1.0)
+    net = Interconnect(5.0, 1.0, 1.0, ranks_per_node=8)
+    model = StepModel(1, 0, 0, times, times, 0.0, net, forward_relays=2)
+    assert predict_step(model, chain_plan(2), [0, 2], "chain").tolist() == [18.0, 15.0]
+    cfg = ModelConfig(mixer="paragru", newton_iterations=4)
+    assert StepModel.for_model(cfg, 1e-6, net).forward_relays == 4
+
+
 def test_a_reset_cuts_the_wait():
     """A document starting inside rank 2's piece: rank 3 no longer waits for ranks 0 and 1
     (2 tokens a rank, hops of 5 s, longer than the 4 s scan that hides them)."""
