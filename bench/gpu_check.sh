@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Prepared GPU checks for a lent H100 or H200, in sections that each fit one session's device time:
 #
-#   bash bench/gpu_check.sh [memory|throughput|throughput-more]   # from the repository root (default: memory)
+#   bash bench/gpu_check.sh [memory|throughput|throughput-more|newton]   # from the repository root (default: memory)
+#
+# newton (issue 21, about 4 minutes at most): Newton-parallel ParaGRU / ParaLSTM layers (Triton scans) against
+# the token loop, T = 1K-64K (bench/newton_rnn.py --parts timing; the loop skipped past 20 s), then a few
+# training steps of ParaLSTM at the 125m shape, 32K tokens.
 #
 # throughput (issue 20, about 8 minutes at most, every step time-boxed): `baton tune` for configs/1b.yaml
 # (what a first start pays for kernel tuning), then configs/1b.yaml at 32K tokens eager and compiled with
@@ -111,4 +115,11 @@ if [[ $section == throughput-more ]]; then
     export BATON_AUTOTUNE=0
     throughput configs/1b.yaml 65536 120
     throughput configs/125m.yaml 32768 90
+fi
+
+if [[ $section == newton ]]; then
+    export BATON_AUTOTUNE=0
+    timeout 150 python3 bench/newton_rnn.py --parts timing --seq-limit 20 || echo "newton_rnn: exit $?"
+    cp bench/out/newton_rnn.json "$out/newton_rnn.json" 2>/dev/null
+    run_case 125m-paralstm 90 configs/125m.yaml model.mixer=paralstm model.n_heads=12 data.tokens_per_batch=32768
 fi

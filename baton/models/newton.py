@@ -50,6 +50,7 @@ def apply_jacobian(J: Tensor, x: Tensor) -> Tensor:
 
 
 def transposed(J: Tensor, state: Tensor) -> Tensor:
+    """Jᵀ per unit (a diagonal Jacobian is its own transpose)."""
     return J.mT if J.dim() == state.dim() + 1 else J
 
 

@@ -1,7 +1,8 @@
 """Sequence parallelism applied to a plain model from outside, as torchtitan applies FSDP.
 
 ``apply_sequence_parallel`` swaps every token mixer's ``scan`` (and the short ``conv`` of the
-mixers that have one) for a relaying version. Each step the trainer hands the plan to
+mixers that have one; a Newton-trained RNN's linear ``solves``, :class:`RelayedSolves`) for a
+relaying version. Each step the trainer hands the plan to
 :meth:`SequenceParallel.set_step`; every rank then scans its piece from a zero state:
 
 1. summary of its last segment (cheap, one pass over that segment),
