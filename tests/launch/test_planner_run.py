@@ -9,7 +9,7 @@ from tests.launch.runs import baton_train, jsonl
 
 def run(tmp_path, kind):
     steps = ["train.steps=12", "train.log_every=2", "train.eval_every=12", "data.tokens_per_batch=2048"]
-    slow = ["profile.slow_rank=1", "profile.slow_seconds_per_ktoken=0.4"]
+    slow = ["profile.slow_rank=1", "profile.slow_seconds_per_ktoken=0.8"]
     run_dir = baton_train(tmp_path / kind, tmp_path / "data", 2, *steps, *slow, f"parallel.planner.kind={kind}")
     ranks = [jsonl(run_dir / "profile" / f"rank{r}.jsonl") for r in range(2)]
     return ranks, jsonl(run_dir / "metrics.jsonl")
