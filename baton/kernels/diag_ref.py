@@ -49,6 +49,12 @@ def _shifted(P: Parts, step: int) -> Parts:
     return [torch.cat([p.new_zeros(step, *p.shape[1:]), p[:-step]]) for p in P]
 
 
+def sequence_bounds(batch: int, length: int, cu_seqlens: Tensor | None) -> Tensor:
+    """Each sequence's token boundaries in the flattened [B·T] tokens (on the CPU): the packed
+    documents' ``cu_seqlens``, or the B rows of T tokens."""
+    return torch.arange(batch + 1) * length if cu_seqlens is None else cu_seqlens.to("cpu", torch.long)
+
+
 def diag_scan_ref(
     a: Tensor,
     b: Tensor,
@@ -71,7 +77,7 @@ def diag_scan_ref(
     """
     pair = a.dim() == b.dim() + 1
     B, T = a.shape[:2]
-    bounds = torch.arange(B + 1) * T if cu_seqlens is None else cu_seqlens.to("cpu", torch.long)
+    bounds = sequence_bounds(B, T, cu_seqlens)
     if cu_seqlens is not None and B != 1:
         raise ValueError(f"packed input (cu_seqlens) needs batch size 1, got {B}")
     starts, ends = bounds[:-1], bounds[1:]

@@ -23,6 +23,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from baton.kernels.diag_ref import sequence_bounds
+
 CHUNK = 64  # tokens per chunk
 BLOCK = 128  # units per program
 
@@ -154,7 +156,7 @@ def diag_scan_triton(
     Bsz, T = b.shape[:2]
     state_shape = b.shape[2:]
     units = state_shape.numel() // (2 if pair else 1)
-    bounds = (torch.arange(Bsz + 1) * T if cu_seqlens is None else cu_seqlens.to("cpu", torch.long)).tolist()
+    bounds = sequence_bounds(Bsz, T, cu_seqlens).tolist()
     a_flat = a.reshape(Bsz * T, -1).float()
     b_flat = b.reshape(Bsz * T, -1).float()
     initial = None if initial_state is None else initial_state.reshape(len(bounds) - 1, -1).float()

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 
+from baton.kernels.diag_ref import sequence_bounds
 from baton.kernels.dispatch import diag_scan
 
 
@@ -71,7 +72,7 @@ def previous_states(h: Tensor, initial_state: Tensor | None, cu_seqlens: Tensor 
     initial state (zero without one) at its first token. h: [B, T, H, D(, 2)]."""
     B, T = h.shape[:2]
     prev = torch.cat([h.new_zeros(B, 1, *h.shape[2:]), h[:, :-1]], dim=1).reshape(B * T, *h.shape[2:])
-    bounds = torch.arange(B + 1) * T if cu_seqlens is None else cu_seqlens.to("cpu", torch.long)
+    bounds = sequence_bounds(B, T, cu_seqlens)
     starts = bounds[:-1][bounds[1:] > bounds[:-1]]
     entering = h.new_zeros(len(starts), *h.shape[2:])
     if initial_state is not None:
@@ -189,7 +190,7 @@ def sequential_recurrence(
     """The reference: the cell applied token after token (autograd through the loop)."""
     B, T = u.shape[:2]
     state_shape = cell.state_shape(params)
-    bounds = (torch.arange(B + 1) * T if cu_seqlens is None else cu_seqlens.to("cpu", torch.long)).tolist()
+    bounds = sequence_bounds(B, T, cu_seqlens).tolist()
     flat = u.reshape(B * T, *u.shape[2:])
     out = []
     for n, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
