@@ -34,9 +34,9 @@ from common import print_table, write_json  # noqa: E402
 
 from baton.checkpoint.state import Checkpointer  # noqa: E402
 from baton.checkpoint.store import checkpoint_files, final_dir, hash_share, verify  # noqa: E402
+from baton.config import ModelConfig  # noqa: E402
 from baton.dist.env import DistEnv  # noqa: E402
 from baton.dist.local import run_local  # noqa: E402
-from baton.models.config import ModelConfig  # noqa: E402
 from baton.models.lm import RecurrentLM  # noqa: E402
 from baton.parallel.zero import apply_fsdp2  # noqa: E402
 

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table, write_json  # noqa: E402
 
-from baton.models.config import ModelConfig  # noqa: E402
+from baton.config import ModelConfig  # noqa: E402
 from baton.models.decode import stack_states, state_bytes  # noqa: E402
 from baton.models.lm import RecurrentLM  # noqa: E402
 

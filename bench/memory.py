@@ -103,7 +103,7 @@ def cpu_step_ms(cfg, policy: str, T: int = 4096) -> float:
 
 
 def rows_for(name: str, mixer: str, path: str, lengths: tuple[int, int], timed: bool) -> list[dict]:
-    from baton.models.config import ModelConfig
+    from baton.config import ModelConfig
     from baton.models.memory import activation_bytes
 
     full = ModelConfig(mixer=mixer, chunk_size=64, **SHAPES[name])

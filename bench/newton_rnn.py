@@ -113,7 +113,7 @@ def first_layer_problem(run_dir: Path | None, mixer: str):
     layer's cell inputs on a held-out batch of the synthetic corpus."""
     from baton.checkpoint.export import load_model
     from baton.checkpoint.store import latest_checkpoint
-    from baton.launch.config import load_config
+    from baton.config import load_config
     from baton.models.lm import RecurrentLM
 
     if run_dir is None:

@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table, write_json  # noqa: E402
 
-from baton.launch.config import load_config  # noqa: E402
+from baton.config import load_config  # noqa: E402
 from baton.models.flops import relay_bytes_per_hop  # noqa: E402
 from baton.parallel.baselines import attention_cost_plan, best_fit_groups_plan  # noqa: E402
 from baton.parallel.plan import PlanError  # noqa: E402

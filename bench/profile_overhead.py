@@ -22,8 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table, write_json  # noqa: E402
 
+from baton.config import load_config  # noqa: E402
 from baton.dist.env import DistEnv  # noqa: E402
-from baton.launch.config import load_config  # noqa: E402
 from baton.launch.train import Trainer  # noqa: E402
 from baton.profile.recorder import NullProfiler, RankProfiler  # noqa: E402
 

@@ -24,9 +24,9 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table, write_json  # noqa: E402
 
+from baton.config import ModelConfig  # noqa: E402
 from baton.data.loader import pack  # noqa: E402
 from baton.dist.local import run_local  # noqa: E402
-from baton.models.config import ModelConfig  # noqa: E402
 from baton.models.lm import RecurrentLM, token_losses  # noqa: E402
 from baton.parallel.plan import local_batch  # noqa: E402
 from baton.parallel.planner import even_groups_plan  # noqa: E402

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table, write_json  # noqa: E402
 from planner_sim import documents  # noqa: E402
 
-from baton.launch.config import load_config  # noqa: E402
+from baton.config import load_config  # noqa: E402
 from baton.parallel.plan import RankPiece, StepPlan  # noqa: E402
 from baton.parallel.planner import CostModel, balanced_plan  # noqa: E402
 from baton.parallel.scaling import Interconnect, StepModel, choose_strategy, predict_step  # noqa: E402

@@ -24,8 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table, write_json  # noqa: E402
 
+from baton.config import ModelConfig  # noqa: E402
 from baton.data.synthetic import running_sums  # noqa: E402
-from baton.models.config import ModelConfig  # noqa: E402
 from baton.models.lm import RecurrentLM, token_losses  # noqa: E402
 
 SHAPE = dict(d_model=64, n_layers=2, n_heads=2, gdn_head_dim=16, expand_k=0.5, chunk_size=32, mlp_ratio=2.0)

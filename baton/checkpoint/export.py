@@ -12,7 +12,7 @@ import torch.distributed.checkpoint as dcp
 from torch import Tensor
 
 from baton.checkpoint.store import DEEPSPEED_TAG, CheckpointError, verify
-from baton.models.config import ModelConfig
+from baton.config import ModelConfig
 from baton.models.lm import RecurrentLM
 
 

@@ -25,7 +25,7 @@ from baton.data.corpus import Corpus, CorpusError, CorpusWriter
 from baton.data.readers import Unit, input_files, plan_units, unit_documents
 from baton.data.synthetic import synthetic_documents
 from baton.data.tokenizer import ByteTokenizer, JSONTokenizer, Tokenizer, train_bpe
-from baton.launch.progress import Progress
+from baton.progress import Progress
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 
+from baton.config import BACKENDS
 from baton.kernels import ops
 from baton.kernels.delta_ref import delta_correction_ref, delta_step_ref, delta_summary_ref
 from baton.kernels.diag_ref import diag_scan_ref
@@ -22,7 +23,6 @@ from baton.kernels.norm import norm_gate_ref
 from baton.kernels.relay_ref import add_state_correction_ref, segment_summary_ref
 from baton.kernels.step_ref import recurrent_step_ref
 
-BACKENDS = ("auto", "triton", "torch")
 _backend = "auto"
 
 

@@ -20,8 +20,8 @@ def _config_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[st
 
 
 def _train(args: argparse.Namespace) -> None:
+    from baton.config import load_config
     from baton.dist.env import leave_together
-    from baton.launch.config import load_config
     from baton.launch.train import Trainer
 
     trainer = Trainer(load_config(*_config_and_overrides(args)))
@@ -33,7 +33,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _tune(args: argparse.Namespace) -> None:
-    from baton.launch.config import load_config
+    from baton.config import load_config
     from baton.launch.tune import tune
 
     done = tune(load_config(*_config_and_overrides(args)))
@@ -44,7 +44,7 @@ def _tune(args: argparse.Namespace) -> None:
 
 
 def _config(args: argparse.Namespace) -> None:
-    from baton.launch.config import load_config, to_yaml
+    from baton.config import load_config, to_yaml
 
     print(to_yaml(load_config(*_config_and_overrides(args))), end="")
 
@@ -52,7 +52,7 @@ def _config(args: argparse.Namespace) -> None:
 def _memory(args: argparse.Namespace) -> None:
     import torch
 
-    from baton.launch.config import load_config
+    from baton.config import load_config
     from baton.parallel.budget import GIB, MemoryBudget, check_fits, report
 
     cfg = load_config(*_config_and_overrides(args))
@@ -287,15 +287,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """A command's config file and ``key=value`` overrides before or after its flags (``baton
+    memory c.yaml --world 8 key=value``): argparse matches positionals in one run, so what it
+    leaves over joins them; anything else left over is an error, as usual."""
+    args, extra = parser.parse_known_args(argv)
+    takes_overrides = hasattr(args, "overrides")
+    for item in extra:
+        if not takes_overrides or item.startswith("-"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if "=" in item:
+            args.overrides = [*args.overrides, item]
+        elif getattr(args, "config", "") is None and not args.overrides:
+            args.config = item
+        else:
+            parser.error(f"unrecognized arguments: {item} (overrides are key=value)")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     from baton.checkpoint import CheckpointError
+    from baton.config import ConfigError
     from baton.dist.env import DistSetupError, end_process
-    from baton.launch.config import ConfigError
     from baton.launch.train import TrainingDiverged
     from baton.parallel.plan import PlanError
     from baton.profile.report import ReportError
 
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     try:
         code = args.func(args)
     except (CheckpointError, ConfigError, CorpusError, DistSetupError, PlanError, ReportError) as exc:

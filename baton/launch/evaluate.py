@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from baton.config import Config, ConfigError
 from baton.data.corpus import Corpus
 from baton.data.loader import Batch, PackedLoader, pack
 from baton.data.tokenizer import tokenizer_fingerprint
 from baton.dist.env import init_distributed, sum_over_ranks
-from baton.launch.config import Config, ConfigError
 from baton.launch.generate import trained_model
 from baton.launch.setup import TrainingData, pick_device, run_tokenizer_fingerprint
 

@@ -9,8 +9,8 @@ import torch
 
 from baton.checkpoint import CheckpointError, latest_checkpoint
 from baton.checkpoint.export import load_model
+from baton.config import Config, ConfigError, load_config
 from baton.kernels import set_backend as set_kernel_backend
-from baton.launch.config import Config, ConfigError, load_config
 from baton.launch.setup import checkpoint_root, pick_device, run_tokenizer
 from baton.models.decode import generate
 from baton.models.lm import RecurrentLM

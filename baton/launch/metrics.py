@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from baton.launch.progress import Progress
+from baton.progress import Progress
 
 
 class MetricsLogger:
@@ -135,7 +135,7 @@ def _board(path: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        from baton.launch.config import ConfigError
+        from baton.config import ConfigError
 
         raise ConfigError("profile.tensorboard needs the tensorboard package: pip install tensorboard") from None
     return SummaryWriter(str(path))

@@ -20,8 +20,8 @@ import torch
 from baton.checkpoint import CheckpointError, complete_checkpoints
 from baton.checkpoint.export import load_model
 from baton.checkpoint.store import checkpoint_step, final_dir
+from baton.config import ConfigError, load_config
 from baton.kernels import set_backend as set_kernel_backend
-from baton.launch.config import ConfigError, load_config
 from baton.launch.setup import checkpoint_root, pick_device, training_data
 from baton.models.lm import RecurrentLM
 

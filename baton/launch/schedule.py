@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from baton.launch.config import OptimConfig
+from baton.config import OptimConfig
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
@@ -31,6 +31,16 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer, total: int, cfg: OptimConfig
 ) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, cfg))
+
+
+def optimizer_factory(cfg: OptimConfig, total_steps: int):
+    """What ``parallelize`` calls over the final model: AdamW and its schedule."""
+
+    def make(model: nn.Module) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+        optimizer = build_optimizer(model, cfg)
+        return optimizer, build_scheduler(optimizer, total_steps, cfg)
+
+    return make
 
 
 def schedule_state(scheduler: torch.optim.lr_scheduler.LambdaLR) -> dict:

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from baton.config import Config, ConfigError
 from baton.data.build import synthetic_corpus
 from baton.data.corpus import Corpus
 from baton.data.loader import PackedLoader
 from baton.data.mixture import MixtureLoader, Source
 from baton.data.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer, tokenizer_fingerprint
 from baton.kernels.common import TRITON_CHUNK_SIZES
-from baton.launch.config import Config, ConfigError
 
 
 def pick_device(cfg: Config) -> tuple[torch.device, torch.dtype | None]:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from string import Template
 
-from baton.launch.config import ConfigError, load_config, to_yaml
+from baton.config import ConfigError, load_config, to_yaml
 from baton.launch.preempt import DEADLINE, FLAG, REQUEUE_BY_BATCH, REQUEUE_NOTE
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "slurm" / "baton.sbatch"

@@ -50,6 +50,7 @@ import torch
 import torch.distributed as dist
 
 from baton.checkpoint.state import Checkpointer, resume_point, saved_world_size
+from baton.config import Config, to_yaml
 from baton.data.loader import Batch
 from baton.dist.env import DistEnv, init_distributed
 from baton.dist.faults import KILL_AT_STEP, kill_if_asked, slow_down
@@ -57,12 +58,11 @@ from baton.kernels import set_backend as set_kernel_backend
 from baton.kernels.tuning_file import FILE_NAME as TUNING_FILE
 from baton.kernels.tuning_file import count_choices, load_choices, save_choices, settings_timed
 from baton.launch.batches import PlannedBatches
-from baton.launch.config import Config, to_yaml
 from baton.launch.evaluate import held_out_losses
 from baton.launch.logs import prepare_run_dir, tee_output
 from baton.launch.metrics import MetricsLogger
 from baton.launch.preempt import Preemption
-from baton.launch.schedule import load_schedule_state, schedule_state
+from baton.launch.schedule import load_schedule_state, optimizer_factory, schedule_state
 from baton.launch.setup import checkpoint_root, keep_compiled_code, pick_device, training_data, uses_triton
 from baton.models.flops import count_parameters, flops_per_token
 from baton.models.lm import RecurrentLM
@@ -121,7 +121,8 @@ class Trainer:
         cap = memory_cap(cfg, self.env.world_size, self.device)  # refuses what cannot fit, before allocating
         model = RecurrentLM(cfg.model).to(self.device)
         slow_down(model, self.env.rank, cfg.profile.slow_rank, cfg.profile.slow_seconds_per_ktoken)
-        self.parallel = parallelize(model, cfg, self.env, self.autocast_dtype, universal)
+        make_optimizer = optimizer_factory(cfg.optim, cfg.train.steps)
+        self.parallel = parallelize(model, cfg, self.env, self.autocast_dtype, make_optimizer, universal)
         self.model, self.sp = self.parallel.model, self.parallel.sp
         self.checkpointer = Checkpointer(root, self.env, ckpt.keep, ckpt.async_save, ckpt.checksums, ckpt.every)
         p = cfg.parallel.planner

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
+from baton.config import Config, ConfigError
 from baton.kernels import set_backend
 from baton.kernels.tuning_file import FILE_NAME, count_choices, load_choices, save_choices, settings_timed
-from baton.launch.config import Config, ConfigError
 from baton.launch.setup import keep_compiled_code, pick_device, uses_triton
 from baton.models.lm import Block
 from baton.models.state import LayerState

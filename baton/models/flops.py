@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from baton.models.config import ModelConfig
+from baton.config import ModelConfig
 
 
 def mixer_linear_params(cfg: ModelConfig) -> int:

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from baton.config import ModelConfig
 from baton.kernels import chunk_gla, recurrent_step
 from baton.kernels.carry import scan_carrying, state_after
-from baton.models.config import ModelConfig
 from baton.models.norm import GatedRMSNorm
 from baton.models.state import LayerState
 

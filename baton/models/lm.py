@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from baton.models.config import ModelConfig
+from baton.config import ModelConfig
 from baton.models.gdn import GatedDeltaNetMixer
 from baton.models.gla import GLAMixer
 from baton.models.loss import fused_head_loss, token_losses

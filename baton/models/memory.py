@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from baton.models.config import ModelConfig
+from baton.config import ModelConfig
 
 F = 4  # fp32
 PATHS = ("triton", "reference")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from baton.models.config import ModelConfig
+from baton.config import ModelConfig
 from baton.models.newton import Cell, WholeSequence, newton_recurrence
 from baton.models.paragru import GRU
 from baton.models.paralstm import LSTM

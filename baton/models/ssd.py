@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from baton.config import ModelConfig
 from baton.kernels import causal_conv1d, chunk_ssd, conv_step, recurrent_step
 from baton.kernels.carry import conv_carrying, scan_carrying, state_after, tail_window
-from baton.models.config import ModelConfig
 from baton.models.norm import GatedRMSNorm
 from baton.models.state import LayerState
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from baton.launch.config import Config, ConfigError
+from baton.config import Config, ConfigError
 from baton.models.flops import count_parameters, scan_shape
 from baton.models.memory import ActivationBytes, activation_bytes
 

@@ -10,7 +10,8 @@ torchtitan's ``parallelize``). The model code knows nothing of it.
 4. Sequence micro-batches (``parallel/microbatch.py``): each block runs over the piece in
    slices carrying the state, each slice recomputed in backward under step 3's policy.
 5. Sharding, last, as it must see the final modules: FSDP2 (``fully_shard`` per block, then
-   the root), or a DeepSpeed ZeRO engine, which also takes the optimizer and schedule.
+   the root), or a DeepSpeed ZeRO engine, which also takes the optimizer and schedule (built
+   by the caller's ``make_optimizer`` over the final modules: the trainer owns them).
 
 The result, :class:`ParallelModel`, is what a training step drives: backward, the gradient
 reduction and the optimizer step, the same three calls whatever the engine.
@@ -29,7 +30,6 @@ from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 
 from baton.dist.env import DistEnv, sum_over_ranks
-from baton.launch.schedule import build_optimizer, build_scheduler
 from baton.parallel.compile import compile_blocks
 from baton.parallel.microbatch import apply_micro_batches
 from baton.parallel.recompute import apply_activation_checkpointing
@@ -37,7 +37,10 @@ from baton.parallel.sequence import SequenceParallel, apply_sequence_parallel
 from baton.parallel.zero import apply_fsdp2, deepspeed_engine, reduce_replicated_gradients
 
 if TYPE_CHECKING:
-    from baton.launch.config import Config
+    from baton.config import Config
+
+# The optimizer and learning-rate schedule over the final (wrapped, sharded) model.
+OptimizerFactory = Callable[[nn.Module], tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]]
 
 
 @dataclass
@@ -85,12 +88,17 @@ class ParallelModel:
 
 
 def parallelize(
-    model: nn.Module, cfg: Config, env: DistEnv, param_dtype: torch.dtype | None, load_universal: bool = False
+    model: nn.Module,
+    cfg: Config,
+    env: DistEnv,
+    param_dtype: torch.dtype | None,
+    make_optimizer: OptimizerFactory,
+    load_universal: bool = False,
 ) -> ParallelModel:
     """Apply, in order, what ``cfg.parallel`` asks for to ``model`` (in place), and build the
-    optimizer and schedule over the result. ``param_dtype``: the compute dtype of sharded
-    parameters (bf16 autocast runs), None for fp32. ``load_universal``: a DeepSpeed run that
-    will resume from a checkpoint of another world size."""
+    optimizer and schedule over the result with ``make_optimizer``. ``param_dtype``: the
+    compute dtype of sharded parameters (bf16 autocast runs), None for fp32.
+    ``load_universal``: a DeepSpeed run that will resume from a checkpoint of another world size."""
     p = cfg.parallel.sp
     sp = SequenceParallel(env.rank, env.world_size, p.relay, p.relay_blocks, p.overlap)
     engine = cfg.parallel.zero.engine if env.distributed else "none"
@@ -107,8 +115,7 @@ def parallelize(
         apply_micro_batches(model, sp, micro_tokens, cfg.model.chunk_size)
     if engine == "fsdp2":
         apply_fsdp2(model, cfg.parallel.zero.stage, param_dtype)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.train.steps, cfg.optim)
+    optimizer, scheduler = make_optimizer(model)
     ds = None
     if engine == "deepspeed":
         ds = deepspeed_engine(

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from baton.config import ModelConfig
 from baton.data.loader import Batch
-from baton.models.config import ModelConfig
 from baton.models.flops import relay_bytes_per_hop, relay_messages_per_layer
 from baton.parallel.plan import PlanError, RankPiece, StepPlan
 

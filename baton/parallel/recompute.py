@@ -24,9 +24,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from baton.config import POLICIES
 from baton.parallel.relay import RelayRecord
-
-POLICIES = ("none", "full", "mixer")
 
 
 def recompute_in_backward(module: nn.Module, record: RelayRecord) -> None:

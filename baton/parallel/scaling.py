@@ -42,8 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from baton.launch.config import ParallelConfig
-from baton.models.config import ModelConfig
+from baton.config import ModelConfig, ParallelConfig
 from baton.models.flops import flops_per_token, forward_relays, scan_shape, summary_bytes
 from baton.parallel.plan import StepPlan
 from baton.parallel.relay import STRATEGIES

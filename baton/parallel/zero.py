@@ -18,8 +18,6 @@ from torch import Tensor, nn
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
-ENGINES = ("none", "fsdp2", "deepspeed")
-
 
 def reduce_replicated_gradients(model: nn.Module, loss: Tensor) -> float:
     """Engine ``none``: sum every gradient over the ranks, and the loss with them (one

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from baton.checkpoint import complete_checkpoints
 from baton.checkpoint.export import load_model_state
-from baton.models.config import ModelConfig
+from baton.config import ModelConfig
 from baton.models.lm import RecurrentLM
 from tests.launch.runs import baton_train
 

@@ -4,9 +4,9 @@ never drawn, and sources that must share a tokenizer."""
 import numpy as np
 import pytest
 
+from baton.config import ConfigError, SourceConfig, load_config
 from baton.data.build import build_corpus, synthetic_corpus
 from baton.data.mixture import MixtureLoader
-from baton.launch.config import ConfigError, SourceConfig, load_config
 from baton.launch.setup import training_data
 
 

@@ -2,13 +2,45 @@
 
 import pytest
 
+from baton.config import ConfigError, load_config
 from baton.launch.cli import main
-from baton.launch.config import ConfigError, load_config
 from tests.conftest import CONFIGS
 
 
-def test_defaults_are_the_tiny_cpu_preset():
-    assert load_config() == load_config(str(CONFIGS / "tiny-cpu.yaml"), ["train.run_dir=runs/default"])
+def test_defaults_are_the_tiny_cpu_preset(capsys):
+    assert load_config() == load_config(str(CONFIGS / "tiny-cpu.yaml"))
+    # what `baton config` prints with no file is what `baton train` runs with none
+    assert main(["config"]) == 0 and main(["config", str(CONFIGS / "tiny-cpu.yaml")]) == 0
+    default, preset = capsys.readouterr().out.split("resume: none\n")[:2]
+    assert default == preset and "run_dir: runs/default" in default
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["memory", "C", "--world", "2", "model.n_layers=3", "train.steps=5"],
+        ["memory", "--world", "2", "C", "model.n_layers=3", "train.steps=5"],
+        ["memory", "C", "model.n_layers=3", "--world", "2", "train.steps=5"],
+        ["memory", "--world", "2", "model.n_layers=3", "--tokens", "64", "train.steps=5"],
+    ],
+)
+def test_overrides_before_or_after_flags(argv, monkeypatch):
+    from baton.launch import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_memory", lambda args: seen.append(cli._config_and_overrides(args)))
+    config = str(CONFIGS / "125m.yaml") if "C" in argv else None
+    assert main([config if a == "C" else a for a in argv]) == 0
+    assert seen == [(config, ["model.n_layers=3", "train.steps=5"])]
+
+
+def test_unknown_flags_and_stray_words_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["memory", "--world", "2", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["memory", str(CONFIGS / "125m.yaml"), "--world", "2", "stray"])
+    assert "unrecognized arguments: stray (overrides are key=value)" in capsys.readouterr().err
 
 
 def test_overrides_apply_with_types():

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
+from baton.config import ConfigError, load_config
 from baton.launch.cli import main
-from baton.launch.config import ConfigError, load_config
 from baton.launch.setup import pick_device
 
 

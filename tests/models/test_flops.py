@@ -4,8 +4,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from baton.launch.config import load_config
-from baton.models.config import ModelConfig
+from baton.config import ModelConfig, load_config
 from baton.models.flops import count_parameters, flops_per_token, scan_shape
 from baton.models.lm import RecurrentLM
 from tests.conftest import CONFIGS

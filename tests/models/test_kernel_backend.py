@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from baton.config import ModelConfig
 from baton.kernels import set_backend
-from baton.models.config import ModelConfig
 from baton.models.lm import RecurrentLM, token_losses
 
 pytest.importorskip("triton")

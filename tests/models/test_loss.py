@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from baton.config import ModelConfig
 from baton.data.loader import IGNORE
-from baton.models.config import ModelConfig
 from baton.models.lm import RecurrentLM
 from baton.models.memory import activation_bytes
 from baton.profile.activations import kept_for_backward

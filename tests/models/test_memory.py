@@ -14,8 +14,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from baton.config import ModelConfig
 from baton.kernels import set_backend
-from baton.models.config import ModelConfig
 from baton.models.lm import RecurrentLM
 from baton.models.memory import activation_bytes
 from baton.parallel.recompute import apply_activation_checkpointing

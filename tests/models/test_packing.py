@@ -8,7 +8,7 @@ tolerance 1e-10: only summation order differs).
 import pytest
 import torch
 
-from baton.models.config import ModelConfig
+from baton.config import ModelConfig
 from baton.models.lm import RecurrentLM
 
 

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
+from baton.config import ConfigError, load_config
 from baton.launch.cli import main
-from baton.launch.config import ConfigError, load_config
 from baton.models.flops import count_parameters
 from baton.parallel.budget import GIB, MemoryBudget, check_fits, engine_state_bytes
 from tests.conftest import CONFIGS

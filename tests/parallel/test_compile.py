@@ -9,8 +9,8 @@ backward wiring gives O(1).
 import pytest
 import torch
 
+from baton.config import ModelConfig
 from baton.kernels import set_backend
-from baton.models.config import ModelConfig
 from baton.models.lm import Block
 
 SHAPE = dict(vocab_size=300, d_model=64, n_layers=1, n_heads=2, chunk_size=16)

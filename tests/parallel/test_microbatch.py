@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import pytest
 
+from baton.config import load_config
 from baton.dist.env import DistEnv
 from baton.dist.local import run_local
-from baton.launch.config import load_config
+from baton.launch.schedule import optimizer_factory
 from baton.parallel.microbatch import local_bounds, slice_cuts
 from baton.parallel.parallelize import parallelize
 from baton.parallel.plan import StepPlan, local_batch
@@ -30,7 +31,8 @@ def micro_worker(rank: int, world: int, cases: list[tuple], overrides: list[str]
         cfg = load_config(None, [f"parallel.sp.relay={relay}", *overrides])
         model = tiny_model(mixer)
         cfg.model = model.cfg
-        parallel = parallelize(model, cfg, DistEnv(rank, world, rank), None)
+        make_optimizer = optimizer_factory(cfg.optim, cfg.train.steps)
+        parallel = parallelize(model, cfg, DistEnv(rank, world, rank), None, make_optimizer)
         batch, plan = make_batch(lengths), StepPlan.from_dict(plan_dict)
         local = local_batch(plan, rank, batch)
         parallel.sp.set_step(plan, local)

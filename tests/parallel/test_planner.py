@@ -99,7 +99,7 @@ def test_cuts_move_to_document_ends_when_relays_cost_more():
 def test_hops_are_priced_from_the_models_summaries():
     """The 1.3B shapes: a delta-rule hop carries a K×K transition per head besides the state,
     a GLA hop a K-vector; with GDN's pricier hops the planner cuts fewer documents."""
-    from baton.launch.config import load_config
+    from baton.config import load_config
     from baton.models.flops import relay_bytes_per_hop
     from tests.conftest import CONFIGS
 
@@ -123,7 +123,7 @@ def test_newton_rnn_hops_count_a_relay_per_iteration(iterations):
     """ParaLSTM: per layer one relay per Newton iteration, the backward's and the first guess's
     message (K + 2, as ``test_sequence_newton.py`` counts them on the wire); each forward relay
     carries the summary (a 2×2 block per unit and the [c, h] state), the other two a state."""
-    from baton.models.config import ModelConfig
+    from baton.config import ModelConfig
     from baton.models.flops import relay_bytes_per_hop
 
     model = ModelConfig(mixer="paralstm", d_model=256, n_heads=4, n_layers=6, newton_iterations=iterations)

@@ -21,10 +21,11 @@ import pytest
 import torch
 from torch.distributed.tensor import DTensor
 
+from baton.config import load_config
 from baton.dist.env import DistEnv
 from baton.dist.local import run_local
 from baton.kernels import set_backend
-from baton.launch.config import load_config
+from baton.launch.schedule import optimizer_factory
 from baton.models.lm import RecurrentLM
 from baton.parallel.parallelize import parallelize
 from baton.parallel.plan import RankPiece, StepPlan, local_batch
@@ -89,7 +90,8 @@ def step_worker(rank: int, world: int, cases: list[tuple], kernels: str = "auto"
         cfg = config(mixer, policy, engine, micro)
         torch.manual_seed(0)
         model = RecurrentLM(cfg.model)
-        parallel = parallelize(model, cfg, DistEnv(rank, world, rank), None)
+        make_optimizer = optimizer_factory(cfg.optim, cfg.train.steps)
+        parallel = parallelize(model, cfg, DistEnv(rank, world, rank), None, make_optimizer)
         batch, plan = make_batch(LENGTHS), PLANS[sp]
         local = local_batch(plan, rank, batch)
         parallel.sp.set_step(plan, local)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from baton.models.config import ModelConfig
+from baton.config import ModelConfig
 from baton.parallel.plan import RankPiece, StepPlan
 from baton.parallel.scaling import Interconnect, LayerTimes, StepModel, choose_strategy, predict_step
 

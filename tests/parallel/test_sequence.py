@@ -18,10 +18,10 @@ import torch
 import torch.distributed as dist
 
 import baton.parallel.relay as relay_module
+from baton.config import ModelConfig
 from baton.data.loader import Batch, pack
 from baton.dist.local import run_local
 from baton.kernels import chunk_gla, set_backend
-from baton.models.config import ModelConfig
 from baton.models.flops import scan_shape, summary_bytes
 from baton.models.lm import RecurrentLM, token_losses
 from baton.parallel.plan import RankPiece, StepPlan, local_batch

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.distributed.tensor import DTensor
 
+from baton.config import ModelConfig
 from baton.dist.local import run_local
-from baton.models.config import ModelConfig
 from baton.models.lm import RecurrentLM, token_losses
 from baton.parallel.zero import apply_fsdp2, local_numel, optimizer_state_numel
 
