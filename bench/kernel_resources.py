@@ -26,8 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table, write_json  # noqa: E402
 
+from baton.kernels.backend import triton_ptxas  # noqa: E402
 from baton.kernels.compile_offline import compile_one_step  # noqa: E402
-from baton.kernels.dispatch import triton_ptxas  # noqa: E402
 
 
 def ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:

@@ -53,7 +53,7 @@ def contenders(gate: str, cuda: bool) -> dict:
         return ours
     ours = {"torch-ref": chunk_gla_ref if gate == "gla" else chunk_ssd_ref}
     if cuda:
-        from baton.kernels.scan_triton import chunk_scan_triton
+        from baton.kernels.ops import chunk_scan_triton
 
         ours["baton-triton"] = chunk_scan_triton
         try:
@@ -141,7 +141,7 @@ def agreement(gate: str, H: int, D: int, device: str, V: int | None = None) -> d
 
 def profile_kernels(gate: str, B: int, T: int, H: int, D: int) -> None:
     """Per-kernel CUDA time of baton's forward + backward (torch.profiler), to see where it goes."""
-    from baton.kernels.scan_triton import chunk_scan_triton
+    from baton.kernels.ops import chunk_scan_triton
 
     inputs = make_inputs(gate, B, T, H, D, "cuda", torch.bfloat16)
     o, s = chunk_scan_triton(*inputs)
@@ -195,10 +195,10 @@ def relay_overhead(gate: str, T: int, H: int, D: int, device: str, dtype: torch.
 
 def toolchain() -> dict:
     """Triton's version and the ptxas it assembles for this GPU (a Hopper ptxas before CUDA
-    13.3 can miscompile the kernels: see ``baton.kernels.dispatch.hopper_ptxas_warning``)."""
+    13.3 can miscompile the kernels: see ``baton.kernels.backend.hopper_ptxas_warning``)."""
     import triton
 
-    from baton.kernels.dispatch import triton_ptxas
+    from baton.kernels.backend import triton_ptxas
 
     major, minor = torch.cuda.get_device_capability()
     return {"triton": triton.__version__, "ptxas": triton_ptxas(major * 10 + minor)}

@@ -144,15 +144,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.triton:
         os.environ["TRITON_INTERPRET"] = "1"  # read when the kernels are defined: before importing baton
-    from baton.kernels import set_backend
+    from baton.kernels import kernel_backend
 
-    set_backend("torch")
-    rows = rows_for("125m", "gla", "reference", (256, 512), timed=True)
-    rows += rows_for("1b", "gla", "reference", (256, 512), timed=False)
+    with kernel_backend("torch"):
+        rows = rows_for("125m", "gla", "reference", (256, 512), timed=True)
+        rows += rows_for("1b", "gla", "reference", (256, 512), timed=False)
     if args.triton:
-        set_backend("triton")
-        for mixer in ("gla", "ssd"):
-            rows += rows_for("small", mixer, "triton", (128, 256), timed=False)
+        with kernel_backend("triton"):
+            for mixer in ("gla", "ssd"):
+                rows += rows_for("small", mixer, "triton", (128, 256), timed=False)
     print()
     print_table(rows, list(rows[0]))
     write_json("memory", rows, shapes=SHAPES, dtype="bf16 autocast")

@@ -94,15 +94,15 @@ def worker(rank: int, world: int, tokens: int, steps: int) -> dict:
                 local = local_batch(plan, rank, batch)
                 rows = []
                 for _ in range(steps + 1):  # the first is a warm-up
-                    sp.set_step(plan, local)
                     scan_seconds[0] = relay_op_seconds[0] = 0.0
                     dist.barrier()
                     start = time.perf_counter()
-                    loss_sum, _ = token_losses(model(local.tokens[None], local.cu_seqlens), local.labels[None])
-                    forward = time.perf_counter() - start
-                    loss_sum.backward()
+                    with sp.step(plan, local) as stats:
+                        loss_sum, _ = token_losses(model(local.tokens[None], local.cu_seqlens), local.labels[None])
+                        forward = time.perf_counter() - start
+                        loss_sum.backward()
                     rows.append(
-                        (time.perf_counter() - start, forward, sp.stats.seconds, scan_seconds[0], relay_op_seconds[0])
+                        (time.perf_counter() - start, forward, stats.seconds, scan_seconds[0], relay_op_seconds[0])
                     )
                     model.zero_grad(set_to_none=True)
                 key = "local" if name == "local" else f"{relay}/{'overlap' if overlap else 'none'}"

@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -43,10 +44,9 @@ def one_document(T: int):
 def step(model: RecurrentLM, sp: SequenceParallel | None, rank: int, world: int, batch) -> None:
     plan = even_groups_plan(batch, world, world)
     local = local_batch(plan, rank, batch)
-    if sp is not None:
-        sp.set_step(plan, local)
-    loss_sum, _ = token_losses(model(local.tokens[None], local.cu_seqlens), local.labels[None])
-    (loss_sum / batch.n_targets).backward()
+    with sp.step(plan, local) if sp is not None else nullcontext():
+        loss_sum, _ = token_losses(model(local.tokens[None], local.cu_seqlens), local.labels[None])
+        (loss_sum / batch.n_targets).backward()
     if world > 1:
         flat = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
         dist.all_reduce(flat)

@@ -1,6 +1,7 @@
 import os
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -14,3 +15,13 @@ if not torch.cuda.is_available():
 # compile every candidate for each of the tests' many shapes. bench/kernels.py runs the tuned
 # kernels and checks their agreement with the reference.
 os.environ.setdefault("BATON_AUTOTUNE", "0")
+
+
+@pytest.fixture
+def triton_kernels():
+    """The test's ops on the Triton kernels (interpreted on CPU)."""
+    pytest.importorskip("triton")
+    from baton.kernels import kernel_backend
+
+    with kernel_backend("triton"):
+        yield

@@ -1,6 +1,8 @@
 """Chunked-scan ops. Each public op dispatches to a Triton kernel on CUDA tensors and to the
-plain PyTorch reference elsewhere (the reference is also the ground truth in tests)."""
+plain PyTorch reference elsewhere (the reference is also the ground truth in tests);
+``kernel_backend`` forces either for the work it encloses."""
 
+from baton.kernels.backend import kernel_backend
 from baton.kernels.conv import causal_conv1d, conv_step
 from baton.kernels.delta_ref import chunk_delta_ref
 from baton.kernels.dispatch import (
@@ -14,7 +16,6 @@ from baton.kernels.dispatch import (
     norm_gate,
     recurrent_step,
     segment_summary,
-    set_backend,
 )
 from baton.kernels.gla_ref import chunk_gla_ref
 from baton.kernels.naive import naive_delta_recurrence, naive_recurrence
@@ -33,10 +34,10 @@ __all__ = [
     "delta_correction",
     "delta_step",
     "delta_summary",
+    "kernel_backend",
     "naive_delta_recurrence",
     "naive_recurrence",
     "norm_gate",
     "recurrent_step",
     "segment_summary",
-    "set_backend",
 ]

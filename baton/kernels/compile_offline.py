@@ -81,8 +81,8 @@ def compile_one_step(
     from baton.kernels.diag_triton import diag_scan_triton
     from baton.kernels.layout import build_layout
     from baton.kernels.norm_gate_triton import norm_gate_backward, norm_gate_forward
+    from baton.kernels.ops import chunk_scan_triton
     from baton.kernels.relay_triton import add_state_correction_triton, segment_summary_triton
-    from baton.kernels.scan_triton import chunk_scan_triton
     from baton.kernels.step_triton import recurrent_step_triton
 
     T, H, K, V = 2 * chunk_size + 32, 2, 128, 128  # a 1.3B model's head dims; a partial chunk too

@@ -1,98 +1,31 @@
 """One public function per op: the Triton kernel on CUDA tensors, the PyTorch reference
-elsewhere. ``set_backend`` (config key ``train.kernels``) forces either. The delta rule's ops
+elsewhere (``backend.py`` decides; its ``kernel_backend`` context, config key ``train.kernels``,
+forces either). The delta rule's ops
 (``chunk_delta``, ``delta_summary``, ``delta_correction``) run their references with the
 chunk-to-chunk state walk in Triton (``delta_triton.py``); ``delta_step`` is its reference."""
 
 from __future__ import annotations
 
 import functools
-import os
-import re
-import warnings
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 from torch.autograd import Function
 
-from baton.config import BACKENDS
 from baton.kernels import ops
+from baton.kernels.backend import check_assembler, use_triton
 from baton.kernels.delta_ref import delta_correction_ref, delta_step_ref, delta_summary_ref
 from baton.kernels.diag_ref import diag_scan_ref
 from baton.kernels.norm import norm_gate_ref
 from baton.kernels.relay_ref import add_state_correction_ref, segment_summary_ref
 from baton.kernels.step_ref import recurrent_step_ref
 
-_backend = "auto"
-
-
-def set_backend(name: str) -> None:
-    """``auto``: Triton for CUDA tensors, the reference otherwise; ``triton`` / ``torch``: always."""
-    global _backend
-    if name not in BACKENDS:
-        raise ValueError(f"kernel backend must be one of {', '.join(BACKENDS)}, got {name!r}")
-    _backend = name
-
-
-def hopper_ptxas_warning(capability: tuple[int, int], ptxas_version: str) -> str | None:
-    """Why the assembler Triton uses for this GPU may miscompile the kernels, or None.
-
-    CUDA's ptxas before 13.3 can reuse registers that a Hopper (sm_90) asynchronous
-    tensor-core product (WGMMA) is still reading: wrong results, no error
-    (triton-lang/triton#11781). Triton before 3.9 assembles Hopper kernels with its CUDA 12
-    ptxas, and the scans feed such products operands computed in registers (gated q, k).
-    """
-    version = tuple(map(int, re.findall(r"\d+", ptxas_version)[:2]))
-    if capability[0] != 9 or version >= (13, 3):
-        return None
-    return (
-        f"Triton assembles Hopper kernels with ptxas {ptxas_version}, which can silently miscompile "
-        "tensor-core products of operands held in registers, as baton's kernels use "
-        "(triton-lang/triton#11781); install triton>=3.9 or set TRITON_PTXAS_PATH to the ptxas of CUDA >= 13.3"
-    )
-
-
-def triton_ptxas(arch: int) -> tuple[str, str]:
-    """Path and version of the ptxas Triton assembles kernels for compute capability ``arch``
-    (90 for 9.0) with."""
-    from triton.backends.nvidia.compiler import get_ptxas
-
-    tool = get_ptxas(arch)
-    return (tool.path, tool.version) if hasattr(tool, "version") else tool  # older Tritons: a tuple
-
-
-@functools.cache
-def _check_assembler(device: int) -> None:
-    if torch.version.hip:  # ROCm: no ptxas, and its capabilities are not NVIDIA's
-        return
-    major, minor = torch.cuda.get_device_capability(device)
-    reason = hopper_ptxas_warning((major, minor), triton_ptxas(major * 10 + minor)[1])
-    if reason:
-        warnings.warn(reason, stacklevel=4)
-
-
-def _wants_triton(x: Tensor) -> bool:
-    """Whether ``x``'s op runs the Triton kernels: a decision on the backend and the device
-    alone, which ``torch.compile`` traces (the scan ops check the assembler when they run)."""
-    if _backend == "torch" or (_backend == "auto" and not x.is_cuda):
-        return False
-    if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError(
-            "kernel backend 'triton' needs CUDA tensors; set TRITON_INTERPRET=1 to run the kernels "
-            "on CPU through Triton's interpreter (slow)"
-        )
-    return True
-
-
-def check_assembler(x: Tensor) -> None:
-    """Warn once per GPU where Triton's assembler may miscompile the kernels."""
-    if x.is_cuda:
-        _check_assembler(x.device.index if x.device.index is not None else torch.cuda.current_device())
-
 
 def _use_triton(x: Tensor) -> bool:
-    """:func:`_wants_triton` for the ops that launch their kernels here (eagerly)."""
-    if not _wants_triton(x):
+    """:func:`~baton.kernels.backend.use_triton` for the ops that launch their kernels here
+    (eagerly), with the assembler checked; the custom ops check it when they run."""
+    if not use_triton(x):
         return False
     check_assembler(x)
     return True
@@ -146,9 +79,9 @@ def _scan(kind: str, q, k, v, g, beta, scale, initial_state, cu_seqlens, chunk_s
     """A chunked scan through its custom op (``ops.py``): the Triton scans (GLA and SSD, one
     implementation for both gate layouts), else the reference of ``kind``."""
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
-    if _wants_triton(q) and kind != "delta":
+    if use_triton(q) and kind != "delta":
         return ops.scan_triton(q, k, v, g, initial_state, cu_seqlens, scale, chunk_size)[:2]
-    walk = kind == "delta" and _wants_triton(q)
+    walk = kind == "delta" and use_triton(q)
     return ops.scan_ref(kind, q, k, v, g, beta, initial_state, cu_seqlens, scale, chunk_size, walk)
 
 
@@ -294,7 +227,7 @@ def delta_step(
 def norm_gate(x: Tensor, gate: Tensor, weight: Tensor, eps: float | None, norm_first: bool) -> Tensor:
     """RMSNorm with a SiLU output gate (see :func:`~baton.kernels.norm.norm_gate_ref`): one
     fused Triton kernel where the scans run in Triton, the reference's ops elsewhere."""
-    if not _wants_triton(x):
+    if not use_triton(x):
         return norm_gate_ref(x, gate, weight, eps, norm_first)
     eps = torch.finfo(x.dtype).eps if eps is None else eps
     with torch.autocast(x.device.type, enabled=False):  # fp32 inside whatever autocast says, as rms_norm

@@ -26,17 +26,11 @@ import torch
 from torch import Tensor
 from torch.library import custom_op
 
+from baton.kernels.backend import check_assembler
 from baton.kernels.common import compute_dtype
 from baton.kernels.delta_ref import chunk_delta_ref
 from baton.kernels.gla_ref import chunk_gla_ref
 from baton.kernels.ssd_ref import chunk_ssd_ref
-
-
-def check_assembler(x: Tensor) -> None:
-    from baton.kernels.dispatch import check_assembler as check  # dispatch imports this module
-
-    check(x)
-
 
 REFERENCES = {"gla": chunk_gla_ref, "ssd": chunk_ssd_ref, "delta": chunk_delta_ref}
 
@@ -237,6 +231,24 @@ def _scan_triton_grads(ctx, d_out: Tensor, d_final: Tensor | None, *_):
 
 
 scan_triton.register_autograd(_scan_triton_grads, setup_context=_save_triton)
+
+
+def chunk_scan_triton(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    scale: float | None = None,
+    initial_state: Tensor | None = None,
+    cu_seqlens: Tensor | None = None,
+    chunk_size: int = 64,
+) -> tuple[Tensor, Tensor]:
+    """GLA (g [B, T, H, K]) or SSD (g [B, T, H]) chunked scan; the contract of
+    :func:`baton.kernels.gla_ref.chunk_gla_ref`. Needs ``chunk_size`` in ``TRITON_CHUNK_SIZES``.
+    Differentiable through the custom op ``baton::scan_triton``."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    o, final, *_ = scan_triton(q, k, v, g, initial_state, cu_seqlens, float(scale), chunk_size)
+    return o, final
 
 
 @custom_op("baton::norm_gate", mutates_args=())

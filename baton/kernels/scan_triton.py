@@ -554,22 +554,3 @@ def scan_backward(
     grads = (from_chunks(d, layout).reshape(B, T, *d.shape[2:]) for d in (dq, dk, dv, dg))
     return *grads, d_h0 if initial_state is not None else None
 
-
-def chunk_scan_triton(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    g: Tensor,
-    scale: float | None = None,
-    initial_state: Tensor | None = None,
-    cu_seqlens: Tensor | None = None,
-    chunk_size: int = 64,
-) -> tuple[Tensor, Tensor]:
-    """GLA (g [B, T, H, K]) or SSD (g [B, T, H]) chunked scan; the contract of
-    :func:`baton.kernels.gla_ref.chunk_gla_ref`. Needs ``chunk_size`` in ``TRITON_CHUNK_SIZES``.
-    Differentiable through the custom op ``baton::scan_triton`` (``ops.py``)."""
-    from baton.kernels.ops import scan_triton
-
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    o, final, *_ = scan_triton(q, k, v, g, initial_state, cu_seqlens, float(scale), chunk_size)
-    return o, final

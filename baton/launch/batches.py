@@ -1,5 +1,7 @@
-"""Each step's global batch and its plan, loaded and planned one step ahead on a worker thread,
-so that planning step N+1 overlaps computing step N."""
+"""Each step's global batch and its plan: the plan made by the configured planner over a cost
+model that the run's measured speeds calibrate (:class:`StepPlanner`), batches loaded and
+planned one step ahead on a worker thread, so that planning step N+1 overlaps computing step N
+(:class:`PlannedBatches`)."""
 
 from __future__ import annotations
 
@@ -7,11 +9,56 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
+import torch
+import torch.distributed as dist
+
+from baton.config import Config
 from baton.data.loader import Batch, PackedLoader
+from baton.dist.env import DistEnv
 from baton.parallel.plan import StepPlan
-from baton.parallel.planner import CostModel
+from baton.parallel.planner import CostModel, make_plan
+from baton.parallel.scaling import assumed_seconds_per_token, choose_relay
 
 Planner = Callable[[Batch, CostModel], tuple[StepPlan, dict]]
+
+
+class StepPlanner:
+    """A :data:`Planner`: ``parallel.planner.kind`` over the cost model, and under
+    ``parallel.sp.relay=auto`` the relay the scaling model predicts fastest for the plan."""
+
+    def __init__(self, cfg: Config, env: DistEnv, peak_flops: float | None, memory_cap: int | None) -> None:
+        self.cfg, self.env = cfg, env
+        p = cfg.parallel.planner
+        self.cost = CostModel.for_model(
+            cfg.model, [1.0] * env.world_size, p.hop_latency_s, p.intra_node_gb_per_s, p.inter_node_gb_per_s,
+            p.ranks_per_node, [memory_cap] * env.world_size if memory_cap else None,
+        )  # fmt: skip
+        # for relay=auto until the run has measured its speed
+        self.assumed_seconds_per_token = assumed_seconds_per_token(cfg.model, peak_flops)
+
+    def __call__(self, batch: Batch, cost: CostModel) -> tuple[StepPlan, dict]:
+        cfg = self.cfg
+        min_piece = max(4, cfg.model.conv_size)
+        plan, info = make_plan(cfg.parallel.planner.kind, batch, cost, cfg.parallel.sp.size, min_piece)
+        if cfg.parallel.sp.relay == "auto":
+            seconds_per_token = (
+                cost.seconds_per_token if cost.measured else [self.assumed_seconds_per_token] * len(plan.pieces)
+            )
+            plan.relay, info["relay_predicted_s"] = choose_relay(
+                cfg.model, cfg.parallel, plan, batch.cu_seqlens.tolist(), seconds_per_token
+            )
+        return plan, info
+
+    def calibrate(self, summary: dict | None) -> None:
+        """Feed the measured per-rank speed (rank 0's interval summary) to the cost model."""
+        p = self.cfg.parallel
+        if (p.planner.kind != "balanced" and p.sp.relay != "auto") or not self.env.distributed:
+            return
+        speeds = torch.tensor(summary["tokens_per_s"] if summary else [0.0] * self.env.world_size, dtype=torch.float64)
+        dist.broadcast(speeds, 0)
+        if (speeds > 0).all():
+            self.cost.seconds_per_token = (1.0 / speeds).tolist()
+            self.cost.measured = True
 
 
 class PlannedBatches:

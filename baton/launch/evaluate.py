@@ -25,6 +25,7 @@ from baton.data.corpus import Corpus
 from baton.data.loader import Batch, PackedLoader, pack
 from baton.data.tokenizer import tokenizer_fingerprint
 from baton.dist.env import init_distributed, sum_over_ranks
+from baton.kernels import kernel_backend
 from baton.launch.generate import trained_model
 from baton.launch.setup import TrainingData, pick_device, run_tokenizer_fingerprint
 
@@ -131,7 +132,7 @@ def evaluate_corpus(
     for i, batch in enumerate(document_batches(corpus, cfg.data.tokens_per_batch, doc_ids)):
         if i % env.world_size != env.rank:
             continue
-        with context:
+        with context, kernel_backend(cfg.train.kernels):
             loss = model(batch.tokens[None].to(device), batch.cu_seqlens, batch.labels[None].to(device),
                          cfg.train.loss_chunk_tokens)  # fmt: skip
         loss_sum, targets, tokens = loss_sum + loss.item(), targets + batch.n_targets, tokens + batch.n_tokens

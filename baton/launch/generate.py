@@ -10,7 +10,7 @@ import torch
 from baton.checkpoint import CheckpointError, latest_checkpoint
 from baton.checkpoint.export import load_model
 from baton.config import Config, ConfigError, load_config
-from baton.kernels import set_backend as set_kernel_backend
+from baton.kernels import kernel_backend
 from baton.launch.setup import checkpoint_root, pick_device, run_tokenizer
 from baton.models.decode import generate
 from baton.models.lm import RecurrentLM
@@ -27,7 +27,6 @@ def trained_model(
     if path is None:
         raise CheckpointError(f"{root}: no complete checkpoint (train with checkpoint.every=N, or name --checkpoint)")
     device, _ = pick_device(cfg)
-    set_kernel_backend(cfg.train.kernels)
     return cfg, load_model(path).to(device).eval(), path
 
 
@@ -47,5 +46,6 @@ def generate_text(
     ids = [torch.as_tensor(tokenizer.encode(p), dtype=torch.long) for p in prompts]
     if any(len(p) == 0 for p in ids):
         raise ConfigError("--prompt: an empty prompt has nothing to continue from")
-    out = generate(model, ids, max_tokens, temperature, top_p, seed, tokenizer.eos_id)
+    with kernel_backend(cfg.train.kernels):
+        out = generate(model, ids, max_tokens, temperature, top_p, seed, tokenizer.eos_id)
     return [tokenizer.decode(t for t in tokens if t != tokenizer.eos_id) for tokens in out.tokens]

@@ -6,9 +6,24 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from baton.progress import Progress
+
+
+@dataclass
+class StepResult:
+    """One training step's outcome, as the log records it."""
+
+    loss: float
+    grad_norm: float | None  # before clipping; None where DeepSpeed does not compute it
+    tokens: int
+    plan: dict
+    comm: dict
+    doc_ids: list
+    mfu: float | None = None  # this rank's, where the device's peak is known
+    newton_residual: list[float] | None = None  # per layer, the largest over ranks (model.newton_residual)
 
 
 class MetricsLogger:
@@ -22,9 +37,9 @@ class MetricsLogger:
         self.first_loss = self.last_loss = self.eval_loss = None
 
     def log_step(
-        self, step: int, result, lr: float, evaluation: dict | None, interval: dict | None, log_line: bool
+        self, step: int, result: StepResult, lr: float, evaluation: dict | None, interval: dict | None, log_line: bool
     ) -> None:
-        """Record step ``step`` (a :class:`~baton.launch.train.StepResult`) and its
+        """Record step ``step`` (a :class:`StepResult`) and its
         ``evaluation`` (``eval_loss``, ...) where there is one; at logging steps (``log_line``)
         also the tokens per second of the interval and the console line, with the profiler's
         cross-rank ``interval`` summary where there is one."""

@@ -21,7 +21,7 @@ from baton.checkpoint import CheckpointError, complete_checkpoints
 from baton.checkpoint.export import load_model
 from baton.checkpoint.store import checkpoint_step, final_dir
 from baton.config import ConfigError, load_config
-from baton.kernels import set_backend as set_kernel_backend
+from baton.kernels import kernel_backend
 from baton.launch.setup import checkpoint_root, pick_device, training_data
 from baton.models.lm import RecurrentLM
 
@@ -85,7 +85,6 @@ def replay_step(run_dir: Path, step: int, overrides: list[str] | tuple[str, ...]
     cfg = load_config(str(run_dir / "config.yaml"), overrides)
     record = _logged(run_dir, step)
     device, autocast_dtype = pick_device(cfg)
-    set_kernel_backend(cfg.train.kernels)
     model, position = _weights_and_position(cfg, run_dir, step)
     model = model.to(device)
     data = training_data(cfg)
@@ -98,11 +97,13 @@ def replay_step(run_dir: Path, step: int, overrides: list[str] | tuple[str, ...]
             f"the data position of step {step} gives other documents than the run logged: has the {data.describe()} "
             "or data.tokens_per_batch changed since?"
         )
-    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        tokens, labels = batch.tokens[None].to(device), batch.labels[None].to(device)
-        loss_sum = model(tokens, batch.cu_seqlens, labels, cfg.train.loss_chunk_tokens)
-    loss = loss_sum / batch.n_targets
-    loss.backward()
+    autocast = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+    with kernel_backend(cfg.train.kernels):
+        with autocast:
+            tokens, labels = batch.tokens[None].to(device), batch.labels[None].to(device)
+            loss_sum = model(tokens, batch.cu_seqlens, labels, cfg.train.loss_chunk_tokens)
+        loss = loss_sum / batch.n_targets
+        loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     grad_norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
     return Replay(

@@ -16,6 +16,7 @@ from baton.data.corpus import Corpus
 from baton.data.loader import PackedLoader
 from baton.data.mixture import MixtureLoader, Source
 from baton.data.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer, tokenizer_fingerprint
+from baton.kernels.backend import TRITON
 from baton.kernels.common import TRITON_CHUNK_SIZES
 
 
@@ -26,8 +27,8 @@ def pick_device(cfg: Config) -> tuple[torch.device, torch.dtype | None]:
         raise ConfigError("train.device: cuda requested but no CUDA device is available")
     cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda") if cuda else torch.device("cpu")
-    if cfg.train.kernels == "triton" and not cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ConfigError("train.kernels: triton needs a CUDA device (or TRITON_INTERPRET=1 to interpret on CPU)")
+    if cfg.train.kernels == "triton" and not TRITON.is_available(device)[0]:
+        raise ConfigError(f"train.kernels=triton: {TRITON.is_available(device)[1]}")
     if uses_triton(cfg, device) and cfg.model.chunk_size not in TRITON_CHUNK_SIZES:
         sizes = ", ".join(map(str, TRITON_CHUNK_SIZES))
         raise ConfigError(f"model.chunk_size: the Triton kernels need one of {sizes}, got {cfg.model.chunk_size}")

@@ -12,9 +12,10 @@ The life of a step (``file:function``):
     which ranks relay state to each other. (Hidden hop: both run one step *ahead*, on a worker
     thread, ``launch/batches.py:PlannedBatches``; this step's plan was made during the last.)
 3.  ``parallel/plan.py:local_batch``: this rank's tokens, labels and document bounds.
-4.  ``parallel/sequence.py:SequenceParallel.set_step``: the plan's chains, stored where the
-    relay ops will read them. (Hidden hop: the model is called with tokens only; the state
-    this call leaves is how the relay ops inside it know their neighbours.)
+4.  ``parallel/sequence.py:SequenceParallel.step``: the plan's chains, scoped to the step's
+    forward and backward (``with sp.step(plan, local) as comm``), where the relay ops read
+    them; the step's relay statistics come back from it. (Hidden hop: the model is called with
+    tokens only; the open step is how the relay ops inside it know their neighbours.)
 5.  ``models/lm.py:RecurrentLM.forward``: each block's mixer calls ``self.scan``. (Hidden
     hops: ``parallel/sequence.py:apply_sequence_parallel`` swapped that attribute for a
     ``RelayedScan`` when the model was parallelised, so the call site shows no relay; with
@@ -34,8 +35,8 @@ The life of a step (``file:function``):
 10. ``ParallelModel.optimizer_step``: clip, check the norm is finite, step.
 11. ``profile/recorder.py:RankProfiler.record``: this rank's phase times, tokens, relay bytes;
     every ``train.log_every`` steps ``end_interval`` gathers all ranks' records.
-12. ``Trainer.calibrate``: the measured per-rank speeds become the cost model that plans the
-    steps after.
+12. ``launch/batches.py:StepPlanner.calibrate``: the measured per-rank speeds become the cost
+    model that plans the steps after.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -54,23 +55,20 @@ from baton.config import Config, to_yaml
 from baton.data.loader import Batch
 from baton.dist.env import DistEnv, init_distributed
 from baton.dist.faults import KILL_AT_STEP, kill_if_asked, slow_down
-from baton.kernels import set_backend as set_kernel_backend
-from baton.kernels.tuning_file import FILE_NAME as TUNING_FILE
-from baton.kernels.tuning_file import count_choices, load_choices, save_choices, settings_timed
-from baton.launch.batches import PlannedBatches
+from baton.kernels import kernel_backend
+from baton.launch.batches import PlannedBatches, StepPlanner
 from baton.launch.evaluate import held_out_losses
 from baton.launch.logs import prepare_run_dir, tee_output
-from baton.launch.metrics import MetricsLogger
+from baton.launch.metrics import MetricsLogger, StepResult
 from baton.launch.preempt import Preemption
+from baton.launch.run_tuning import RunTuning
 from baton.launch.schedule import load_schedule_state, optimizer_factory, schedule_state
 from baton.launch.setup import checkpoint_root, keep_compiled_code, pick_device, training_data, uses_triton
 from baton.models.flops import count_parameters, flops_per_token
 from baton.models.lm import RecurrentLM
 from baton.parallel.budget import memory_cap
 from baton.parallel.parallelize import parallelize
-from baton.parallel.plan import LocalBatch, StepPlan, local_batch
-from baton.parallel.planner import CostModel, make_plan
-from baton.parallel.scaling import assumed_seconds_per_token, choose_relay
+from baton.parallel.plan import LocalBatch, local_batch
 from baton.profile.gpu import peak_flops
 from baton.profile.recorder import NullProfiler, RankProfiler
 from baton.profile.trace import StepTracer
@@ -88,18 +86,6 @@ class TrainingDiverged(RuntimeError):
         )
 
 
-@dataclass
-class StepResult:
-    loss: float
-    grad_norm: float | None  # before clipping; None where DeepSpeed does not compute it
-    tokens: int
-    plan: dict
-    comm: dict
-    doc_ids: list
-    mfu: float | None = None  # this rank's, where the device's peak is known
-    newton_residual: list[float] | None = None  # per layer, the largest over ranks (model.newton_residual)
-
-
 class Trainer:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -109,9 +95,8 @@ class Trainer:
         tee_output(self.run_dir / "logs" / f"rank{self.env.rank}.log")
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.env.local_rank)
-        set_kernel_backend(cfg.train.kernels)
         keep_compiled_code(cfg, self.device, self.run_dir)
-        self._load_tuning()
+        self.tuning = RunTuning(self.run_dir, uses_triton(cfg, self.device), self.env.is_main)
         torch.manual_seed(cfg.train.seed)
         self.data = training_data(cfg)
         self.step = 0
@@ -125,15 +110,9 @@ class Trainer:
         self.parallel = parallelize(model, cfg, self.env, self.autocast_dtype, make_optimizer, universal)
         self.model, self.sp = self.parallel.model, self.parallel.sp
         self.checkpointer = Checkpointer(root, self.env, ckpt.keep, ckpt.async_save, ckpt.checksums, ckpt.every)
-        p = cfg.parallel.planner
-        self.cost = CostModel.for_model(
-            cfg.model, [1.0] * self.env.world_size, p.hop_latency_s, p.intra_node_gb_per_s, p.inter_node_gb_per_s,
-            p.ranks_per_node, [cap] * self.env.world_size if cap else None,
-        )  # fmt: skip
-        self.assumed_seconds_per_token = assumed_seconds_per_token(
-            cfg.model, peak_flops(self.device, cfg.profile.peak_tflops)
-        )  # for relay=auto until the run has measured its speed
-        self.batches = PlannedBatches(self.data.loader(cfg.data.tokens_per_batch, cfg.train.seed), self.make_plan)
+        self.planner = StepPlanner(cfg, self.env, peak_flops(self.device, cfg.profile.peak_tflops), cap)
+        self.cost = self.planner.cost
+        self.batches = PlannedBatches(self.data.loader(cfg.data.tokens_per_batch, cfg.train.seed), self.planner)
         self.preemption = Preemption(self.run_dir, self.env, cfg.train.deadline_margin_s)
         if resume_from is not None:
             self.restore(resume_from)
@@ -143,26 +122,6 @@ class Trainer:
             cfg.profile.trace_ranks, cfg.profile.trace_steps, self.env.rank, self.device, self.run_dir
         )
         self.metrics: MetricsLogger | None = None
-
-    def _load_tuning(self) -> None:
-        """Where Triton kernels run: the autotuner's choices of an earlier start (or of
-        ``baton tune``) from the run directory, so that this start times no candidates for them."""
-        self.tuning_file = self.run_dir / TUNING_FILE if uses_triton(self.cfg, self.device) else None
-        self.tuning_loaded = self.tuning_saved = 0
-        if self.tuning_file is None:
-            return
-        self.tuning_loaded, why_none = load_choices(self.tuning_file)
-        self.tuning_saved = self.tuning_loaded
-        if self.env.is_main:
-            loaded = f"{self.tuning_loaded} choices loaded from {self.tuning_file}"
-            print(f"baton: kernel tuning: {loaded if self.tuning_loaded else why_none + '; the first step tunes'}")
-
-    def _save_tuning(self) -> None:
-        """Rank 0 keeps the choices in the run directory whenever there are new ones."""
-        if self.tuning_file is None or not self.env.is_main or count_choices() == self.tuning_saved:
-            return
-        save_choices(self.tuning_file)
-        self.tuning_saved = count_choices()
 
     def _build_profiler(self) -> RankProfiler | NullProfiler:
         p = self.cfg.profile
@@ -176,35 +135,6 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def make_plan(self, batch: Batch, cost: CostModel) -> tuple[StepPlan, dict]:
-        cfg = self.cfg
-        min_piece = max(4, cfg.model.conv_size)
-        plan, info = make_plan(cfg.parallel.planner.kind, batch, cost, cfg.parallel.sp.size, min_piece)
-        if cfg.parallel.sp.relay == "auto":
-            seconds_per_token = (
-                cost.seconds_per_token if cost.measured else [self.assumed_seconds_per_token] * len(plan.pieces)
-            )
-            plan.relay, info["relay_predicted_s"] = choose_relay(
-                cfg.model, cfg.parallel, plan, batch.cu_seqlens.tolist(), seconds_per_token
-            )
-        return plan, info
-
-    def enter_step(self, plan: StepPlan, batch: Batch) -> LocalBatch:
-        local = local_batch(plan, self.env.rank, batch)
-        self.sp.set_step(plan, local)
-        return local
-
-    def calibrate(self, summary: dict | None) -> None:
-        """Feed the measured per-rank speed (rank 0's interval summary) to the cost model."""
-        p = self.cfg.parallel
-        if (p.planner.kind != "balanced" and p.sp.relay != "auto") or not self.env.distributed:
-            return
-        speeds = torch.tensor(summary["tokens_per_s"] if summary else [0.0] * self.env.world_size, dtype=torch.float64)
-        dist.broadcast(speeds, 0)
-        if (speeds > 0).all():
-            self.cost.seconds_per_token = (1.0 / speeds).tolist()
-            self.cost.measured = True
-
     def local_loss(self, batch: Batch, local: LocalBatch) -> torch.Tensor:
         """This rank's summed loss on its piece, divided by the global target count."""
         tokens, labels = local.tokens[None].to(self.device), local.labels[None].to(self.device)
@@ -217,17 +147,18 @@ class Trainer:
         prof = self.profiler
         with prof.phase("data"):
             batch, plan, plan_info = self.batches.next(self.cost)
-            local = self.enter_step(plan, batch)
-        with prof.phase("forward"):
-            loss = self.local_loss(batch, local)
-        with prof.phase("backward"):
-            self.parallel.backward(loss)
+            local = local_batch(plan, self.env.rank, batch)
+        with self.sp.step(plan, local) as stats:
+            with prof.phase("forward"):
+                loss = self.local_loss(batch, local)
+            with prof.phase("backward"):
+                self.parallel.backward(loss)
         with prof.phase("grad_comm"):
             total = self.parallel.reduce_gradients(loss)
         with prof.phase("optimizer"):
             grad_norm = self._optimizer_step(total)
         self.step += 1
-        comm = self.sp.stats.to_dict()
+        comm = stats.to_dict()
         record = prof.record(self.step, local.tokens.numel(), comm) or {}
         plan_dict = plan.to_dict() | plan_info
         residual = self.newton_residuals()
@@ -293,7 +224,10 @@ class Trainer:
         self.model.eval()
 
         def loss_of(batch: Batch) -> torch.Tensor:
-            return self.local_loss(batch, self.enter_step(self.make_plan(batch, self.cost)[0], batch))
+            plan = self.planner(batch, self.cost)[0]
+            local = local_batch(plan, self.env.rank, batch)
+            with self.sp.step(plan, local):
+                return self.local_loss(batch, local)
 
         return held_out_losses(self.data, self.cfg, loss_of, self.preemption.requested)
 
@@ -301,10 +235,15 @@ class Trainer:
         """Every ``train.log_every`` steps: the profiler's summary across ranks, which also
         calibrates the cost model."""
         summary = self.profiler.end_interval()
-        self.calibrate(summary)
+        self.planner.calibrate(summary)
         return summary
 
     def fit(self) -> dict:
+        """Train to ``train.steps`` (or ``train.stop_at_step``), with the run's kernel backend."""
+        with kernel_backend(self.cfg.train.kernels):
+            return self._fit()
+
+    def _fit(self) -> dict:
         cfg, env = self.cfg, self.env
         if env.is_main:
             print(
@@ -327,10 +266,8 @@ class Trainer:
             began = time.perf_counter()
             result = self.train_step()
             self.tracer.after_step(self.step)
-            if self.step == first_step:  # what this start paid: compilation, kernel tuning
-                start = {"first_step_s": time.perf_counter() - began, "tuning_loaded": self.tuning_loaded}
-                start["settings_timed"] = settings_timed() if self.tuning_file else 0
-                self._save_tuning()
+            if self.step == first_step:
+                start = self.tuning.first_step(time.perf_counter() - began)
             at_end = self.step == last
             evaluation = self.evaluate() if self.step % cfg.train.eval_every == 0 or at_end else None
             logging = self.step % cfg.train.log_every == 0 or at_end
@@ -340,7 +277,7 @@ class Trainer:
             stop = self.preemption.requested() if not at_end else ""
             if stop or self.checkpointer.should_save(self.step, last):
                 self.save_checkpoint()
-                self._save_tuning()
+                self.tuning.save()
             if stop:  # not finished: the requeued (or resumed) run writes the summary
                 self.checkpointer.finish()
                 self.metrics.note(self.step, f"stopping: {stop}; checkpoint of step {self.step} written")

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from baton.config import Config, ConfigError
-from baton.kernels import set_backend
+from baton.kernels import kernel_backend
 from baton.kernels.tuning_file import FILE_NAME, count_choices, load_choices, save_choices, settings_timed
 from baton.launch.setup import keep_compiled_code, pick_device, uses_triton
 from baton.models.lm import Block
@@ -34,7 +34,6 @@ def tune(cfg: Config) -> dict:
             f"baton tune: train.kernels={cfg.train.kernels} on {device.type} runs the PyTorch references, which "
             "have nothing to tune (a CUDA device, or train.kernels=triton under TRITON_INTERPRET=1)"
         )
-    set_backend(cfg.train.kernels)
     path = Path(cfg.train.run_dir) / FILE_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     keep_compiled_code(cfg, device, path.parent)  # the job then loads the kernels' binaries too
@@ -45,10 +44,11 @@ def tune(cfg: Config) -> dict:
     tokens = 4 * cfg.model.chunk_size
     cu = torch.tensor([0, tokens // 3, tokens])  # two documents, the first cut inside a chunk
     x = torch.randn(1, tokens, cfg.model.d_model, device=device, dtype=dtype or torch.float32, requires_grad=True)
-    with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
-        fresh, state = block(x, cu, LayerState())
-        continued, _ = block(x, cu, state)
-    (fresh.float().square().sum() + continued.float().square().sum()).backward()
+    with kernel_backend(cfg.train.kernels):
+        with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
+            fresh, state = block(x, cu, LayerState())
+            continued, _ = block(x, cu, state)
+        (fresh.float().square().sum() + continued.float().square().sum()).backward()
     return {
         "file": str(path),
         "loaded": loaded,

@@ -66,7 +66,7 @@ MAX_BLOCKS = 256
 @dataclass
 class CommStats:
     """Bytes this rank sent and received per op name, seconds the caller waited for
-    communication (what the overlap did not hide), since the last reset; with hop tracing,
+    communication (what the overlap did not hide), over one step; with hop tracing,
     per op, the dependent hops behind the state this rank received."""
 
     sent: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -87,12 +87,6 @@ class CommStats:
             yield
         finally:
             self.seconds += time.perf_counter() - start
-
-    def reset(self) -> None:
-        self.sent.clear()
-        self.received.clear()
-        self.hops.clear()
-        self.seconds = 0.0
 
     def to_dict(self) -> dict:
         sent, received, hops = dict(self.sent), dict(self.received), dict(self.hops)

@@ -2,8 +2,8 @@
 
 ``apply_sequence_parallel`` swaps every token mixer's ``scan`` (and the short ``conv`` of the
 mixers that have one; a Newton-trained RNN's linear ``solves``, :class:`RelayedSolves`) for a
-relaying version. Each step the trainer hands the plan to
-:meth:`SequenceParallel.set_step`; every rank then scans its piece from a zero state:
+relaying version. Each step runs inside ``with sp.step(plan, local):``, which scopes the
+plan for the relaying ops; every rank then scans its piece from a zero state:
 
 1. summary of its last segment (cheap, one pass over that segment),
 2. relay started: the state entering the piece, from the chain's earlier ranks,
@@ -16,7 +16,8 @@ whose relay back along the chain is in flight during the scan's backward.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import torch
@@ -56,11 +57,17 @@ class SequenceParallel:
         self.blocks, self.overlap, self.trace_hops = blocks, overlap, trace_hops
         self.stats = CommStats()
         self.record = RelayRecord()  # what this step's relays received, for recomputations
+        self.in_step = False
         self.chain: list[int] = []
         self.any_chain = False
         self.continues_from_prev = self.continues_to_next = self.carries = False
 
-    def set_step(self, plan: StepPlan, local: LocalBatch) -> None:
+    @contextlib.contextmanager
+    def step(self, plan: StepPlan, local: LocalBatch) -> Iterator[CommStats]:
+        """The relaying ops of the enclosed forward and backward follow ``plan`` (this rank's
+        piece: ``local``); yields the step's relay statistics, complete when the block ends."""
+        if self.in_step:
+            raise RuntimeError("SequenceParallel.step: a step is already open")
         self.chain = plan.pieces[self.rank].chain
         self.any_chain = any(len(p.chain) > 1 for p in plan.pieces)
         self.strategy = plan.relay or self.relay
@@ -73,8 +80,15 @@ class SequenceParallel:
         # The state at the piece's end depends on the incoming state only when the piece is
         # a single segment continuing a document; any document start inside is a reset.
         self.carries = local.continues_from_prev and len(local.cu_seqlens) == 2
-        self.stats.reset()
+        self.stats = CommStats()  # this step's, still readable after it
         self.record.clear()
+        self.in_step = True
+        try:
+            yield self.stats
+        finally:
+            self.in_step = False
+            self.chain, self.any_chain = [], False
+            self.continues_from_prev = self.continues_to_next = self.carries = False
 
     @property
     def relaying(self) -> bool:
@@ -83,6 +97,8 @@ class SequenceParallel:
         return self.any_chain and (len(self.chain) > 1 or self.strategy == "allgather")
 
     def link(self, name: str, tag: int) -> RelayLink:
+        if not self.in_step:
+            raise RuntimeError(f"{name}: a relaying op ran outside `with SequenceParallel.step(plan, local)`")
         chain = self.chain if len(self.chain) > 1 else [self.rank]
         return RelayLink(
             self.rank, self.world_size, chain, self.stats, name, tag, self.record, self.carries, self.blocks,

@@ -49,7 +49,7 @@ def release_interpreter_arguments() -> None:
     """Triton's interpreter (``TRITON_INTERPRET=1``) keeps the arguments of its last launch
     alive until the next one, a host-side artefact (compiled kernels hold nothing): one tiny
     launch releases them, so that :meth:`ActivationMeter.alive_bytes` counts what autograd keeps."""
-    from baton.kernels.scan_triton import chunk_scan_triton
+    from baton.kernels.ops import chunk_scan_triton
 
     with torch.no_grad():
         zeros = torch.zeros(1, 16, 1, 16)

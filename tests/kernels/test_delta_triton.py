@@ -5,7 +5,7 @@ bf16 1e-2, the other kernels' tolerances (the walk's products sum in another ord
 import pytest
 import torch
 
-from baton.kernels import chunk_delta, delta_correction, delta_summary, set_backend
+from baton.kernels import chunk_delta, delta_correction, delta_summary
 from baton.kernels.delta_ref import chunk_delta_ref, delta_correction_ref, delta_summary_ref
 from baton.kernels.layout import build_layout, chunk_state_recurrence
 from tests.kernels.test_chunk_ref import rel
@@ -13,13 +13,6 @@ from tests.kernels.test_delta_ref import delta_inputs
 
 pytest.importorskip("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@pytest.fixture
-def triton_backend():
-    set_backend("triton")
-    yield
-    set_backend("auto")
 
 
 def grads_of(outputs, wrt, weights):
@@ -48,7 +41,7 @@ def test_walk_matches_the_chunk_recurrence(K, V, lengths):
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)])
-def test_ops_on_the_walk_match_the_references(triton_backend, dtype, tol):
+def test_ops_on_the_walk_match_the_references(triton_kernels, dtype, tol):
     """The chunked op over packed documents with initial states, the relay's summary and
     correction: outputs and every input's gradient, each against its reference in fp32 on
     the same (rounded) inputs."""

@@ -13,17 +13,10 @@ import torch
 
 pytest.importorskip("triton")
 
-from baton.kernels import norm_gate, set_backend  # noqa: E402
+from baton.kernels import norm_gate  # noqa: E402
 from baton.kernels.norm import norm_gate_ref  # noqa: E402
 from baton.kernels.norm_gate_triton import ROWS  # noqa: E402
 from tests.kernels.test_scan_triton import DEVICE  # noqa: E402
-
-
-@pytest.fixture
-def triton_backend():
-    set_backend("triton")
-    yield
-    set_backend("auto")
 
 
 def output_and_grads(fn, x, gate, weight, norm_first):
@@ -39,7 +32,7 @@ def rel(a, b):
 
 @pytest.mark.parametrize("norm_first", [True, False], ids=["norm-then-gate", "gate-then-norm"])
 @pytest.mark.parametrize("gate_dtype", [torch.float32, torch.bfloat16])
-def test_fused_norm_gate_matches_the_reference(triton_backend, norm_first, gate_dtype):
+def test_fused_norm_gate_matches_the_reference(triton_kernels, norm_first, gate_dtype):
     gen = torch.Generator().manual_seed(0)
     rows, width = 2 * ROWS + 5, 48
     x = (torch.randn(rows // 5, 5, width, generator=gen) * 3).to(DEVICE)

@@ -128,7 +128,7 @@ def test_correction_in_place_on_the_scans_output(T):
     # T = 64: the scan's output is a view of its chunked result (no padding), T = 50: a
     # gathered copy. Either way the in-place add must keep every gradient right.
     from baton.kernels import chunk_gla_ref
-    from baton.kernels.scan_triton import chunk_scan_triton
+    from baton.kernels.ops import chunk_scan_triton
 
     q, k, v, g = random_inputs("gla", T, K=16, V=16, seed=1)
     state = torch.randn(2, 16, 16, dtype=torch.float64)

@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("triton")
 
 from baton.kernels import chunk_gla_ref, chunk_ssd_ref, naive_recurrence, scan_triton, tuning  # noqa: E402
-from baton.kernels.scan_triton import chunk_scan_triton  # noqa: E402
+from baton.kernels.ops import chunk_scan_triton  # noqa: E402
 from tests.kernels.test_chunk_ref import random_cu_seqlens, random_inputs, rel  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -4,20 +4,15 @@ import pytest
 import torch
 
 from baton.config import ModelConfig
-from baton.kernels import set_backend
+from baton.kernels import kernel_backend
+from baton.kernels.backend import current_backend, decide
 from baton.models.lm import RecurrentLM, token_losses
 
 pytest.importorskip("triton")
 
 
-@pytest.fixture
-def restore_backend():
-    yield
-    set_backend("auto")
-
-
 @pytest.mark.parametrize("mixer", ["gla", "ssd"])
-def test_triton_backend_matches_reference(mixer, restore_backend):
+def test_triton_backend_matches_reference(mixer):
     torch.manual_seed(0)
     cfg = ModelConfig(mixer=mixer, d_model=32, n_layers=1, n_heads=2, ssd_head_dim=16, chunk_size=16)
     model = RecurrentLM(cfg)
@@ -25,10 +20,10 @@ def test_triton_backend_matches_reference(mixer, restore_backend):
     cu = torch.tensor([0, 13, 40])
     results = []
     for backend in ("torch", "triton"):
-        set_backend(backend)
         model.zero_grad()
-        loss = token_losses(model(tokens, cu), tokens)[0] / tokens.numel()
-        loss.backward()
+        with kernel_backend(backend):
+            loss = token_losses(model(tokens, cu), tokens)[0] / tokens.numel()
+            loss.backward()
         results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
     (loss_ref, grads_ref), (loss, grads) = results
     # fp32 throughout; the kernels differ from the reference only in summation order.
@@ -39,4 +34,18 @@ def test_triton_backend_matches_reference(mixer, restore_backend):
 
 def test_rejects_unknown_backend():
     with pytest.raises(ValueError, match="one of auto, triton, torch"):
-        set_backend("cuda")
+        with kernel_backend("cuda"):
+            pass
+
+
+def test_the_backend_is_scoped_and_says_why(monkeypatch):
+    x = torch.zeros(1)
+    assert current_backend() == "auto" and decide(x) == (False, "kernel backend auto on a CPU tensor")
+    with kernel_backend("triton"):
+        with kernel_backend("torch"):
+            assert decide(x) == (False, "kernel backend torch")
+        assert decide(x) == (True, "Triton's interpreter (TRITON_INTERPRET=1)")
+        monkeypatch.delenv("TRITON_INTERPRET")
+        with pytest.raises(RuntimeError, match="kernel backend 'triton': the Triton kernels need a CUDA device; set"):
+            decide(x)
+    assert current_backend() == "auto"

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from baton.config import ModelConfig
-from baton.kernels import set_backend
+from baton.kernels import kernel_backend
 from baton.models.lm import RecurrentLM
 from baton.models.memory import activation_bytes
 from baton.parallel.recompute import apply_activation_checkpointing
@@ -23,12 +23,6 @@ from baton.parallel.relay import RelayRecord
 from baton.profile.activations import ActivationMeter, release_interpreter_arguments
 
 SHAPE = dict(d_model=64, n_layers=1, n_heads=2, vocab_size=300, ssd_head_dim=32, ssd_state_dim=16, gdn_head_dim=16)
-
-
-@pytest.fixture
-def backend():
-    yield set_backend
-    set_backend("auto")
 
 
 def block_kept(cfg: ModelConfig, policy: str, T: int, dtype: torch.dtype) -> int:
@@ -50,17 +44,15 @@ def measured_per_token(cfg: ModelConfig, policy: str, dtype: torch.dtype, T: int
 @pytest.mark.parametrize("mixer", ["gla", "ssd", "gdn", "paragru", "paralstm"])
 @pytest.mark.parametrize("policy", ["none", "full", "mixer"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-def test_reference_path(mixer, policy, dtype, backend):
-    backend("torch")
+def test_reference_path(mixer, policy, dtype):
     cfg = ModelConfig(mixer=mixer, chunk_size=32, **SHAPE)
     predicted = activation_bytes(cfg, policy, dtype.itemsize, "reference", True).per_layer
-    assert measured_per_token(cfg, policy, dtype, 128) == predicted
+    with kernel_backend("torch"):
+        assert measured_per_token(cfg, policy, dtype, 128) == predicted
 
 
 @pytest.mark.parametrize("mixer", ["gla", "ssd", "gdn"])
-def test_triton_path(mixer, backend):
-    pytest.importorskip("triton")
-    backend("triton")
+def test_triton_path(mixer, triton_kernels):
     cfg = ModelConfig(mixer=mixer, chunk_size=16, **SHAPE)
     predicted = activation_bytes(cfg, "none", 2, "triton", True).per_layer
     assert measured_per_token(cfg, "none", torch.bfloat16, 32) == predicted

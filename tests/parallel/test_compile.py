@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from baton.config import ModelConfig
-from baton.kernels import set_backend
+from baton.kernels import kernel_backend
 from baton.models.lm import Block
 
 SHAPE = dict(vocab_size=300, d_model=64, n_layers=1, n_heads=2, chunk_size=16)
@@ -54,21 +54,14 @@ def test_compiled_block_equals_eager(mixer):
             assert rel(a, b) < 1e-5, (mixer, name)
 
 
-@pytest.fixture
-def backend():
-    yield set_backend
-    set_backend("auto")
-
-
-def test_compiled_triton_scan_equals_eager_reference(backend):
+def test_compiled_triton_scan_equals_eager_reference():
     """The Triton scan's op (under the interpreter here) in one graph with the rest of the
     block: its chunk-layout outputs have a size the tracer cannot know."""
     block, x = block_and_input("gla")
     cu = torch.tensor([0, 20, 50])
-    backend("torch")
-    eager = outputs_and_grads(block, block, x, cu)
-    backend("triton")
-    with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
+    with kernel_backend("torch"):
+        eager = outputs_and_grads(block, block, x, cu)
+    with kernel_backend("triton"), torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
         explained = torch._dynamo.explain(block)(x, cu)
         assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
         ours = outputs_and_grads(block, torch.compile(block.forward), x, cu)

@@ -35,8 +35,8 @@ def micro_worker(rank: int, world: int, cases: list[tuple], overrides: list[str]
         parallel = parallelize(model, cfg, DistEnv(rank, world, rank), None, make_optimizer)
         batch, plan = make_batch(lengths), StepPlan.from_dict(plan_dict)
         local = local_batch(plan, rank, batch)
-        parallel.sp.set_step(plan, local)
-        results.append(step_and_reduce(model, local, batch))
+        with parallel.sp.step(plan, local):
+            results.append(step_and_reduce(model, local, batch))
     return results
 
 

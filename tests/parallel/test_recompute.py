@@ -24,7 +24,7 @@ from torch.distributed.tensor import DTensor
 from baton.config import load_config
 from baton.dist.env import DistEnv
 from baton.dist.local import run_local
-from baton.kernels import set_backend
+from baton.kernels import kernel_backend
 from baton.launch.schedule import optimizer_factory
 from baton.models.lm import RecurrentLM
 from baton.parallel.parallelize import parallelize
@@ -84,24 +84,24 @@ def full_grad(param: torch.Tensor) -> torch.Tensor:
 
 def step_worker(rank: int, world: int, cases: list[tuple], kernels: str = "auto") -> list[dict]:
     os.environ["LOCAL_RANK"] = str(rank)  # DeepSpeed insists; torchrun sets it in real runs
-    set_backend(kernels)
-    results = []
-    for mixer, policy, engine, sp, micro in cases:
-        cfg = config(mixer, policy, engine, micro)
-        torch.manual_seed(0)
-        model = RecurrentLM(cfg.model)
-        make_optimizer = optimizer_factory(cfg.optim, cfg.train.steps)
-        parallel = parallelize(model, cfg, DistEnv(rank, world, rank), None, make_optimizer)
-        batch, plan = make_batch(LENGTHS), PLANS[sp]
-        local = local_batch(plan, rank, batch)
-        parallel.sp.set_step(plan, local)
-        loss = model(local.tokens[None], local.cu_seqlens, local.labels[None], cfg.train.loss_chunk_tokens)
-        loss = loss / batch.n_targets
-        parallel.backward(loss)
-        total = parallel.reduce_gradients(loss)
-        grads = [full_grad(p) for p in model.parameters()]
-        results.append({"loss": total, "grads": grads, "comm": parallel.sp.stats.to_dict()})
-    return results
+    with kernel_backend(kernels):
+        results = []
+        for mixer, policy, engine, sp, micro in cases:
+            cfg = config(mixer, policy, engine, micro)
+            torch.manual_seed(0)
+            model = RecurrentLM(cfg.model)
+            make_optimizer = optimizer_factory(cfg.optim, cfg.train.steps)
+            parallel = parallelize(model, cfg, DistEnv(rank, world, rank), None, make_optimizer)
+            batch, plan = make_batch(LENGTHS), PLANS[sp]
+            local = local_batch(plan, rank, batch)
+            with parallel.sp.step(plan, local) as stats:
+                loss = model(local.tokens[None], local.cu_seqlens, local.labels[None], cfg.train.loss_chunk_tokens)
+                loss = loss / batch.n_targets
+                parallel.backward(loss)
+            total = parallel.reduce_gradients(loss)
+            grads = [full_grad(p) for p in model.parameters()]
+            results.append({"loss": total, "grads": grads, "comm": stats.to_dict()})
+        return results
 
 
 def plain_pass(mixer: str) -> dict:

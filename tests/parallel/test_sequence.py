@@ -21,7 +21,7 @@ import baton.parallel.relay as relay_module
 from baton.config import ModelConfig
 from baton.data.loader import Batch, pack
 from baton.dist.local import run_local
-from baton.kernels import chunk_gla, set_backend
+from baton.kernels import chunk_gla, kernel_backend
 from baton.models.flops import scan_shape, summary_bytes
 from baton.models.lm import RecurrentLM, token_losses
 from baton.parallel.plan import RankPiece, StepPlan, local_batch
@@ -97,22 +97,22 @@ def sp_worker(
 ) -> list[dict]:
     """Run every (mixer, relay, lengths, plan[, SequenceParallel options]) case on this rank;
     its logits, loss, grads and communication stats."""
-    set_backend(backend)
-    if skip_correction:
-        import baton.parallel.sequence as sequence
+    with kernel_backend(backend):
+        if skip_correction:
+            import baton.parallel.sequence as sequence
 
-        sequence.add_incoming = lambda o, q, k, gates, state, end, scale, chunk_size: o
-    results = []
-    for mixer, relay, lengths, plan_dict, *options in cases:
-        model = tiny_model(mixer)
-        sp = SequenceParallel(rank, world, relay, **(options[0] if options else {}))
-        apply_sequence_parallel(model, sp)
-        batch, plan = make_batch(lengths), StepPlan.from_dict(plan_dict)
-        plan.validate(batch.n_tokens)
-        local = local_batch(plan, rank, batch)
-        sp.set_step(plan, local)
-        results.append({**step_and_reduce(model, local, batch), "comm": sp.stats.to_dict()})
-    return results
+            sequence.add_incoming = lambda o, q, k, gates, state, end, scale, chunk_size: o
+        results = []
+        for mixer, relay, lengths, plan_dict, *options in cases:
+            model = tiny_model(mixer)
+            sp = SequenceParallel(rank, world, relay, **(options[0] if options else {}))
+            apply_sequence_parallel(model, sp)
+            batch, plan = make_batch(lengths), StepPlan.from_dict(plan_dict)
+            plan.validate(batch.n_tokens)
+            local = local_batch(plan, rank, batch)
+            with sp.step(plan, local) as stats:
+                results.append({**step_and_reduce(model, local, batch), "comm": stats.to_dict()})
+        return results
 
 
 def step_and_reduce(model, local, batch) -> dict:
@@ -288,8 +288,8 @@ def leak_worker(rank: int, world: int, lengths: list[int], mixers: list[str]) ->
                 if seed_shift:
                     batch.tokens[: lengths[0]] = (batch.tokens[: lengths[0]] + 1) % 257
                 local = local_batch(plan, rank, batch)
-                sp.set_step(plan, local)
-                out.append(model(local.tokens[None], local.cu_seqlens).detach()[0])
+                with sp.step(plan, local):
+                    out.append(model(local.tokens[None], local.cu_seqlens).detach()[0])
             results.append(out)
     return results
 
@@ -328,7 +328,6 @@ def overlap_worker(rank: int, world: int, relay: str, overlap: bool, lengths: li
     sp = SequenceParallel(rank, world, relay, overlap=overlap)
     plan = StepPlan.from_dict(plan_dict)
     local = local_batch(plan, rank, make_batch(lengths))
-    sp.set_step(plan, local)
     gen = torch.Generator().manual_seed(rank)
     T = local.tokens.numel()
     q, k, v = (torch.randn(1, T, 2, 8, generator=gen, requires_grad=True) for _ in range(3))
@@ -350,8 +349,9 @@ def overlap_worker(rank: int, world: int, relay: str, overlap: bool, lengths: li
     if rank == 0:
         time.sleep(1.0)
     times["relay"] = time.time()
-    o, _ = RelayedScan(timed_scan, sp, "layer0.scan", tag=0)(q, k, v, g, cu_seqlens=local.cu_seqlens, chunk_size=16)
-    o.square().sum().backward()
+    with sp.step(plan, local):
+        o, _ = RelayedScan(timed_scan, sp, "layer0.scan", tag=0)(q, k, v, g, cu_seqlens=local.cu_seqlens, chunk_size=16)
+        o.square().sum().backward()
     return times
 
 

@@ -52,10 +52,10 @@ def checkpointed_worker(rank: int, world: int, mixer: str, relay: str, lengths: 
     apply_activation_checkpointing(model, "full", sp.record)
     batch, plan = make_batch(lengths), StepPlan.from_dict(plan_dict)
     local = local_batch(plan, rank, batch)
-    sp.set_step(plan, local)
-    result = step_and_reduce(model, local, batch)
+    with sp.step(plan, local) as stats:
+        result = step_and_reduce(model, local, batch)
     dist.barrier()
-    return {**result, "comm": sp.stats.to_dict()}
+    return {**result, "comm": stats.to_dict()}
 
 
 @pytest.mark.parametrize("mixer", NEWTON)

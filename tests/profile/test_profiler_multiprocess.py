@@ -29,14 +29,14 @@ def worker(rank, world, run_dir, steps):
     for step in range(1, steps + 1):
         with prof.phase("data"):
             local = local_batch(plan, rank, batch)
-            sp.set_step(plan, local)
-        with prof.phase("forward"):
-            loss, _ = token_losses(model(local.tokens[None], local.cu_seqlens), local.labels[None])
-            if rank == SLOW_RANK:
-                time.sleep(SLEEP_PER_TOKEN * local.tokens.numel())
-        with prof.phase("backward"):
-            loss.backward()
-        prof.record(step, local.tokens.numel(), sp.stats.to_dict())
+        with sp.step(plan, local) as stats:
+            with prof.phase("forward"):
+                loss, _ = token_losses(model(local.tokens[None], local.cu_seqlens), local.labels[None])
+                if rank == SLOW_RANK:
+                    time.sleep(SLEEP_PER_TOKEN * local.tokens.numel())
+            with prof.phase("backward"):
+                loss.backward()
+        prof.record(step, local.tokens.numel(), stats.to_dict())
     summary = prof.end_interval()
     prof.close()
     return summary

@@ -2,7 +2,7 @@
 
 import pytest
 
-from baton.kernels.dispatch import hopper_ptxas_warning
+from baton.kernels.backend import hopper_ptxas_warning
 
 
 @pytest.mark.parametrize("ptxas", ["12.8", "12.9", "13.1"])  # Triton 3.6-3.8's, and CUDA 13.1's
