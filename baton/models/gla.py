@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from baton.config import ModelConfig
 from baton.kernels import chunk_gla, recurrent_step
 from baton.kernels.carry import scan_carrying, state_after
+from baton.models.mixer import RelayPoints
 from baton.models.norm import GatedRMSNorm
 from baton.models.state import LayerState
 
@@ -19,6 +20,8 @@ class GLAMixer(nn.Module):
 
     ``self.scan`` is the chunked-scan op; sequence parallelism swaps it for a relaying one.
     """
+
+    relays = RelayPoints(output="o_proj", scan="scan")
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()

@@ -60,9 +60,8 @@ class RecurrentLM(nn.Module):
             self.head.weight = self.embed.weight
         # Scale residual-branch outputs down with depth (GPT-2 style).
         for block in self.blocks:
-            for out in (block.mlp.down, getattr(block.mixer, "o_proj", None), getattr(block.mixer, "out_proj", None)):
-                if out is not None:
-                    nn.init.normal_(out.weight, std=cfg.init_std / (2 * cfg.n_layers) ** 0.5)
+            for out in (block.mlp.down, getattr(block.mixer, block.mixer.relays.output)):
+                nn.init.normal_(out.weight, std=cfg.init_std / (2 * cfg.n_layers) ** 0.5)
 
     def _init_linear(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):

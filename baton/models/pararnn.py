@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from baton.config import ModelConfig
+from baton.models.mixer import RelayPoints
 from baton.models.newton import Cell, WholeSequence, newton_recurrence
 from baton.models.paragru import GRU
 from baton.models.paralstm import LSTM
@@ -23,6 +24,8 @@ class ParaRNNMixer(nn.Module):
     ``self.solves`` runs Newton's linear solves; sequence parallelism swaps it for a relaying one.
     ``self.residual``: ``‖h − f(h)‖ / ‖h‖`` of the last forward under ``model.newton_residual``.
     """
+
+    relays = RelayPoints(output="out_proj", solves="solves")
 
     def __init__(self, cfg: ModelConfig, cell: Cell) -> None:
         super().__init__()

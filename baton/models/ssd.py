@@ -12,12 +12,15 @@ from torch import Tensor, nn
 from baton.config import ModelConfig
 from baton.kernels import causal_conv1d, chunk_ssd, conv_step, recurrent_step
 from baton.kernels.carry import conv_carrying, scan_carrying, state_after, tail_window
+from baton.models.mixer import RelayPoints
 from baton.models.norm import GatedRMSNorm
 from baton.models.state import LayerState
 
 
 class SSDMixer(nn.Module):
     """``self.scan`` and ``self.conv`` are the kernel ops; sequence parallelism swaps them."""
+
+    relays = RelayPoints(output="out_proj", scan="scan", conv="conv")
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()

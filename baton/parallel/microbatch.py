@@ -40,8 +40,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from baton.models.state import LayerState
-from baton.parallel.relay import TAG_STRIDE, recv_head, relay, send_tail
-from baton.parallel.sequence import SequenceParallel, check_halo_source
+from baton.parallel.relay import relay
+from baton.parallel.sequence import SequenceParallel
 
 
 def slice_cuts(bounds: list[int], micro_tokens: int, chunk_size: int) -> list[int]:
@@ -94,15 +94,13 @@ class SlicedBlock:
         if not sp.relaying:
             return x, LayerState()
         halo = None
-        if hasattr(mixer, "conv_window"):
-            link = sp.link(f"layer{layer}.conv", tag=(2 * layer + 1) * TAG_STRIDE)
-            if sp.continues_to_next:
-                check_halo_source(sp, bounds, mixer.window + 1)
+        if mixer.relays.conv:
+
+            def window() -> Tensor:
                 start = max(bounds[-2], bounds[-1] - mixer.window)
-                window = mixer.conv_window(self.block.mixer_norm(x[:, start:])).to(x.dtype)
-                x = send_tail(x, window, link)
-            if sp.continues_from_prev:
-                halo = recv_head(x, (x.shape[0], mixer.window, mixer.conv_channels), link)
+                return mixer.conv_window(self.block.mixer_norm(x[:, start:])).to(x.dtype)
+
+            x, halo = sp.exchange_window(layer, x, window, bounds, mixer.window, mixer.conv_channels)
         summary = LayerState(conv=halo if sp.carries else None)
         last = bounds[-2]
         for a, b in zip(cuts[:-1], cuts[1:]):
@@ -110,7 +108,7 @@ class SlicedBlock:
                 a = max(a, last)
                 summary = checkpoint(self._summary, x[:, a:b], local_bounds(bounds, a, b), summary, use_reentrant=False)
         A = summary.transition * sp.carries
-        S_in = relay(sp.strategy, A, summary.scan, sp.link(f"layer{layer}.scan", tag=2 * layer * TAG_STRIDE))()
+        S_in = relay(sp.strategy, A, summary.scan, sp.link(layer, "scan"))()
         # A zero state where nothing continues keeps the relay in the graph: its backward sends
         # messages other ranks wait for.
         return x, LayerState(S_in, halo) if sp.continues_from_prev else LayerState(S_in * 0)

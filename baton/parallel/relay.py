@@ -61,6 +61,18 @@ TAG_STRIDE = 1 << 14  # point-to-point tags per op: forward below GRAD_TAGS, bac
 GRAD_TAGS = TAG_STRIDE // 2
 HOP_TAG = GRAD_TAGS - 1  # the hop counts of a traced chain; blocks and distances stay below
 MAX_BLOCKS = 256
+# What a layer's cut passes on: a recurrent state (its scan's, or Newton's solves'), a conv window.
+MESSAGE_KINDS = ("scan", "conv")
+
+
+def op_name(layer: int, kind: str) -> str:
+    """A layer's relay op, as the stats and the planner name it: ``layer3.scan``."""
+    return f"layer{layer}.{kind}"
+
+
+def op_tag(layer: int, kind: str) -> int:
+    """The first point-to-point tag of a layer's relay op: every op its own range of tags."""
+    return (len(MESSAGE_KINDS) * layer + MESSAGE_KINDS.index(kind)) * TAG_STRIDE
 
 
 @dataclass
@@ -325,8 +337,7 @@ class _InFlight:
     def start(self, A: Tensor, S: Tensor) -> None:
         self.A = A
         if not self.link.replaying:
-            link = self.link
-            self.pending = self.launch(A, S, link, link.chain, link.tag, link.name)
+            self.pending = self.launch(A, S, self.link, *_direction(self.link, backward=False))
 
     def finish(self) -> Tensor:
         def wait() -> Tensor:
@@ -339,7 +350,7 @@ class _InFlight:
     def start_backward(self, dS_in: Tensor) -> None:
         link, A = self.link, self.A
         At = A.mT if A.shape[-1] > 1 else A  # a diagonal transition is its own transpose
-        self.pending = self.launch(At, dS_in, link, link.chain[::-1], link.tag + GRAD_TAGS, link.name + ".grad")
+        self.pending = self.launch(At, dS_in, link, *_direction(link, backward=True))
         if not link.overlap:
             with link.stats.timed():
                 dS_out = self.pending()
@@ -377,6 +388,14 @@ class _Finish(Function):
         return dS_in.new_empty(0), None
 
 
+def _direction(link: RelayLink, backward: bool) -> tuple[list[int], int, str]:
+    """The order of the ranks, the tags and the stats name of a relay: forward along the
+    chain, backward (state gradients) along it reversed, on tags and a name of their own."""
+    if backward:
+        return link.chain[::-1], link.tag + GRAD_TAGS, link.name + ".grad"
+    return link.chain, link.tag, link.name
+
+
 def relay(strategy: str, A: Tensor, S: Tensor, link: RelayLink) -> Callable[[], Tensor]:
     """Start relaying this rank's summary ``(A, S)`` along ``link.chain``; the returned
     function finishes it, giving the state entering this rank's piece (differentiable: the
@@ -384,6 +403,13 @@ def relay(strategy: str, A: Tensor, S: Tensor, link: RelayLink) -> Callable[[], 
     in_flight = _InFlight(strategy, link)
     token = _Start.apply(A, S, in_flight)
     return lambda: _Finish.apply(token, in_flight)
+
+
+def relay_now(strategy: str, A: Tensor, S: Tensor, link: RelayLink, backward: bool = False) -> Tensor:
+    """The same scan of summaries, finished before it returns and outside autograd, for ops
+    that differentiate themselves (Newton's solves relay their adjoint with ``backward``)."""
+    with link.stats.timed():
+        return LAUNCH[strategy](A, S, link, *_direction(link, backward))()
 
 
 def _flat(A: Tensor, S: Tensor) -> Tensor:

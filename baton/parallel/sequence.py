@@ -28,16 +28,16 @@ from baton.kernels.dispatch import diag_scan
 from baton.models.newton import WholeSequence, apply_jacobian, next_jacobians, transposed
 from baton.parallel.plan import LocalBatch, StepPlan
 from baton.parallel.relay import (
-    GRAD_TAGS,
-    LAUNCH,
     MAX_BLOCKS,
     STRATEGIES,
-    TAG_STRIDE,
     CommStats,
     RelayLink,
     RelayRecord,
+    op_name,
+    op_tag,
     recv_head,
     relay,
+    relay_now,
     send_tail,
 )
 
@@ -96,22 +96,39 @@ class SequenceParallel:
         all-gather (a collective on the world group) runs because some rank is."""
         return self.any_chain and (len(self.chain) > 1 or self.strategy == "allgather")
 
-    def link(self, name: str, tag: int) -> RelayLink:
+    def link(self, layer: int, kind: str) -> RelayLink:
+        """Layer ``layer``'s relay op of ``kind`` (``relay.MESSAGE_KINDS``) in this step."""
+        name = op_name(layer, kind)
         if not self.in_step:
             raise RuntimeError(f"{name}: a relaying op ran outside `with SequenceParallel.step(plan, local)`")
         chain = self.chain if len(self.chain) > 1 else [self.rank]
         return RelayLink(
-            self.rank, self.world_size, chain, self.stats, name, tag, self.record, self.carries, self.blocks,
-            self.overlap, self.trace_hops,
+            self.rank, self.world_size, chain, self.stats, name, op_tag(layer, kind), self.record, self.carries,
+            self.blocks, self.overlap, self.trace_hops,
         )  # fmt: skip
+
+    def exchange_window(
+        self, layer: int, x: Tensor, window: Callable[[], Tensor], bounds: list[int], width: int, channels: int
+    ) -> tuple[Tensor, Tensor | None]:
+        """A short conv's halo across the cut: this piece's last ``width`` conv inputs
+        (``window()``, computed from x) sent to the rank continuing its last document, and the
+        previous rank's received [B, width, channels] where the first one continues (else
+        None); x itself, with what it sends in its graph."""
+        link, halo = self.link(layer, "conv"), None
+        if self.continues_to_next:
+            check_halo_source(self, bounds, width + 1)
+            x = send_tail(x, window(), link)
+        if self.continues_from_prev:
+            halo = recv_head(x, (x.shape[0], width, channels), link)
+        return x, halo
 
 
 class RelayedScan:
     """Drop-in for a chunked-scan op (same call signature) on one rank's piece. ``gates``:
     ``g`` for the diagonal scans, ``g, beta`` for the delta rule."""
 
-    def __init__(self, local_scan: Callable, sp: SequenceParallel, name: str, tag: int) -> None:
-        self.local_scan, self.sp, self.name, self.tag = local_scan, sp, name, tag
+    def __init__(self, local_scan: Callable, sp: SequenceParallel, layer: int) -> None:
+        self.local_scan, self.sp, self.layer = local_scan, sp, layer
 
     @torch.compiler.disable  # messages and a relay thread: eager between a compiled block's graphs
     def __call__(
@@ -131,7 +148,7 @@ class RelayedScan:
             return self.local_scan(q, k, v, *gates, scale=scale, cu_seqlens=cu_seqlens, chunk_size=chunk_size)[0], None
 
         A, S = segment_transition(k, v, gates, bounds[-2], chunk_size)
-        finish_relay = relay(sp.strategy, A * sp.carries, S, sp.link(self.name, self.tag))
+        finish_relay = relay(sp.strategy, A * sp.carries, S, sp.link(self.layer, "scan"))
         S_in = None if sp.overlap else finish_relay()
         o, _ = self.local_scan(q, k, v, *gates, scale=scale, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
         S_in = finish_relay() if S_in is None else S_in  # in flight during the scan
@@ -144,22 +161,19 @@ class RelayedConv:
     """Drop-in for ``causal_conv1d``: the first document continues through a halo of the
     previous rank's last ``W - 1`` inputs."""
 
-    def __init__(self, local_conv: Callable, sp: SequenceParallel, name: str, tag: int) -> None:
-        self.local_conv, self.sp, self.name, self.tag = local_conv, sp, name, tag
+    def __init__(self, local_conv: Callable, sp: SequenceParallel, layer: int) -> None:
+        self.local_conv, self.sp, self.layer = local_conv, sp, layer
 
     @torch.compiler.disable
     def __call__(
         self, x: Tensor, weight: Tensor, bias: Tensor | None = None, cu_seqlens: Tensor | None = None
     ) -> Tensor:
-        sp, W = self.sp, weight.shape[1]
-        link = sp.link(self.name, self.tag)
-        bounds = cu_seqlens.tolist()
-        halo = None
-        if sp.continues_to_next:
-            check_halo_source(sp, bounds, W)
-            x = send_tail(x, last_window(x, cu_seqlens, None, W - 1), link)
-        if sp.continues_from_prev:
-            halo = recv_head(x, (x.shape[0], W - 1, x.shape[2]), link)
+        width = weight.shape[1] - 1
+
+        def window() -> Tensor:
+            return last_window(x, cu_seqlens, None, width)
+
+        x, halo = self.sp.exchange_window(self.layer, x, window, cu_seqlens.tolist(), width, x.shape[2])
         return self.local_conv(x, weight, bias, cu_seqlens, left_context=halo)
 
 
@@ -179,26 +193,21 @@ class RelayedSolves(WholeSequence):
     (ParaLSTM's [c, h], a 2×2 block transition [H, D, 2, 2]), the relay's two forms.
     """
 
-    def __init__(self, sp: SequenceParallel, name: str, tag: int) -> None:
-        self.sp, self.name, self.tag = sp, name, tag
+    def __init__(self, sp: SequenceParallel, layer: int) -> None:
+        self.sp, self.layer = sp, layer
 
     def _exchange(self, A: Tensor, S: Tensor, key: str, backward: bool = False, carries: bool = True) -> Tensor:
         """The state entering this piece (forward) or the gradient of the one leaving it
         (backward), as the chosen strategy relays it: [H, D(, 2)]."""
         sp = self.sp
         # one block: the relay's blocks split a state's last dim, here a single column
-        link = replace(sp.link(self.name, self.tag), blocks=1, carries=sp.carries and carries)
-        column = S[..., None]
+        link = replace(sp.link(self.layer, "scan"), blocks=1, carries=sp.carries and carries)
         A = A[..., None] if A.dim() == S.dim() else A
-        order, tag, name = link.chain, link.tag, link.name
-        if backward:
-            order, tag, name = order[::-1], tag + GRAD_TAGS, name + ".grad"
 
         def communicate() -> Tensor:
-            with link.stats.timed():
-                return LAUNCH[sp.strategy](A, column, link, order, tag, name)()[..., 0]
+            return relay_now(sp.strategy, A, S[..., None], link, backward)[..., 0]
 
-        return communicate() if backward else link.record.once((self.name, key), communicate)
+        return communicate() if backward else link.record.once((link.name, key), communicate)
 
     def _entering(self, S_in: Tensor, cu_seqlens: Tensor) -> Tensor | None:
         """Each document's entering state: S_in for the first one where it continues."""
@@ -273,13 +282,14 @@ def check_halo_source(sp: SequenceParallel, bounds: list[int], width: int) -> No
 
 
 def apply_sequence_parallel(model: nn.Module, sp: SequenceParallel) -> nn.Module:
-    """Make every token mixer of ``model`` relay through ``sp`` (in place; returns the model)."""
-    for i, block in enumerate(model.blocks):
-        mixer = block.mixer
-        if hasattr(mixer, "solves"):  # a Newton-trained RNN
-            mixer.solves = RelayedSolves(sp, f"layer{i}.scan", tag=(2 * i) * TAG_STRIDE)
-            continue
-        mixer.scan = RelayedScan(mixer.scan, sp, f"layer{i}.scan", tag=(2 * i) * TAG_STRIDE)
-        if hasattr(mixer, "conv"):
-            mixer.conv = RelayedConv(mixer.conv, sp, f"layer{i}.conv", tag=(2 * i + 1) * TAG_STRIDE)
+    """Make every token mixer of ``model`` relay through ``sp`` at the points it declares
+    (``models/mixer.py:RelayPoints``; in place; returns the model)."""
+    for layer, block in enumerate(model.blocks):
+        mixer, points = block.mixer, block.mixer.relays
+        if points.scan:
+            setattr(mixer, points.scan, RelayedScan(getattr(mixer, points.scan), sp, layer))
+        if points.conv:
+            setattr(mixer, points.conv, RelayedConv(getattr(mixer, points.conv), sp, layer))
+        if points.solves:
+            setattr(mixer, points.solves, RelayedSolves(sp, layer))
     return model

@@ -350,7 +350,7 @@ def overlap_worker(rank: int, world: int, relay: str, overlap: bool, lengths: li
         time.sleep(1.0)
     times["relay"] = time.time()
     with sp.step(plan, local):
-        o, _ = RelayedScan(timed_scan, sp, "layer0.scan", tag=0)(q, k, v, g, cu_seqlens=local.cu_seqlens, chunk_size=16)
+        o, _ = RelayedScan(timed_scan, sp, layer=0)(q, k, v, g, cu_seqlens=local.cu_seqlens, chunk_size=16)
         o.square().sum().backward()
     return times
 
