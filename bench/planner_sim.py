@@ -22,6 +22,7 @@ from common import print_table, write_json  # noqa: E402
 from baton.config import load_config  # noqa: E402
 from baton.models.flops import relay_bytes_per_hop  # noqa: E402
 from baton.parallel.baselines import attention_cost_plan, best_fit_groups_plan  # noqa: E402
+from baton.parallel.interconnect import Interconnect  # noqa: E402
 from baton.parallel.plan import PlanError  # noqa: E402
 from baton.parallel.planner import CostModel, balanced_plan, concat_chunk_plan  # noqa: E402
 
@@ -65,9 +66,7 @@ def main() -> None:
                     seconds_per_token[rng.choice(R, size=max(1, R // 32), replace=False)] *= 1.2
                 # A hop moves every layer's summary forward and state gradient back: NVLink-class
                 # bandwidth inside a node of 8, InfiniBand-class between nodes (the defaults).
-                cost = CostModel.for_model(
-                    model, seconds_per_token.tolist(), p.hop_latency_s, p.intra_node_gb_per_s, p.inter_node_gb_per_s, 8
-                )
+                cost = CostModel.for_model(model, seconds_per_token.tolist(), Interconnect.from_config(p))
                 planners = {
                     "adaptive": lambda c=cost, b=bounds: balanced_plan(b, c),
                     "concat-chunk": lambda c=cost, b=bounds: concat_chunk_plan(b, c),

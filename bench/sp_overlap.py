@@ -38,8 +38,9 @@ from baton.config import ModelConfig  # noqa: E402
 from baton.data.loader import pack  # noqa: E402
 from baton.dist.local import run_local  # noqa: E402
 from baton.models.lm import RecurrentLM, token_losses  # noqa: E402
+from baton.parallel.interconnect import Interconnect  # noqa: E402
 from baton.parallel.plan import RankPiece, StepPlan, local_batch  # noqa: E402
-from baton.parallel.scaling import Interconnect, StepModel, predict_step  # noqa: E402
+from baton.parallel.scaling import StepModel, predict_step  # noqa: E402
 from baton.parallel.sequence import SequenceParallel, apply_sequence_parallel  # noqa: E402
 
 MODEL = ModelConfig(mixer="gla", d_model=512, n_layers=2, n_heads=1, expand_k=1.0, chunk_size=64, vocab_size=257)

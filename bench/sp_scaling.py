@@ -28,9 +28,10 @@ from common import print_table, write_json  # noqa: E402
 from planner_sim import documents  # noqa: E402
 
 from baton.config import load_config  # noqa: E402
+from baton.parallel.interconnect import Interconnect  # noqa: E402
 from baton.parallel.plan import RankPiece, StepPlan  # noqa: E402
 from baton.parallel.planner import CostModel, balanced_plan  # noqa: E402
-from baton.parallel.scaling import Interconnect, StepModel, choose_strategy, predict_step  # noqa: E402
+from baton.parallel.scaling import StepModel, choose_strategy, predict_step  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BLOCKS = 8  # parallel.sp.relay_blocks for the chain here (32: a faster first pass, a longer drain every layer)
@@ -73,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(str(CONFIGS / "1b.yaml"))
     p = cfg.parallel.planner
-    net = Interconnect(p.hop_latency_s, p.intra_node_gb_per_s, p.inter_node_gb_per_s, p.ranks_per_node)
+    net = Interconnect.from_config(p)
     model = StepModel.for_model(cfg.model, 1.0 / args.tok_per_s, net)
     ideal = args.tokens_per_rank / args.tok_per_s
     rows = []
@@ -82,10 +83,7 @@ def main() -> None:
             if case == "spanning":
                 plan, bounds = spanning_plan(P, args.tokens_per_rank)
             else:
-                cost = CostModel.for_model(
-                    cfg.model, [1.0 / args.tok_per_s] * P, p.hop_latency_s, p.intra_node_gb_per_s,
-                    p.inter_node_gb_per_s, p.ranks_per_node,
-                )  # fmt: skip
+                cost = CostModel.for_model(cfg.model, [1.0 / args.tok_per_s] * P, net)
                 plan, bounds = mix_plan(case, P, args.tokens_per_rank, cost)
             longest = max((len(r) - 1 for r in plan.dependency_runs(bounds)), default=0)
             row = {"case": case, "ranks": P, "longest_run": longest}

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from baton.config import Config
 from baton.data.loader import Batch, PackedLoader
 from baton.dist.env import DistEnv
+from baton.parallel.interconnect import Interconnect
 from baton.parallel.plan import StepPlan
 from baton.parallel.planner import CostModel, make_plan
 from baton.parallel.scaling import assumed_seconds_per_token, choose_relay
@@ -28,11 +29,9 @@ class StepPlanner:
 
     def __init__(self, cfg: Config, env: DistEnv, peak_flops: float | None, memory_cap: int | None) -> None:
         self.cfg, self.env = cfg, env
-        p = cfg.parallel.planner
-        self.cost = CostModel.for_model(
-            cfg.model, [1.0] * env.world_size, p.hop_latency_s, p.intra_node_gb_per_s, p.inter_node_gb_per_s,
-            p.ranks_per_node, [memory_cap] * env.world_size if memory_cap else None,
-        )  # fmt: skip
+        net = Interconnect.from_config(cfg.parallel.planner)
+        caps = [memory_cap] * env.world_size if memory_cap else None
+        self.cost = CostModel.for_model(cfg.model, [1.0] * env.world_size, net, caps)
         # for relay=auto until the run has measured its speed
         self.assumed_seconds_per_token = assumed_seconds_per_token(cfg.model, peak_flops)
 

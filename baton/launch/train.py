@@ -66,6 +66,7 @@ from baton.launch.schedule import load_schedule_state, optimizer_factory, schedu
 from baton.launch.setup import checkpoint_root, keep_compiled_code, pick_device, training_data, uses_triton
 from baton.models.flops import count_parameters, flops_per_token
 from baton.models.lm import RecurrentLM
+from baton.models.pararnn import residual_log
 from baton.parallel.budget import memory_cap
 from baton.parallel.parallelize import parallelize
 from baton.parallel.plan import LocalBatch, local_batch
@@ -149,7 +150,7 @@ class Trainer:
             batch, plan, plan_info = self.batches.next(self.cost)
             local = local_batch(plan, self.env.rank, batch)
         with self.sp.step(plan, local) as stats:
-            with prof.phase("forward"):
+            with prof.phase("forward"), residual_log() as residuals:
                 loss = self.local_loss(batch, local)
             with prof.phase("backward"):
                 self.parallel.backward(loss)
@@ -161,13 +162,12 @@ class Trainer:
         comm = stats.to_dict()
         record = prof.record(self.step, local.tokens.numel(), comm) or {}
         plan_dict = plan.to_dict() | plan_info
-        residual = self.newton_residuals()
+        residual = self.newton_residuals(residuals)
         return StepResult(total, grad_norm, batch.n_tokens, plan_dict, comm, batch.doc_ids, record.get("mfu"), residual)
 
-    def newton_residuals(self) -> list[float] | None:
+    def newton_residuals(self, found: list[torch.Tensor]) -> list[float] | None:
         """``‖h − f(h)‖ / ‖h‖`` of every Newton-trained layer in this step's forward, the
         largest over the ranks' pieces; None unless ``model.newton_residual``."""
-        found = [m.residual for m in self.model.modules() if getattr(m, "check_residual", False)]
         if not found:
             return None
         residuals = torch.stack(found).float()

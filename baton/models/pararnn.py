@@ -4,6 +4,9 @@ with diagonal recurrent weights, trained in parallel over the sequence by Newton
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor, nn
 
@@ -14,6 +17,21 @@ from baton.models.paragru import GRU
 from baton.models.paralstm import LSTM
 from baton.models.state import LayerState
 
+_open_logs: list[list[Tensor]] = []
+
+
+@contextlib.contextmanager
+def residual_log() -> Iterator[list[Tensor]]:
+    """The residuals of the Newton-trained layers' forwards inside the block, in the order they
+    ran (layers with ``model.newton_residual``; a forward recomputed in backward, outside the
+    block, adds none)."""
+    log: list[Tensor] = []
+    _open_logs.append(log)
+    try:
+        yield log
+    finally:
+        _open_logs.pop()
+
 
 class ParaRNNMixer(nn.Module):
     """Per head: a block-diagonal input projection (each head reads its own ``d_model / H``
@@ -22,7 +40,8 @@ class ParaRNNMixer(nn.Module):
     output projection mixing the heads. The output is the cell's h (ParaLSTM: h of [c, h]).
 
     ``self.solves`` runs Newton's linear solves; sequence parallelism swaps it for a relaying one.
-    ``self.residual``: ``‖h − f(h)‖ / ‖h‖`` of the last forward under ``model.newton_residual``.
+    Under ``model.newton_residual`` each forward adds ``‖h − f(h)‖ / ‖h‖`` to the open
+    :func:`residual_log`.
     """
 
     relays = RelayPoints(output="out_proj", solves="solves")
@@ -31,7 +50,7 @@ class ParaRNNMixer(nn.Module):
         super().__init__()
         d, H = cfg.d_model, cfg.n_heads
         self.cell, self.n_heads, self.iterations = cell, H, cfg.newton_iterations
-        self.check_residual, self.residual = cfg.newton_residual, None
+        self.check_residual = cfg.newton_residual
         head = d // H
         self.in_weight = nn.Parameter(torch.randn(H, head, 3, head) * head**-0.5)  # fan-in init: O(1) gates
         self.in_bias = nn.Parameter(torch.zeros(H, 3, head))
@@ -68,8 +87,8 @@ class ParaRNNMixer(nn.Module):
         h, residual = newton_recurrence(
             self.cell, u, params, initial, cu_seqlens, self.iterations, self.solves, self.check_residual
         )
-        if self.check_residual:
-            self.residual = residual
+        if self.check_residual and _open_logs:
+            _open_logs[-1].append(residual)
         after = None if state is None else LayerState(h[0, -1])
         return self._output(h, x.dtype), after
 

@@ -30,6 +30,7 @@ import numpy as np
 from baton.config import ModelConfig
 from baton.data.loader import Batch
 from baton.models.flops import relay_bytes_per_hop, relay_messages_per_layer
+from baton.parallel.interconnect import Interconnect
 from baton.parallel.plan import PlanError, RankPiece, StepPlan
 
 
@@ -60,18 +61,18 @@ class CostModel:
 
     @classmethod
     def for_model(
-        cls, model: ModelConfig, seconds_per_token: list[float], latency_s: float, intra_gb_per_s: float,
-        inter_gb_per_s: float, ranks_per_node: int, memory_cap_tokens: list[int] | None = None,
+        cls, model: ModelConfig, seconds_per_token: list[float], net: Interconnect,
+        memory_cap_tokens: list[int] | None = None,
     ) -> CostModel:  # fmt: skip
-        """Hops priced from what they carry: the model's summaries (``relay_bytes_per_hop``),
-        per layer a message each way (a Newton-trained RNN: one per iteration forward and its
-        first guess's, ``relay_messages_per_layer``)."""
+        """Hops priced by the interconnect from what they carry: the model's summaries
+        (``relay_bytes_per_hop``), per layer a message each way (a Newton-trained RNN: one per
+        iteration forward and its first guess's, ``relay_messages_per_layer``)."""
         nbytes, messages = relay_bytes_per_hop(model), relay_messages_per_layer(model) * model.n_layers
         return cls(
             seconds_per_token,
-            hop_seconds=messages * latency_s + nbytes / (intra_gb_per_s * 1e9),
-            inter_node_hop_seconds=messages * latency_s + nbytes / (inter_gb_per_s * 1e9),
-            ranks_per_node=ranks_per_node,
+            hop_seconds=net.hop(nbytes, 0, 0, messages),
+            inter_node_hop_seconds=net.hop(nbytes, 0, net.ranks_per_node, messages),
+            ranks_per_node=net.ranks_per_node,
             memory_cap_tokens=memory_cap_tokens,
         )
 

@@ -27,11 +27,7 @@ latency is paid about once per pass rather than once per layer. The model is thi
 evaluated for every rank and layer (vectorised over ranks), not a closed form; the gradient
 all-reduce and optimizer step are the same for every strategy and left out.
 
-Interconnect defaults are published figures for a node of 8 H100 SXM and NDR InfiniBand:
-NVLink 4 gives 450 GB/s per direction (NCCL reaches 150-350 GB/s point to point; 200 taken),
-one 400 Gb/s NDR port per GPU 50 GB/s (25 taken, for NCCL's measured ~25-45 GB/s on
-multi-node point-to-point), and a few microseconds per NCCL message (10 us taken). They are
-``parallel.planner`` keys and :meth:`Interconnect.fit` calibrates them from measured hops.
+The links are :class:`~baton.parallel.interconnect.Interconnect`, the planner's hop model too.
 """
 
 from __future__ import annotations
@@ -44,38 +40,11 @@ import numpy as np
 
 from baton.config import ModelConfig, ParallelConfig
 from baton.models.flops import flops_per_token, forward_relays, scan_shape, summary_bytes
+from baton.parallel.interconnect import Interconnect
 from baton.parallel.plan import StepPlan
 from baton.parallel.relay import STRATEGIES
 
 CPU_FLOPS = 1e11  # a CPU process's peak, assumed where the device's is unknown
-
-
-@dataclass
-class Interconnect:
-    """A message of n bytes between two ranks takes ``latency_s + n / bandwidth``; the
-    bandwidth of a node's links inside it, of the network between nodes."""
-
-    latency_s: float = 10e-6
-    intra_gb_per_s: float = 200.0
-    inter_gb_per_s: float = 25.0
-    ranks_per_node: int = 8
-
-    def hop(self, nbytes: float, a: int, b: int) -> float:
-        same = a // self.ranks_per_node == b // self.ranks_per_node
-        return self.latency_s + nbytes / ((self.intra_gb_per_s if same else self.inter_gb_per_s) * 1e9)
-
-    def hops(self, nbytes: float, order: np.ndarray) -> np.ndarray:
-        """Seconds of each hop order[i] -> order[i + 1]."""
-        same = order[:-1] // self.ranks_per_node == order[1:] // self.ranks_per_node
-        return self.latency_s + nbytes / (np.where(same, self.intra_gb_per_s, self.inter_gb_per_s) * 1e9)
-
-    @classmethod
-    def fit(cls, nbytes: list[float], seconds: list[float], ranks_per_node: int = 8) -> Interconnect:
-        """Latency and bandwidth from measured one-way hops inside a node (least squares of
-        ``seconds = latency + bytes / bandwidth``), the same bandwidth between nodes."""
-        slope, intercept = np.polyfit(np.asarray(nbytes, float), np.asarray(seconds, float), 1)
-        gb_per_s = 1e-9 / max(slope, 1e-18)
-        return cls(max(float(intercept), 0.0), gb_per_s, gb_per_s, ranks_per_node)
 
 
 @dataclass
@@ -261,7 +230,7 @@ def choose_relay(
     """``parallel.sp.relay=auto``: this step's strategy from the interconnect of the
     ``parallel.planner`` keys and the ranks' speeds."""
     p = parallel.planner
-    net = Interconnect(p.hop_latency_s, p.intra_node_gb_per_s, p.inter_node_gb_per_s, p.ranks_per_node)
+    net = Interconnect.from_config(p)
     typical = float(np.median(seconds_per_token))
     model = StepModel.for_model(cfg, typical, net)
     slowdown = [s / typical for s in seconds_per_token]

@@ -7,6 +7,7 @@ import pytest
 from baton.data.loader import pack
 from baton.dist.local import run_local
 from baton.parallel.baselines import attention_cost_plan, best_fit_groups_plan
+from baton.parallel.interconnect import Interconnect
 from baton.parallel.plan import PlanError, StepPlan
 from baton.parallel.planner import CostModel, DocumentLayout, balanced_plan, concat_chunk_plan, divide
 from tests.parallel.test_sequence import TOLERANCE, reference, rel, sp_worker
@@ -106,7 +107,7 @@ def test_hops_are_priced_from_the_models_summaries():
     gla, gdn = (load_config(str(CONFIGS / name)).model for name in ("1b.yaml", "1b-gdn.yaml"))
     costs = {}
     for name, model in (("gla", gla), ("gdn", gdn)):
-        costs[name] = CostModel.for_model(model, [1e-6] * 16, 10e-6, 200.0, 25.0, 8)
+        costs[name] = CostModel.for_model(model, [1e-6] * 16, Interconnect(10e-6, 200.0, 25.0, 8))
         nbytes = relay_bytes_per_hop(model)
         assert costs[name].hop_seconds == pytest.approx(2 * model.n_layers * 10e-6 + nbytes / 200e9)
         assert costs[name].inter_node_hop_seconds == pytest.approx(2 * model.n_layers * 10e-6 + nbytes / 25e9)
@@ -127,7 +128,7 @@ def test_newton_rnn_hops_count_a_relay_per_iteration(iterations):
     from baton.models.flops import relay_bytes_per_hop
 
     model = ModelConfig(mixer="paralstm", d_model=256, n_heads=4, n_layers=6, newton_iterations=iterations)
-    cost = CostModel.for_model(model, [1e-6] * 8, 10e-6, 200.0, 25.0, 8)
+    cost = CostModel.for_model(model, [1e-6] * 8, Interconnect(10e-6, 200.0, 25.0, 8))
     state = 4 * 256 * 2
     assert relay_bytes_per_hop(model) == 6 * (iterations * (4 * 256 * 4 + state) + 2 * state)
     assert cost.hop_seconds == pytest.approx((iterations + 2) * 6 * 10e-6 + relay_bytes_per_hop(model) / 200e9)

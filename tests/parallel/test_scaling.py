@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from baton.config import ModelConfig
+from baton.parallel.interconnect import Interconnect
 from baton.parallel.plan import RankPiece, StepPlan
-from baton.parallel.scaling import Interconnect, LayerTimes, StepModel, choose_strategy, predict_step
+from baton.parallel.scaling import LayerTimes, StepModel, choose_strategy, predict_step
 
 
 def one_layer(latency: float, state_bytes: int = 0, gb_per_s: float = 1.0) -> StepModel:
