@@ -2,8 +2,8 @@
 is not here.
 
 ``python -m baton.kernels.compile_offline ARCH GATES DTYPE CHUNK OUT.json`` runs the forward
-and backward of the chunked scan, of both relay ops, of the delta rule's state walk and of the
-gated norm, and Newton's diagonal scans, on CPU tensors, with Triton's real
+and backward of every Triton implementation in the op table (``registry.py``) on its example,
+on CPU tensors, with Triton's real
 compiler (down to ptxas) targeting compute capability ARCH (90: H100, 80: A100), and writes
 one record per compiled kernel. A driver that only answers "which GPU" stands in for the
 missing one and launches stop after compiling, so outputs are garbage and only the
@@ -53,10 +53,25 @@ class CompileOnlyDriver:
         return self.target
 
 
+def run_forward_and_backward(fn, args: tuple, kwargs: dict, differentiable: bool) -> None:
+    """One call of a Triton implementation, and its backward where it has one: what a step
+    launches of it. Floating inputs become leaves (their copies enter the call: an op may add
+    into one in place)."""
+
+    def leaf(x):
+        floating = isinstance(x, torch.Tensor) and x.is_floating_point()
+        return x.detach().requires_grad_().clone() if differentiable and floating else x
+
+    args, kwargs = tuple(map(leaf, args)), {k: leaf(v) for k, v in kwargs.items()}
+    out = fn(*args, **kwargs)
+    if differentiable:
+        sum(o.float().sum() for o in (out if isinstance(out, tuple) else (out,))).backward()
+
+
 def compile_one_step(
     arch: int, gates: str, dtype: torch.dtype, chunk_size: int = 64, every_candidate: bool = False
 ) -> list[tuple]:
-    """Compile what a forward and backward of the scan and the relay ops launch: with the
+    """Compile what a forward and backward of every op in the table launches: with the
     untuned launch settings, or (``every_candidate``) every setting the autotuner would time.
     Returns (record, compiled kernel) pairs; a record names the kernel and its settings."""
     os.environ["BATON_AUTOTUNE"] = "1" if every_candidate else "0"
@@ -77,43 +92,16 @@ def compile_one_step(
     JITFunction.run = compile_only
     # The tuner compiles each candidate through JITFunction.run; the timing is skipped.
     Autotuner.do_bench = property(lambda self: lambda call, quantiles: (call(), [1.0] * len(quantiles))[1])
-    from baton.kernels.delta_triton import matrix_state_walk
-    from baton.kernels.diag_triton import diag_scan_triton
-    from baton.kernels.layout import build_layout
-    from baton.kernels.norm_gate_triton import norm_gate_backward, norm_gate_forward
-    from baton.kernels.ops import chunk_scan_triton
-    from baton.kernels.relay_triton import add_state_correction_triton, segment_summary_triton
-    from baton.kernels.step_triton import recurrent_step_triton
+    from baton.kernels.registry import OPS, Shape
 
-    T, H, K, V = 2 * chunk_size + 32, 2, 128, 128  # a 1.3B model's head dims; a partial chunk too
-    q, k = torch.randn(1, T, H, K, dtype=dtype), torch.randn(1, T, H, K, dtype=dtype)
-    v = torch.randn(1, T, H, V, dtype=dtype)
-    g = -torch.rand(1, T, H, K) if gates == "gla" else -torch.rand(1, T, H)
-    q, k, v, g = (x.requires_grad_() for x in (q, k, v, g))
-    o, final = chunk_scan_triton(q, k, v, g, initial_state=torch.zeros(1, H, K, V), chunk_size=chunk_size)
-    (o.float().sum() + final.sum()).backward()
-    log_A, S = segment_summary_triton(k, v, g, 100)
-    (log_A.float().sum() + S.sum()).backward()
-    scan_out = torch.zeros(1, T, H, V, dtype=dtype, requires_grad=True)
-    state = torch.randn(H, K, V, requires_grad=True)
-    add_state_correction_triton(scan_out.clone(), q, g, state, 100, 0.1).float().sum().backward()
-    one = lambda x: x[:, 0].detach()  # noqa: E731 - one token of each input, for a decoding step
-    recurrent_step_triton(one(q), one(k), one(v), one(g), torch.zeros(1, H, K, V), 0.1)
-    # The delta rule's state walk at Gated DeltaNet's 1.3B head (K 256, V 512), forward and backward.
-    layout = build_layout(torch.tensor([0, T]), chunk_size, torch.device("cpu"))
-    M = torch.randn(layout.n_chunks, H, 256, 256, requires_grad=True)
-    update = torch.randn(layout.n_chunks, H, 256, 512, requires_grad=True)
-    states_in, final = matrix_state_walk(M, update, layout, None)
-    (states_in.sum() + final.sum()).backward()
-    # The gated norm, both orders: per head (GLA, Gated DeltaNet) and over Mamba2's inner width.
-    for width, norm_first in ((V, True), (2048, False)):
-        x, gate = torch.randn(T, width, dtype=dtype), torch.randn(T, width, dtype=dtype)
-        y, rstd = norm_gate_forward(x, gate, torch.ones(width), 1e-6, norm_first)
-        norm_gate_backward(x, gate, torch.ones(width), rstd, torch.ones_like(y), norm_first)
-    # Newton's linear solves: ParaGRU's diagonal (forward) and ParaLSTM's 2×2 blocks (reversed).
-    for pair in ((), (2,)):
-        a, b = torch.rand(1, T, H, K, *pair, *pair), torch.randn(1, T, H, K, *pair)
-        diag_scan_triton(a, b, torch.zeros(1, H, K, *pair), None, reverse=bool(pair))
+    gen = torch.Generator().manual_seed(0)
+    for op in OPS.values():
+        if op.triton is None:
+            continue
+        K, V = op.compile_dims  # a 1.3B model's head dims (Gated DeltaNet's for the delta rule)
+        shape = Shape(T=2 * chunk_size + 32, H=2, K=K, V=V, chunk=chunk_size, gates=gates)  # a partial chunk too
+        for args, kwargs in op.example(shape, dtype, gen):
+            run_forward_and_backward(op.triton_function(), args, kwargs, op.backward != "none")
     return compiled
 
 

@@ -17,13 +17,17 @@ compounds its rounding over as many chunks as a sequence has.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 from torch.autograd import Function
 
+from baton.kernels.delta_ref import delta_correction_ref, delta_summary_ref
 from baton.kernels.layout import ChunkLayout
+from baton.kernels.rerun import recomputed
 from baton.kernels.tiles import load, store
 from baton.kernels.tuning import block
 
@@ -112,3 +116,21 @@ def matrix_state_walk(
         initial_state = update.new_zeros(layout.n_seqs, update.shape[1], K, V, dtype=torch.float32)
     M, update, initial_state = (x.float().contiguous() for x in (M, update, initial_state))
     return _StateWalk.apply(M, update, initial_state, layout)
+
+
+def delta_summary_on_walk(
+    k: Tensor, v: Tensor, g: Tensor, beta: Tensor, start: int, chunk_size: int
+) -> tuple[Tensor, Tensor]:
+    """:func:`~baton.kernels.delta_ref.delta_summary_ref` with its state walk here, recomputed
+    in backward as the reference is."""
+    summary = functools.partial(delta_summary_ref, state_walk=matrix_state_walk)
+    return recomputed(summary, k, v, g, beta, start, chunk_size)
+
+
+def delta_correction_on_walk(
+    o: Tensor, q: Tensor, k: Tensor, g: Tensor, beta: Tensor, state: Tensor, end: int, scale: float, chunk_size: int
+) -> Tensor:
+    """:func:`~baton.kernels.delta_ref.delta_correction_ref` with its state walk here,
+    recomputed in backward as the reference is."""
+    correction = functools.partial(delta_correction_ref, state_walk=matrix_state_walk)
+    return recomputed(correction, o, q, k, g, beta, state, end, scale, chunk_size)

@@ -1,5 +1,5 @@
 """RMSNorm with a SiLU output gate in one pass, forward and backward (the GPU path of
-``norm.py:norm_gate_ref``).
+``norm_gate_ref.py:norm_gate_ref``).
 
 Eagerly, ``rms_norm(x) · silu(gate)`` is four kernels over the activations (the norm, the
 SiLU, the product, and a cast), and autograd keeps the norm's output and the SiLU's besides

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -30,6 +31,7 @@ from baton.kernels.backend import check_assembler
 from baton.kernels.common import compute_dtype
 from baton.kernels.delta_ref import chunk_delta_ref
 from baton.kernels.gla_ref import chunk_gla_ref
+from baton.kernels.rerun import rerun_vjp
 from baton.kernels.ssd_ref import chunk_ssd_ref
 
 REFERENCES = {"gla": chunk_gla_ref, "ssd": chunk_ssd_ref, "delta": chunk_delta_ref}
@@ -40,15 +42,17 @@ def _sequences(q: Tensor, cu_seqlens: Tensor | None) -> int:
 
 
 @contextlib.contextmanager
-def _autograd_inside():
-    """Autograd within an op's implementation. Custom ops run below autograd: its dispatch
-    keys are excluded there, so a reference run inside would record nothing to differentiate.
-    This lifts that exclusion for the recompute (``torch.func.vjp`` would avoid it, but cannot
-    pass through the Triton state walk's autograd.Function, nor a custom op with autograd)."""
+def _autograd_inside(device: str):
+    """Autograd within an op's implementation, in fp32 whatever autocast says. Custom ops run
+    below autograd: its dispatch keys are excluded there, so a reference run inside would
+    record nothing to differentiate. This lifts that exclusion for the recompute
+    (``torch.func.vjp`` would avoid it, but cannot pass through the Triton state walk's
+    autograd.Function, nor a custom op with autograd)."""
     excluded = torch._C._dispatch_tls_local_exclude_set()
     autograd = torch._C._dispatch_keyset_full() - torch._C._after_autograd_keyset
     with torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), excluded - autograd):
-        yield
+        with torch.autocast(device, enabled=False):
+            yield
 
 
 def _primals(*inputs: Tensor | None) -> list[Tensor]:
@@ -119,10 +123,9 @@ def scan_ref_backward(
     d_final: Tensor,
 ) -> list[Tensor]:
     run = _reference_of_primals(kind, walk, beta is not None, initial_state is not None, scale, cu_seqlens, chunk_size)
-    primals = [t.detach().requires_grad_() for t in _primals(q, k, v, g, beta, initial_state)]
-    with _autograd_inside(), torch.enable_grad(), torch.autocast(q.device.type, enabled=False):
-        outputs = run(*primals)
-        return list(torch.autograd.grad(outputs, primals, (d_out, d_final), allow_unused=True, materialize_grads=True))
+    primals = _primals(q, k, v, g, beta, initial_state)
+    context = _autograd_inside(q.device.type)
+    return rerun_vjp(run, primals, range(len(primals)), (d_out, d_final), context, materialize=True)
 
 
 @scan_ref_backward.register_fake
@@ -162,7 +165,7 @@ def scan_triton(
     scale: float,
     chunk_size: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    from baton.kernels.scan_triton import scan_forward
+    from baton.kernels.gla_triton import scan_forward
 
     check_assembler(q)
     o, final, saved = scan_forward(q, k, v, g, initial_state, cu_seqlens, scale, chunk_size)
@@ -198,7 +201,7 @@ def scan_triton_backward(
     d_out: Tensor,
     d_final: Tensor | None,
 ) -> list[Tensor]:
-    from baton.kernels.scan_triton import scan_backward
+    from baton.kernels.gla_triton import scan_backward
 
     saved = gates, states_in, scores
     grads = scan_backward(q, k, v, initial_state, cu_seqlens, scale, chunk_size, saved, g_dtype, d_out, d_final)
@@ -251,12 +254,53 @@ def chunk_scan_triton(
     return o, final
 
 
+def reference_scan(reference: Callable, *args, **kwargs) -> tuple[Tensor, Tensor]:
+    """``reference`` (a chunked scan of ``REFERENCES``, called as it is) through the custom op
+    ``baton::scan_ref``: it keeps only its inputs and runs again in backward."""
+    call = inspect.signature(reference).bind(*args, **kwargs)
+    call.apply_defaults()
+    a = call.arguments
+    kind = next(kind for kind, fn in REFERENCES.items() if fn is reference)
+    scale = float(a["q"].shape[-1] ** -0.5 if a["scale"] is None else a["scale"])
+    return scan_ref(
+        kind, a["q"], a["k"], a["v"], a["g"], a.get("beta"), a["initial_state"], a["cu_seqlens"], scale,
+        a["chunk_size"], False,
+    )  # fmt: skip
+
+
+def chunk_delta_on_walk(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    beta: Tensor,
+    scale: float | None = None,
+    initial_state: Tensor | None = None,
+    cu_seqlens: Tensor | None = None,
+    chunk_size: int = 64,
+) -> tuple[Tensor, Tensor]:
+    """The GPU path of the delta rule: its reference with the chunk-to-chunk state walk in
+    Triton (``delta_triton.py``; the batched per-chunk work stays in cuBLAS), through
+    ``baton::scan_ref``."""
+    scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
+    return scan_ref("delta", q, k, v, g, beta, initial_state, cu_seqlens, scale, chunk_size, True)
+
+
+def norm_gate_fused(x: Tensor, gate: Tensor, weight: Tensor, eps: float | None, norm_first: bool) -> Tensor:
+    """:func:`~baton.kernels.norm_gate_ref.norm_gate_ref` in one Triton kernel (``baton::norm_gate``),
+    in fp32 inside whatever autocast says, as the reference's rms_norm."""
+    eps = torch.finfo(x.dtype).eps if eps is None else eps
+    with torch.autocast(x.device.type, enabled=False):
+        return norm_gate(x, gate, weight, eps, norm_first)[0]
+
+
 @custom_op("baton::norm_gate", mutates_args=())
 def norm_gate(x: Tensor, gate: Tensor, weight: Tensor, eps: float, norm_first: bool) -> tuple[Tensor, Tensor]:
     """RMSNorm with a SiLU output gate, one Triton kernel (``norm_gate_triton.py``): the
     output and every row's statistic (kept for backward)."""
     from baton.kernels.norm_gate_triton import norm_gate_forward
 
+    check_assembler(x)
     return norm_gate_forward(x, gate, weight, eps, norm_first)
 
 

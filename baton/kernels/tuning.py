@@ -1,5 +1,5 @@
 """How the Triton kernels are launched: autotuning (warps, pipeline stages, tiles), the untuned
-settings, tile sizes, and the tensor-core operand dtype. Shared by ``scan_triton.py`` and
+settings, tile sizes, and the tensor-core operand dtype. Shared by ``gla_triton.py`` and
 ``relay_triton.py``.
 
 On a GPU each kernel is autotuned the first time it meets a shape; Triton keeps the choice in

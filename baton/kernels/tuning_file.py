@@ -32,8 +32,8 @@ def _origin() -> dict:
 
 def _tuners() -> dict:
     """Every tuned kernel's autotuner (their modules register them when imported)."""
+    import baton.kernels.gla_triton  # noqa: F401
     import baton.kernels.relay_triton  # noqa: F401
-    import baton.kernels.scan_triton  # noqa: F401
     from baton.kernels.tuning import TUNERS
 
     return TUNERS

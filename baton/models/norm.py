@@ -1,5 +1,5 @@
 """The model's RMSNorm modules: ``nn.RMSNorm``'s parameters with the memory contract of
-:func:`baton.kernels.norm.rms_norm` (its input and one fp32 statistic per row kept), and the
+:func:`baton.kernels.norm_gate_ref.rms_norm` (its input and one fp32 statistic per row kept), and the
 norm with a SiLU output gate, one fused kernel on the Triton path."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from baton.kernels import norm_gate
-from baton.kernels.norm import rms_norm
+from baton.kernels.norm_gate_ref import rms_norm
 
 __all__ = ["GatedRMSNorm", "RMSNorm", "rms_norm"]
 

@@ -8,27 +8,9 @@ import pytest
 import torch
 
 from baton.kernels import chunk_gla_ref, chunk_ssd_ref, naive_recurrence
+from tests.helpers import random_cu_seqlens, random_inputs, rel
 
 SCANS = {"gla": chunk_gla_ref, "ssd": chunk_ssd_ref}
-
-
-def random_inputs(gate, T, H=2, K=8, V=6, B=1, decay=1.0, dtype=torch.float64, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    q, k = (torch.randn(B, T, H, K, generator=gen, dtype=dtype) for _ in range(2))
-    v = torch.randn(B, T, H, V, generator=gen, dtype=dtype)
-    g_shape = (B, T, H, K) if gate == "gla" else (B, T, H)
-    g = -torch.rand(g_shape, generator=gen, dtype=dtype) * decay
-    return [x.requires_grad_() for x in (q, k, v, g)]
-
-
-def random_cu_seqlens(T, n_docs, seed):
-    gen = torch.Generator().manual_seed(seed)
-    cuts = torch.randperm(T - 1, generator=gen)[: n_docs - 1] + 1
-    return torch.cat([torch.tensor([0]), cuts.sort().values, torch.tensor([T])])
-
-
-def rel(a, b):
-    return ((a - b).norm() / b.norm()).item()
 
 
 def compare(scan, inputs, atol, chunk_size, **kwargs):

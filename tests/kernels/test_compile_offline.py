@@ -23,10 +23,7 @@ pytest.importorskip("triton")
 
 # Largest shared memory one block may use (cudaDevAttrMaxSharedMemoryPerBlockOptin).
 SHARED_LIMIT = {90: 232448, 80: 166912}
-SOURCES = (
-    "scan_triton.py", "relay_triton.py", "step_triton.py", "delta_triton.py", "norm_gate_triton.py", "diag_triton.py",
-)  # fmt: skip
-KERNEL_SOURCES = [REPO / "baton" / "kernels" / name for name in SOURCES]
+KERNEL_SOURCES = sorted((REPO / "baton" / "kernels").glob("*_triton.py"))  # each beside its *_ref.py
 
 
 def defined_kernels() -> set[str]:

@@ -6,22 +6,11 @@ norm as the mixer makes them, and β spans [0, 2] (negative eigenvalues) unless 
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from baton.kernels import chunk_delta_ref, naive_delta_recurrence
 from baton.kernels.delta_ref import delta_correction_ref, delta_step_ref, delta_summary_ref
 from baton.kernels.layout import apply_transition
-from tests.kernels.test_chunk_ref import random_cu_seqlens, rel
-
-
-def delta_inputs(T, H=2, K=8, V=6, B=1, beta_max=2.0, decay=1.0, dtype=torch.float64, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(B, T, H, K, generator=gen, dtype=dtype)
-    k = F.normalize(torch.randn(B, T, H, K, generator=gen, dtype=dtype), dim=-1)
-    v = torch.randn(B, T, H, V, generator=gen, dtype=dtype)
-    g = -torch.rand(B, T, H, generator=gen, dtype=dtype) * decay
-    beta = torch.rand(B, T, H, generator=gen, dtype=dtype) * beta_max
-    return [x.requires_grad_() for x in (q, k, v, g, beta)]
+from tests.helpers import delta_inputs, random_cu_seqlens, rel
 
 
 def compare(inputs, atol, chunk_size, **kwargs):

@@ -8,8 +8,7 @@ import torch
 from baton.kernels import chunk_delta, delta_correction, delta_summary
 from baton.kernels.delta_ref import chunk_delta_ref, delta_correction_ref, delta_summary_ref
 from baton.kernels.layout import build_layout, chunk_state_recurrence
-from tests.kernels.test_chunk_ref import rel
-from tests.kernels.test_delta_ref import delta_inputs
+from tests.helpers import delta_inputs, rel
 
 pytest.importorskip("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -8,12 +8,9 @@ import pytest
 import torch
 
 from baton.kernels.diag_ref import diag_scan_ref
+from tests.helpers import rel_max
 
 triton = pytest.importorskip("triton")
-
-
-def rel_max(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 @pytest.mark.parametrize("pair", [False, True], ids=["diagonal", "2x2-blocks"])

@@ -14,9 +14,9 @@ import torch
 pytest.importorskip("triton")
 
 from baton.kernels import norm_gate  # noqa: E402
-from baton.kernels.norm import norm_gate_ref  # noqa: E402
+from baton.kernels.norm_gate_ref import norm_gate_ref  # noqa: E402
 from baton.kernels.norm_gate_triton import ROWS  # noqa: E402
-from tests.kernels.test_scan_triton import DEVICE  # noqa: E402
+from tests.helpers import DEVICE, rel  # noqa: E402
 
 
 def output_and_grads(fn, x, gate, weight, norm_first):
@@ -24,10 +24,6 @@ def output_and_grads(fn, x, gate, weight, norm_first):
     y = fn(*leaves, 1e-6, norm_first)
     w = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(DEVICE)
     return [y.detach(), *torch.autograd.grad((y.double() * w).sum(), leaves)]
-
-
-def rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 @pytest.mark.parametrize("norm_first", [True, False], ids=["norm-then-gate", "gate-then-norm"])

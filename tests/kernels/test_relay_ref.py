@@ -4,7 +4,7 @@ import pytest
 
 from baton.kernels import naive_recurrence
 from baton.kernels.relay_ref import add_state_correction_ref, segment_summary_ref
-from tests.kernels.test_chunk_ref import random_inputs, rel
+from tests.helpers import random_inputs, rel
 
 
 @pytest.mark.parametrize("gate", ["gla", "ssd"])

@@ -13,8 +13,7 @@ pytest.importorskip("triton")
 from baton.kernels import relay_triton  # noqa: E402
 from baton.kernels.relay_ref import add_state_correction_ref, segment_summary_ref  # noqa: E402
 from baton.kernels.relay_triton import add_state_correction_triton, segment_summary_triton  # noqa: E402
-from tests.kernels.test_chunk_ref import random_inputs, rel  # noqa: E402
-from tests.kernels.test_scan_triton import DEVICE  # noqa: E402
+from tests.helpers import DEVICE, random_inputs, rel  # noqa: E402
 
 
 def leaves(tensors, dtype):

@@ -6,7 +6,7 @@ import torch
 
 from baton.models.decode import generate, sample
 from baton.models.lm import RecurrentLM
-from tests.parallel.test_sequence import tiny_model
+from tests.helpers import tiny_model
 
 
 def model(mixer: str) -> RecurrentLM:

@@ -12,6 +12,7 @@ import torch
 from baton.config import ModelConfig
 from baton.kernels import kernel_backend
 from baton.models.lm import Block
+from tests.helpers import rel_max
 
 SHAPE = dict(vocab_size=300, d_model=64, n_layers=1, n_heads=2, chunk_size=16)
 
@@ -27,10 +28,6 @@ def outputs_and_grads(block: Block, forward, x: torch.Tensor, cu: torch.Tensor) 
     y, _ = forward(x, cu)
     (y.square().sum()).backward()
     return [y.detach(), x.grad, *(p.grad for p in block.parameters())]
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 @pytest.mark.parametrize("mixer", ["gla", "ssd", "gdn"])
@@ -51,7 +48,7 @@ def test_compiled_block_equals_eager(mixer):
         eager = outputs_and_grads(block, block, x, cu)
         ours = outputs_and_grads(block, compiled, x, cu)
         for name, a, b in zip(["y", "dx", *(n for n, _ in block.named_parameters())], ours, eager):
-            assert rel(a, b) < 1e-5, (mixer, name)
+            assert rel_max(a, b) < 1e-5, (mixer, name)
 
 
 def test_compiled_triton_scan_equals_eager_reference():
@@ -66,4 +63,4 @@ def test_compiled_triton_scan_equals_eager_reference():
         assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
         ours = outputs_and_grads(block, torch.compile(block.forward), x, cu)
     for a, b in zip(ours, eager):
-        assert rel(a, b) < 1e-5
+        assert rel_max(a, b) < 1e-5

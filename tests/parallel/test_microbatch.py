@@ -19,7 +19,8 @@ from baton.launch.schedule import optimizer_factory
 from baton.parallel.microbatch import local_bounds, slice_cuts
 from baton.parallel.parallelize import parallelize
 from baton.parallel.plan import StepPlan, local_batch
-from tests.parallel.test_sequence import assert_match_one_process, every_case, make_batch, step_and_reduce, tiny_model
+from tests.helpers import make_batch, tiny_model
+from tests.parallel.test_sequence import assert_match_one_process, every_case, step_and_reduce
 
 MICRO = ["model.chunk_size=16", "train.activation_checkpoint=full", "train.micro_tokens=16"]
 

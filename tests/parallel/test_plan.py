@@ -6,7 +6,7 @@ import torch
 
 from baton.parallel.plan import PlanError, RankPiece, StepPlan, local_batch
 from baton.parallel.planner import even_groups_plan
-from tests.parallel.test_sequence import make_batch
+from tests.helpers import make_batch
 
 
 def covered(plan, batch):

@@ -10,7 +10,8 @@ from baton.parallel.baselines import attention_cost_plan, best_fit_groups_plan
 from baton.parallel.interconnect import Interconnect
 from baton.parallel.plan import PlanError, StepPlan
 from baton.parallel.planner import CostModel, DocumentLayout, balanced_plan, concat_chunk_plan, divide
-from tests.parallel.test_sequence import TOLERANCE, reference, rel, sp_worker
+from tests.helpers import rel
+from tests.parallel.test_sequence import TOLERANCE, reference, sp_worker
 
 
 def boundaries(n_docs, seed, giant=False):

@@ -29,7 +29,7 @@ from baton.launch.schedule import optimizer_factory
 from baton.models.lm import RecurrentLM
 from baton.parallel.parallelize import parallelize
 from baton.parallel.plan import RankPiece, StepPlan, local_batch
-from tests.parallel.test_sequence import make_batch, rel
+from tests.helpers import make_batch, rel
 
 LENGTHS = [7, 90, 20]  # documents [0, 7) [7, 97) [97, 117)
 PLANS = {

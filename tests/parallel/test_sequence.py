@@ -18,32 +18,17 @@ import torch
 import torch.distributed as dist
 
 import baton.parallel.relay as relay_module
-from baton.config import ModelConfig
-from baton.data.loader import Batch, pack
 from baton.dist.local import run_local
 from baton.kernels import chunk_gla, kernel_backend
 from baton.models.flops import scan_shape, summary_bytes
-from baton.models.lm import RecurrentLM, token_losses
+from baton.models.lm import token_losses
 from baton.parallel.plan import RankPiece, StepPlan, local_batch
 from baton.parallel.sequence import RelayedScan, SequenceParallel, apply_sequence_parallel
+from tests.helpers import make_batch, rel, tiny_model
 
 MIXERS = ("gla", "ssd", "gdn", "gdn-neg")  # gdn-neg: allow_neg_eigval
 RELAYS = ("chain", "allgather", "logscan")
 TOLERANCE = 1e-5
-
-
-def tiny_model(mixer: str) -> RecurrentLM:
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        mixer=mixer.removesuffix("-neg"), allow_neg_eigval=mixer.endswith("-neg"), d_model=32, n_layers=2,
-        n_heads=2, ssd_head_dim=16, ssd_state_dim=8, gdn_head_dim=16, chunk_size=16,
-    )  # fmt: skip
-    return RecurrentLM(cfg)
-
-
-def make_batch(lengths: list[int], seed: int = 0) -> Batch:
-    rng = np.random.default_rng(seed)
-    return pack([rng.integers(0, 257, size=n) for n in lengths], list(range(len(lengths))))
 
 
 def scenarios(world: int) -> dict[str, tuple[list[int], StepPlan]]:
@@ -137,10 +122,6 @@ def reference(mixer: str, lengths: list[int]) -> dict:
     loss = loss_sum / batch.n_targets
     loss.backward()
     return {"logits": logits.detach()[0], "loss": loss.detach(), "grads": [p.grad for p in model.parameters()]}
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
 
 
 def rel_grads(got: list[torch.Tensor], ref: list[torch.Tensor]) -> list[float]:

@@ -18,15 +18,8 @@ from baton.models.flops import relay_messages_per_layer, scan_shape
 from baton.parallel.plan import StepPlan, local_batch
 from baton.parallel.recompute import apply_activation_checkpointing
 from baton.parallel.sequence import SequenceParallel, apply_sequence_parallel
-from tests.parallel.test_sequence import (
-    RELAYS,
-    assert_match_one_process,
-    make_batch,
-    scenarios,
-    sp_worker,
-    step_and_reduce,
-    tiny_model,
-)
+from tests.helpers import make_batch, tiny_model
+from tests.parallel.test_sequence import RELAYS, assert_match_one_process, scenarios, sp_worker, step_and_reduce
 
 NEWTON = ("paragru", "paralstm")
 

@@ -12,7 +12,7 @@ from baton.models.lm import token_losses
 from baton.parallel.plan import RankPiece, StepPlan, local_batch
 from baton.parallel.sequence import SequenceParallel, apply_sequence_parallel
 from baton.profile.recorder import RankProfiler
-from tests.parallel.test_sequence import make_batch, tiny_model
+from tests.helpers import make_batch, tiny_model
 
 LENGTHS = [900, 300, 300]  # rank 0 holds 3x the tokens of the others
 SLOW_RANK, SLEEP_PER_TOKEN = 1, 2e-4

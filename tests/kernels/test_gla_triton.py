@@ -11,11 +11,10 @@ import torch
 
 pytest.importorskip("triton")
 
-from baton.kernels import chunk_gla_ref, chunk_ssd_ref, naive_recurrence, scan_triton, tuning  # noqa: E402
+from baton.kernels import chunk_gla_ref, chunk_ssd_ref, gla_triton, naive_recurrence, tuning  # noqa: E402
 from baton.kernels.ops import chunk_scan_triton  # noqa: E402
-from tests.kernels.test_chunk_ref import random_cu_seqlens, random_inputs, rel  # noqa: E402
+from tests.helpers import DEVICE, random_cu_seqlens, random_inputs, rel  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 REFS = {"gla": chunk_gla_ref, "ssd": chunk_ssd_ref}
 
 
@@ -76,8 +75,8 @@ def test_head_dims(gate, head_dim):
 def test_tiles_the_tuner_may_pick(gate, intra_key_tile, head_tiles, monkeypatch):
     # On a GPU the autotuner may give the kernels other tiles than the untuned ones these
     # tests run with; K = V = 64 splits into several of each.
-    monkeypatch.setattr(scan_triton, "intra_key_tile", lambda K, scalar: intra_key_tile)
-    monkeypatch.setattr(scan_triton, "head_tiles", lambda K, V: head_tiles)
+    monkeypatch.setattr(gla_triton, "intra_key_tile", lambda K, scalar: intra_key_tile)
+    monkeypatch.setattr(gla_triton, "head_tiles", lambda K, V: head_tiles)
     inputs = inputs_on_device(gate, 40, H=1, K=64, V=64, seed=3)
     assert_close(gate, inputs, torch.randn(1, 1, 64, 64).to(DEVICE), 1e-4, chunk_size=32)
 
@@ -86,7 +85,7 @@ def test_tuning_candidates_are_capped_at_the_head_dims(monkeypatch):
     # What Triton's autotuner would time on a GPU: tile sizes capped at the head dim they tile
     # (16 at least), each distinct setting once.
     monkeypatch.setattr(tuning, "AUTOTUNE", True)
-    tuner = tuning.tuned("K", "V", **tuning.STATE_TUNING)(scan_triton._state_forward_kernel)
+    tuner = tuning.tuned("K", "V", **tuning.STATE_TUNING)(gla_triton._state_forward_kernel)
     tuner.nargs = {}
 
     def settings(K, V):
