@@ -1,11 +1,18 @@
-# The two commands: `make train` (set up, then run the default job) and `make test`.
-.PHONY: train test bench
+# The two commands: `make train` (set up, then run the default job) and `make test-all` (every
+# test, what CI runs); `make test` is the fast tier (no multi-process, end-to-end, SLURM or
+# Triton-interpreter tests: see the markers in pyproject.toml).
+.PHONY: train test test-all bench
 
 train:
 	@scripts/setup-env.sh
 	.venv/bin/baton train $(ARGS)
 
 test:
+	@scripts/setup-env.sh dev
+	.venv/bin/ruff check baton tests bench
+	OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q --durations=10 -m "not (ranks or runs or slurm or interpret)" $(ARGS)
+
+test-all:
 	@scripts/setup-env.sh dev
 	.venv/bin/ruff check baton tests bench
 	OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q --durations=15 $(ARGS)

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -14,6 +15,8 @@ from baton.checkpoint.export import load_model_state
 from baton.config import ModelConfig
 from baton.models.lm import RecurrentLM
 from tests.launch.runs import baton_train
+
+pytestmark = pytest.mark.runs
 
 
 def test_export_rebuilds_the_model(tmp_path):

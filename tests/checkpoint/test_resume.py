@@ -24,6 +24,8 @@ from baton.checkpoint import complete_checkpoints
 from baton.checkpoint.export import load_model_state
 from tests.launch.runs import SMALL, baton_train, jsonl
 
+pytestmark = [pytest.mark.ranks, pytest.mark.runs]
+
 ENGINES = {
     "none": ["parallel.zero.engine=none"],
     "fsdp2-stage3": ["parallel.zero.engine=fsdp2", "parallel.zero.stage=3"],

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import subprocess
 import sys
 import time
 
 from tests.launch.runs import SMALL
+
+pytestmark = pytest.mark.ranks
 
 
 def test_killed_rank_ends_the_job_and_is_named(tmp_path):

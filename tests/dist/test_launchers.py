@@ -5,6 +5,8 @@ import pytest
 from baton.dist.env import DistEnv, discover
 from tests.launch.runs import baton_train, jsonl, mpirun
 
+pytestmark = [pytest.mark.ranks, pytest.mark.runs]
+
 
 @pytest.mark.parametrize(
     "environ,expected",

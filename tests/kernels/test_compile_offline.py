@@ -19,6 +19,8 @@ import pytest
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.interpret
+
 pytest.importorskip("triton")
 
 # Largest shared memory one block may use (cudaDevAttrMaxSharedMemoryPerBlockOptin).

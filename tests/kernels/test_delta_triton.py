@@ -10,6 +10,8 @@ from baton.kernels.delta_ref import chunk_delta_ref, delta_correction_ref, delta
 from baton.kernels.layout import build_layout, chunk_state_recurrence
 from tests.helpers import delta_inputs, rel
 
+pytestmark = pytest.mark.interpret
+
 pytest.importorskip("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -10,6 +10,8 @@ import torch
 from baton.kernels.diag_ref import diag_scan_ref
 from tests.helpers import rel_max
 
+pytestmark = pytest.mark.interpret
+
 triton = pytest.importorskip("triton")
 
 

@@ -15,6 +15,8 @@ from baton.kernels import chunk_gla_ref, chunk_ssd_ref, gla_triton, naive_recurr
 from baton.kernels.ops import chunk_scan_triton  # noqa: E402
 from tests.helpers import DEVICE, random_cu_seqlens, random_inputs, rel  # noqa: E402
 
+pytestmark = pytest.mark.interpret
+
 REFS = {"gla": chunk_gla_ref, "ssd": chunk_ssd_ref}
 
 

@@ -18,6 +18,8 @@ from baton.kernels.norm_gate_ref import norm_gate_ref  # noqa: E402
 from baton.kernels.norm_gate_triton import ROWS  # noqa: E402
 from tests.helpers import DEVICE, rel  # noqa: E402
 
+pytestmark = pytest.mark.interpret
+
 
 def output_and_grads(fn, x, gate, weight, norm_first):
     leaves = [t.detach().clone().requires_grad_() for t in (x, gate, weight)]

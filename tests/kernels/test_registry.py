@@ -84,6 +84,7 @@ def test_public_path_is_the_reference(name):
         compare(ours, theirs, 1e-12, f"{name}: public path vs reference")
 
 
+@pytest.mark.interpret
 @pytest.mark.parametrize("name", [n for n, op in OPS.items() if op.triton is not None])
 def test_triton_follows_the_reference(name, triton_kernels):
     op = OPS[name]

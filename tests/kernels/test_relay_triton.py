@@ -15,6 +15,8 @@ from baton.kernels.relay_ref import add_state_correction_ref, segment_summary_re
 from baton.kernels.relay_triton import add_state_correction_triton, segment_summary_triton  # noqa: E402
 from tests.helpers import DEVICE, random_inputs, rel  # noqa: E402
 
+pytestmark = pytest.mark.interpret
+
 
 def leaves(tensors, dtype):
     return [x.detach().to(DEVICE, dtype).requires_grad_() for x in tensors]

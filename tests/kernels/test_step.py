@@ -11,6 +11,8 @@ pytest.importorskip("triton")
 
 from baton.kernels.step_triton import recurrent_step_triton  # noqa: E402
 
+pytestmark = pytest.mark.interpret
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 

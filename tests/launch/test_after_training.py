@@ -20,6 +20,8 @@ from baton.data.corpus import Corpus
 from baton.launch.evaluate import document_batches
 from tests.launch.runs import baton_train, jsonl
 
+pytestmark = pytest.mark.runs
+
 STEPS = ["train.steps=4", "train.log_every=2", "train.eval_every=4", "data.tokens_per_batch=1024"]
 
 

@@ -14,8 +14,12 @@ Tolerances, measured on this curve (``configs/tiny-cpu.yaml``, fp32 on CPU):
 
 import json
 
+import pytest
+
 from baton.launch.cli import main
 from tests.conftest import CONFIGS, REPO
+
+pytestmark = pytest.mark.runs
 
 GOLDEN = REPO / "tests" / "assets" / "losses" / "tiny-cpu.json"
 EXACT_STEPS = 15

@@ -3,8 +3,11 @@ planner, calibrated online from the profiler's per-rank speeds, shifts tokens aw
 and the measured step time drops against the fixed plan; the losses stay the same."""
 
 import numpy as np
+import pytest
 
 from tests.launch.runs import baton_train, jsonl
+
+pytestmark = [pytest.mark.runs, pytest.mark.ranks]
 
 
 def run(tmp_path, kind):

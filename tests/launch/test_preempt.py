@@ -8,8 +8,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from baton.checkpoint import complete_checkpoints
 from tests.launch.runs import SMALL, baton_train, jsonl
+
+pytestmark = [pytest.mark.ranks, pytest.mark.runs]
 
 
 def train(run, data, env_extra, *overrides):

@@ -7,6 +7,8 @@ from baton.launch.cli import main
 from baton.launch.replay import relative, replay_step
 from tests.launch.runs import baton_train
 
+pytestmark = pytest.mark.runs
+
 # Two ranks share each packed stream; checkpoints at steps 2 and 3 (the last).
 TWO_RANKS = ["train.steps=3", "train.eval_every=100", "checkpoint.every=2", "parallel.sp.size=2"]
 

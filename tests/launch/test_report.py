@@ -6,6 +6,8 @@ import pytest
 from baton.launch.cli import main
 from tests.launch.runs import baton_train, jsonl
 
+pytestmark = pytest.mark.runs
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):

@@ -19,6 +19,8 @@ from baton.launch.submit import render, time_limit_seconds
 from tests.conftest import REPO
 from tests.launch.runs import SMALL, baton_train, jsonl
 
+pytestmark = [pytest.mark.slurm, pytest.mark.runs]
+
 
 def test_shell_metacharacters_stay_literal(tmp_path):
     nasty = ["data.path='; rm -rf ~'", "train.run_dir=$(touch pwned)", "model.mixer=`id`"]

@@ -10,6 +10,8 @@ from baton.config import ConfigError, load_config
 from baton.launch.cli import main
 from baton.launch.setup import pick_device
 
+pytestmark = pytest.mark.runs
+
 
 def test_short_run_loss_falls(tmp_path):
     run = tmp_path / "run"

@@ -8,6 +8,8 @@ import pytest
 
 from tests.launch.runs import baton_train, jsonl
 
+pytestmark = [pytest.mark.ranks, pytest.mark.runs]
+
 STEPS = ["train.steps=6", "train.log_every=3", "train.eval_every=6", "data.tokens_per_batch=1024"]
 
 

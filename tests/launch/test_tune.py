@@ -8,7 +8,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.launch.runs import baton_train, jsonl
+
+pytestmark = [pytest.mark.runs, pytest.mark.interpret]
 
 TUNED = {"TRITON_INTERPRET": "1", "BATON_AUTOTUNE": "1"}
 SHAPE = ["model.d_model=32", "model.n_heads=1", "model.n_layers=1", "model.chunk_size=16", "train.kernels=triton"]

@@ -8,6 +8,8 @@ from baton.kernels import kernel_backend
 from baton.kernels.backend import current_backend, decide
 from baton.models.lm import RecurrentLM, token_losses
 
+pytestmark = pytest.mark.interpret
+
 pytest.importorskip("triton")
 
 

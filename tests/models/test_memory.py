@@ -52,6 +52,7 @@ def test_reference_path(mixer, policy, dtype):
 
 
 @pytest.mark.parametrize("mixer", ["gla", "ssd", "gdn"])
+@pytest.mark.interpret
 def test_triton_path(mixer, triton_kernels):
     cfg = ModelConfig(mixer=mixer, chunk_size=16, **SHAPE)
     predicted = activation_bytes(cfg, "none", 2, "triton", True).per_layer

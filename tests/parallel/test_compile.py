@@ -14,6 +14,8 @@ from baton.kernels import kernel_backend
 from baton.models.lm import Block
 from tests.helpers import rel_max
 
+pytestmark = pytest.mark.interpret
+
 SHAPE = dict(vocab_size=300, d_model=64, n_layers=1, n_heads=2, chunk_size=16)
 
 

@@ -22,6 +22,8 @@ from baton.parallel.plan import StepPlan, local_batch
 from tests.helpers import make_batch, tiny_model
 from tests.parallel.test_sequence import assert_match_one_process, every_case, step_and_reduce
 
+pytestmark = pytest.mark.ranks
+
 MICRO = ["model.chunk_size=16", "train.activation_checkpoint=full", "train.micro_tokens=16"]
 
 

@@ -172,6 +172,7 @@ def test_adaptive_beats_baselines_with_a_slow_rank():
 
 
 @pytest.mark.parametrize("world", [3, 4])
+@pytest.mark.ranks
 def test_executing_a_balanced_plan_is_exact(world):
     """The planner's plan (documents reordered, cuts anywhere, a slow rank) run on real
     processes gives the single-process outputs, loss and gradients."""

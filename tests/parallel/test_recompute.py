@@ -31,6 +31,8 @@ from baton.parallel.parallelize import parallelize
 from baton.parallel.plan import RankPiece, StepPlan, local_batch
 from tests.helpers import make_batch, rel
 
+pytestmark = pytest.mark.ranks
+
 LENGTHS = [7, 90, 20]  # documents [0, 7) [7, 97) [97, 117)
 PLANS = {
     "sp-off": StepPlan([RankPiece([(0, 97)]), RankPiece([(97, 117)])]),  # whole documents, no relay

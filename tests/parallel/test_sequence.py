@@ -26,6 +26,8 @@ from baton.parallel.plan import RankPiece, StepPlan, local_batch
 from baton.parallel.sequence import RelayedScan, SequenceParallel, apply_sequence_parallel
 from tests.helpers import make_batch, rel, tiny_model
 
+pytestmark = pytest.mark.ranks
+
 MIXERS = ("gla", "ssd", "gdn", "gdn-neg")  # gdn-neg: allow_neg_eigval
 RELAYS = ("chain", "allgather", "logscan")
 TOLERANCE = 1e-5

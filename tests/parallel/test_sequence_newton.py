@@ -21,6 +21,8 @@ from baton.parallel.sequence import SequenceParallel, apply_sequence_parallel
 from tests.helpers import make_batch, tiny_model
 from tests.parallel.test_sequence import RELAYS, assert_match_one_process, scenarios, sp_worker, step_and_reduce
 
+pytestmark = pytest.mark.ranks
+
 NEWTON = ("paragru", "paralstm")
 
 

@@ -12,6 +12,8 @@ from baton.dist.local import run_local
 from baton.models.lm import RecurrentLM, token_losses
 from baton.parallel.zero import apply_fsdp2, local_numel, optimizer_state_numel
 
+pytestmark = pytest.mark.ranks
+
 CFG = ModelConfig(d_model=64, n_layers=2, n_heads=2, chunk_size=16)
 
 

@@ -4,6 +4,7 @@ while a rank with three times the planned tokens is not."""
 import json
 import time
 
+import pytest
 import torch
 
 from baton.dist.env import DistEnv
@@ -13,6 +14,8 @@ from baton.parallel.plan import RankPiece, StepPlan, local_batch
 from baton.parallel.sequence import SequenceParallel, apply_sequence_parallel
 from baton.profile.recorder import RankProfiler
 from tests.helpers import make_batch, tiny_model
+
+pytestmark = pytest.mark.ranks
 
 LENGTHS = [900, 300, 300]  # rank 0 holds 3x the tokens of the others
 SLOW_RANK, SLEEP_PER_TOKEN = 1, 2e-4
