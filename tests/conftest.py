@@ -1,4 +1,5 @@
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -25,3 +26,20 @@ def triton_kernels():
 
     with kernel_backend("triton"):
         yield
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """One data cache for the whole run: the runs' synthetic corpora are generated once."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """The local SLURM cluster (two fake nodes), started once for every test that needs it."""
+    if os.geteuid() != 0:
+        pytest.skip("the local SLURM cluster needs root (CI runs as root)")
+    env = dict(os.environ, SLURM_LOCAL_NODES="2")
+    proc = subprocess.run(["bash", str(REPO / "slurm" / "start-local-slurm.sh")], env=env, capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]

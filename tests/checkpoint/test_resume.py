@@ -59,11 +59,6 @@ def tree_digest(root):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("data")
-
-
-@pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, data_dir):
     """The 4-step run of an engine on a world size, trained once per module."""
     runs = {}

@@ -14,11 +14,6 @@ TWO_RANKS = ["train.steps=3", "train.eval_every=100", "checkpoint.every=2", "par
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("data")
-
-
-@pytest.fixture(scope="module")
 def chain_run(tmp_path_factory, data_dir):
     return baton_train(tmp_path_factory.mktemp("chain"), data_dir, 2, *TWO_RANKS, "parallel.sp.relay=chain")
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from baton.launch.submit import render, time_limit_seconds
-from tests.conftest import REPO
 from tests.launch.runs import SMALL, baton_train, jsonl
 
 pytestmark = [pytest.mark.slurm, pytest.mark.runs]
@@ -64,16 +63,6 @@ def wait_for(job: str, done, timeout: float = 300) -> dict:
     raise AssertionError(f"job {job} still {job_state(job).get('JobState')} after {timeout} s")
 
 
-@pytest.fixture(scope="module")
-def slurm():
-    if os.geteuid() != 0:
-        pytest.skip("the local SLURM cluster needs root (CI runs as root)")
-    env = dict(os.environ, SLURM_LOCAL_NODES="2")
-    proc = subprocess.run(["bash", str(REPO / "slurm" / "start-local-slurm.sh")], env=env, capture_output=True,
-                          text=True, timeout=900)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-
 def submit(run_dir: Path, data_dir: Path, *overrides: str) -> str:
     cmd = [sys.executable, "-m", "baton.launch.cli", "submit", *SMALL, f"data.cache_dir={data_dir}"]
     cmd += [f"train.run_dir={run_dir}", *overrides, "--nodes", "2", "--procs-per-node", "2", "--time", "10"]
@@ -84,11 +73,6 @@ def submit(run_dir: Path, data_dir: Path, *overrides: str) -> str:
 
 def finished(state: dict) -> bool:
     return state.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("data")
 
 
 def test_two_node_job_trains(slurm, tmp_path, data_dir):
