@@ -44,7 +44,7 @@ class CostModel:
     inter_node_hop_seconds: float = 200e-6
     ranks_per_node: int = 8
     memory_cap_tokens: list[int] | None = None  # per rank activation budget, in tokens
-    measured: bool = False  # seconds_per_token measured (Trainer.calibrate), not the relative 1.0 default
+    measured: bool = False  # seconds_per_token measured (StepPlanner.calibrate), not the relative 1.0 default
 
     @property
     def world_size(self) -> int:
