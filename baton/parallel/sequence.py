@@ -90,17 +90,21 @@ class SequenceParallel:
             self.chain, self.any_chain = [], False
             self.continues_from_prev = self.continues_to_next = self.carries = False
 
+    def _check_in_step(self, what: str) -> None:
+        if not self.in_step:  # a relaying model called outside a step would silently skip its relays
+            raise RuntimeError(f"{what}: a relaying op ran outside `with SequenceParallel.step(plan, local)`")
+
     @property
     def relaying(self) -> bool:
         """Whether this rank takes part in a relay this step: it is in a chain, or the
         all-gather (a collective on the world group) runs because some rank is."""
+        self._check_in_step("sequence parallelism")
         return self.any_chain and (len(self.chain) > 1 or self.strategy == "allgather")
 
     def link(self, layer: int, kind: str) -> RelayLink:
         """Layer ``layer``'s relay op of ``kind`` (``relay.MESSAGE_KINDS``) in this step."""
         name = op_name(layer, kind)
-        if not self.in_step:
-            raise RuntimeError(f"{name}: a relaying op ran outside `with SequenceParallel.step(plan, local)`")
+        self._check_in_step(name)
         chain = self.chain if len(self.chain) > 1 else [self.rank]
         return RelayLink(
             self.rank, self.world_size, chain, self.stats, name, op_tag(layer, kind), self.record, self.carries,

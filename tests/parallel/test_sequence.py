@@ -349,3 +349,17 @@ def test_relay_is_in_flight_during_the_scan(relay, overlap):
     assert (rank1["scan"] < rank0["relay"]) == overlap, (rank0, rank1)
     for times in (rank0, rank1):
         assert (times["relay_backward"] < times["scan_backward"]) == overlap, times
+
+
+def test_a_relaying_op_outside_a_step_is_refused():
+    """A model made sequence-parallel and called outside ``with sp.step(...)`` would skip its
+    relays; it is an error instead, and a step's plan does not outlive its block."""
+    sp = SequenceParallel(0, 1, "chain")
+    model = apply_sequence_parallel(tiny_model("ssd"), sp)
+    plan = StepPlan([RankPiece([(0, 30)])])
+    local = local_batch(plan, 0, make_batch([30]))
+    with sp.step(plan, local) as stats:
+        model(local.tokens[None], local.cu_seqlens)
+    assert stats.sent == {}
+    with pytest.raises(RuntimeError, match="outside `with SequenceParallel.step"):
+        model(local.tokens[None], local.cu_seqlens)
