@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from baton.kernels.attention_ref import attention_ref, naive_attention
 from baton.kernels.backend import check_assembler, use_triton
 from baton.kernels.conv import causal_conv1d, conv_step
 from baton.kernels.delta_ref import chunk_delta_ref, delta_correction_ref, delta_step_ref, delta_summary_ref
@@ -58,6 +59,7 @@ class Shape:
 
 
 Call = tuple[tuple, dict]  # positional and keyword arguments
+TILING = ("chunk_size", "block")  # keywords that change how an op tiles its work, not what it computes
 Example = Callable[[Shape, torch.dtype, torch.Generator], list[Call]]  # the calls that exercise an op
 
 
@@ -68,7 +70,7 @@ class KernelOp:
     # ops.py (always imported, and torch.compile traces no import); None: the reference everywhere
     triton: str | Callable | None
     backward: str  # of the reference path: autograd | recompute | scan op | none
-    naive: Callable | None = None  # the same contract, one token at a time (without chunk_size)
+    naive: Callable | None = None  # the same contract plainest (one token at a time), without TILING keywords
     example: Example | None = None
     compile_dims: tuple[int, int] = (128, 128)  # key and value dims compile_offline compiles at
     # The Triton implementation is a custom op (ops.py) that torch.compile takes whole: the
@@ -185,6 +187,16 @@ def _diag_example(s: Shape, dtype: torch.dtype, gen: torch.Generator) -> list[Ca
     return calls
 
 
+def _attention_example(s: Shape, dtype: torch.dtype, gen: torch.Generator) -> list[Call]:
+    """Grouped-query (twice the query heads), three documents, the first continuing a prefix of
+    5 tokens; blocks smaller than a document."""
+    q = _randn(gen, dtype, 1, s.T, 2 * s.H, s.K)
+    k, v = _randn(gen, dtype, 1, s.T, s.H, s.K), _randn(gen, dtype, 1, s.T, s.H, s.V)
+    prefix_k, prefix_v = _randn(gen, dtype, 1, 5, s.H, s.K), _randn(gen, dtype, 1, 5, s.H, s.V)
+    cu = torch.tensor([0, s.T // 3, s.T // 3 + 7, s.T])
+    return [((q, k, v, cu, prefix_k, prefix_v), {"block": s.chunk // 2})]
+
+
 def _conv_example(s: Shape, dtype: torch.dtype, gen: torch.Generator) -> list[Call]:
     x, weight = _randn(gen, dtype, 1, s.T, s.V), torch.randn(s.V, 4, generator=gen)
     return [((x, weight, torch.randn(s.V, generator=gen), _documents(s)), {})]
@@ -234,5 +246,6 @@ OPS: dict[str, KernelOp] = {
     ),
     "diag_scan": KernelOp(diag_scan_ref, "baton.kernels.diag_triton:diag_scan_triton", "none", example=_diag_example),
     "causal_conv1d": KernelOp(causal_conv1d, None, "autograd", example=_conv_example),
+    "attention": KernelOp(attention_ref, None, "autograd", naive_attention, _attention_example),
     "conv_step": KernelOp(conv_step, None, "none", example=_conv_step_example),
 }

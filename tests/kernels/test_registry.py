@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from baton.kernels import kernel_backend
-from baton.kernels.registry import OPS, Shape
+from baton.kernels.registry import OPS, TILING, Shape
 from tests.conftest import REPO
 from tests.helpers import assert_close
 
@@ -65,7 +65,7 @@ def calls(name: str, dtype: torch.dtype = torch.float32) -> list[tuple[tuple, di
 def test_reference_follows_the_token_loop(name):
     op = OPS[name]
     for call in calls(name):
-        without_chunks = (call[0], {k: v for k, v in call[1].items() if k != "chunk_size"})
+        without_chunks = (call[0], {k: v for k, v in call[1].items() if k not in TILING})
         ours = outputs_and_grads(op.reference, on(call, torch.float64, True))
         theirs = outputs_and_grads(op.naive, on(without_chunks, torch.float64, True))
         compare(ours, theirs, 1e-10, f"{name}: reference vs naive")
