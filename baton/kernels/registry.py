@@ -1,6 +1,7 @@
 """Every kernel op, one row each: its plain PyTorch reference (the CPU path and the ground
 truth), its Triton implementation, a token-by-token loop where one states the math plainest,
-how the reference path differentiates, and a small example. The public functions
+how the reference path differentiates, whether it runs through custom ops (whose fake
+functions ``ops.py`` registers with them), and a small example. The public functions
 (``dispatch.py``) call the rows; ``compile_offline`` compiles every row's Triton
 implementation for GPUs that are not here; ``tests/kernels/test_registry.py`` walks every row
 naive → reference → Triton.
@@ -73,8 +74,10 @@ class KernelOp:
     naive: Callable | None = None  # the same contract plainest (one token at a time), without TILING keywords
     example: Example | None = None
     compile_dims: tuple[int, int] = (128, 128)  # key and value dims compile_offline compiles at
-    # The Triton implementation is a custom op (ops.py) that torch.compile takes whole: the
-    # choice here must stay a plain decision it can trace, and the op checks the assembler.
+    # The op runs through torch.library custom ops (ops.py) that torch.compile takes whole, each
+    # with its fake (meta) function registered beside it (test_registry checks their shapes
+    # against real runs): the choice here must stay a plain decision it can trace, and the
+    # ops check the assembler when they run.
     custom_op: bool = False
 
     def triton_function(self) -> Callable:

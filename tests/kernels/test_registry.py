@@ -100,3 +100,25 @@ def test_every_triton_file_has_its_reference_beside_it():
     refs = {p.name.replace("_ref", "") for p in kernels.glob("*_ref.py")}
     unpaired = [p.name for p in kernels.glob("*_triton.py") if p.name.replace("_triton", "") not in refs]
     assert unpaired == []
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("name", [n for n, op in OPS.items() if op.custom_op])
+def test_fake_functions_give_the_real_shapes(name, backend):
+    """The custom ops' fake (meta) functions, what torch.compile traces with: the row called on
+    fake tensors gives outputs of the real run's shapes and dtypes."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    op = OPS[name]
+    for call in calls(name):
+        args, kwargs, _ = on(call, torch.float32, False)
+        with kernel_backend(backend):
+            real = op(*args, **kwargs)
+            with FakeTensorMode(shape_env=ShapeEnv()) as mode:  # a dynamic size: the Triton scan's chunks
+                fake_args = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+                fake_kwargs = {k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+                fake = op(*fake_args, **fake_kwargs)
+        real, fake = (x if isinstance(x, tuple) else (x,) for x in (real, fake))
+        assert [(tuple(t.shape), t.dtype) for t in fake] == [(tuple(t.shape), t.dtype) for t in real]
