@@ -13,7 +13,7 @@ The life of a step (``file:function``):
     thread, ``launch/batches.py:PlannedBatches``; this step's plan was made during the last.)
 3.  ``parallel/plan.py:local_batch``: this rank's tokens, labels and document bounds.
 4.  ``parallel/sequence.py:SequenceParallel.step``: the plan's chains, scoped to the step's
-    forward and backward (``with sp.step(plan, local) as comm``), where the relay ops read
+    forward and backward (``with sp.step(plan, local) as stats``), where the relay ops read
     them; the step's relay statistics come back from it. (Hidden hop: the model is called with
     tokens only; the open step is how the relay ops inside it know their neighbours.)
 5.  ``models/lm.py:RecurrentLM.forward``: each block's mixer calls ``self.scan``. (Hidden
@@ -112,7 +112,6 @@ class Trainer:
         self.model, self.sp = self.parallel.model, self.parallel.sp
         self.checkpointer = Checkpointer(root, self.env, ckpt.keep, ckpt.async_save, ckpt.checksums, ckpt.every)
         self.planner = StepPlanner(cfg, self.env, peak_flops(self.device, cfg.profile.peak_tflops), cap)
-        self.cost = self.planner.cost
         self.batches = PlannedBatches(self.data.loader(cfg.data.tokens_per_batch, cfg.train.seed), self.planner)
         self.preemption = Preemption(self.run_dir, self.env, cfg.train.deadline_margin_s)
         if resume_from is not None:
@@ -147,7 +146,7 @@ class Trainer:
         self.model.train()
         prof = self.profiler
         with prof.phase("data"):
-            batch, plan, plan_info = self.batches.next(self.cost)
+            batch, plan, plan_info = self.batches.next(self.planner.cost)
             local = local_batch(plan, self.env.rank, batch)
         with self.sp.step(plan, local) as stats:
             with prof.phase("forward"), residual_log() as residuals:
@@ -192,8 +191,8 @@ class Trainer:
             "step": self.step,
             "loader": self.batches.cursor(),
             "scheduler": schedule_state(self.parallel.scheduler),
-            "seconds_per_token": self.cost.seconds_per_token,
-            "speeds_measured": self.cost.measured,
+            "seconds_per_token": self.planner.cost.seconds_per_token,
+            "speeds_measured": self.planner.cost.measured,
             "world_size": self.env.world_size,
             "engine": self.parallel.engine,
             "model": asdict(self.cfg.model),
@@ -208,8 +207,8 @@ class Trainer:
         self.batches.loader.load_state_dict(extras["loader"])
         load_schedule_state(p.scheduler, extras["scheduler"])
         if extras["world_size"] == self.env.world_size:
-            self.cost.seconds_per_token = extras["seconds_per_token"]
-            self.cost.measured = extras.get("speeds_measured", False)
+            self.planner.cost.seconds_per_token = extras["seconds_per_token"]
+            self.planner.cost.measured = extras.get("speeds_measured", False)
         if self.env.is_main:
             print(
                 f"baton: resumed from {path} at step {self.step} "
@@ -224,7 +223,7 @@ class Trainer:
         self.model.eval()
 
         def loss_of(batch: Batch) -> torch.Tensor:
-            plan = self.planner(batch, self.cost)[0]
+            plan = self.planner(batch, self.planner.cost)[0]
             local = local_batch(plan, self.env.rank, batch)
             with self.sp.step(plan, local):
                 return self.local_loss(batch, local)
