@@ -175,6 +175,20 @@ def attention_ref(
     return o.to(v.dtype), lse
 
 
+def prefix_attention(
+    q: Tensor, prefix_k: Tensor, prefix_v: Tensor, scale: float | None = None
+) -> tuple[Tensor, Tensor]:
+    """Queries q [B, T, H, D] over a prefix of keys they all see, [B, P, Hk, D | Dv]: the partial
+    result and its log-sum-exp, for :func:`merge_partials` (the whole T × P scores at once:
+    P is the part of one document on earlier ranks)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    dt = compute_dtype(q)
+    groups = q.shape[2] // prefix_k.shape[2]
+    s = torch.einsum("bqhd,bkhd->bhqk", q.to(dt), _expand(prefix_k.to(dt), groups)) * scale
+    o = torch.einsum("bhqk,bkhd->bqhd", torch.softmax(s, dim=-1), _expand(prefix_v.to(dt), groups))
+    return o.to(prefix_v.dtype), torch.logsumexp(s, dim=-1).transpose(1, 2)
+
+
 def merge_partials(o1: Tensor, lse1: Tensor, o2: Tensor, lse2: Tensor) -> tuple[Tensor, Tensor]:
     """Attention over two disjoint sets of keys, from each set's output [B, T, H, Dv] and
     log-sum-exp [B, T, H]: exact (softmax weights renormalised by the total)."""

@@ -135,6 +135,7 @@ class LocalBatch:
     cu_seqlens: Tensor  # local document segments
     continues_from_prev: bool  # the first segment is the tail of a document begun on the previous rank
     continues_to_next: bool  # the last segment goes on on the next rank
+    first_offset: int = 0  # tokens of the first segment's document before this piece (on earlier ranks)
 
 
 def local_batch(plan: StepPlan, rank: int, batch: Batch) -> LocalBatch:
@@ -150,10 +151,12 @@ def local_batch(plan: StepPlan, rank: int, batch: Batch) -> LocalBatch:
     tokens = torch.cat([batch.tokens[s:e] for s, e in piece.spans])
     labels = torch.cat([batch.labels[s:e] for s, e in piece.spans])
     prev, nxt = plan.neighbours(rank)
+    first = piece.spans[0][0]
     return LocalBatch(
         tokens,
         labels,
         torch.tensor(sorted(set(cuts)), dtype=torch.long),
         continues_from_prev=prev is not None and piece.spans[0][0] not in boundary,
         continues_to_next=nxt is not None and piece.spans[-1][1] not in boundary,
+        first_offset=first - bounds[bisect.bisect_right(bounds, first) - 1] if prev is not None else 0,
     )

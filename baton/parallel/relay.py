@@ -61,8 +61,9 @@ TAG_STRIDE = 1 << 14  # point-to-point tags per op: forward below GRAD_TAGS, bac
 GRAD_TAGS = TAG_STRIDE // 2
 HOP_TAG = GRAD_TAGS - 1  # the hop counts of a traced chain; blocks and distances stay below
 MAX_BLOCKS = 256
-# What a layer's cut passes on: a recurrent state (its scan's, or Newton's solves'), a conv window.
-MESSAGE_KINDS = ("scan", "conv")
+# What a layer's cut passes on: a recurrent state (its scan's, or Newton's solves'), a conv
+# window, an attention layer's keys and values of the document it continues.
+MESSAGE_KINDS = ("scan", "conv", "kv")
 
 
 def op_name(layer: int, kind: str) -> str:

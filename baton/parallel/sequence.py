@@ -61,6 +61,7 @@ class SequenceParallel:
         self.chain: list[int] = []
         self.any_chain = False
         self.continues_from_prev = self.continues_to_next = self.carries = False
+        self.first_offset = 0
 
     @contextlib.contextmanager
     def step(self, plan: StepPlan, local: LocalBatch) -> Iterator[CommStats]:
@@ -77,6 +78,7 @@ class SequenceParallel:
             )
         self.continues_from_prev = local.continues_from_prev
         self.continues_to_next = local.continues_to_next
+        self.first_offset = local.first_offset
         # The state at the piece's end depends on the incoming state only when the piece is
         # a single segment continuing a document; any document start inside is a reset.
         self.carries = local.continues_from_prev and len(local.cu_seqlens) == 2
@@ -87,7 +89,7 @@ class SequenceParallel:
             yield self.stats
         finally:
             self.in_step = False
-            self.chain, self.any_chain = [], False
+            self.chain, self.any_chain, self.first_offset = [], False, 0
             self.continues_from_prev = self.continues_to_next = self.carries = False
 
     def _check_in_step(self, what: str) -> None:
