@@ -7,7 +7,7 @@ Unknown keys and values of the wrong type are errors that name the key.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -19,7 +19,8 @@ POLICIES = ("none", "full", "mixer")  # train.activation_checkpoint (parallel/re
 ENGINES = ("none", "fsdp2", "deepspeed")  # parallel.zero.engine (parallel/zero.py)
 
 
-MIXER_NAMES = ("gla", "ssd", "gdn", "paragru", "paralstm")
+MIXER_NAMES = ("gla", "ssd", "gdn", "paragru", "paralstm", "attn")  # attn: gated full attention (hybrids)
+RECURRENT = MIXER_NAMES[:-1]
 
 
 @dataclass
@@ -27,7 +28,8 @@ class ModelConfig:
     vocab_size: int = 257
     d_model: int = 128
     n_layers: int = 2
-    mixer: str = "gla"  # gla | ssd | gdn | paragru | paralstm
+    mixer: str = "gla"  # gla | ssd | gdn | paragru | paralstm | attn, every layer's (without layer_pattern)
+    layer_pattern: str = ""  # per-layer mixers, cycled over n_layers, e.g. "gdn,gdn,gdn,attn" ("": `mixer` everywhere)
     n_heads: int = 2  # GLA, GDN, ParaGRU/ParaLSTM heads; SSD derives its heads from expand * d_model / head_dim
     expand_k: float = 0.5  # GLA key width = expand_k * d_model
     expand_v: float = 1.0  # GLA value width = expand_v * d_model
@@ -43,6 +45,14 @@ class ModelConfig:
     newton_residual: bool = False  # ParaGRU/ParaLSTM: log ‖h − f(h)‖ / ‖h‖ per layer (one more cell pass)
     recurrent_weights: str = "diagonal"  # ParaGRU/ParaLSTM: Newton's solves need diagonal recurrent weights
     conv_size: int = 4  # SSD and GDN short causal conv width
+    # Gated attention (Qwen3-Next / Qwen3.5): grouped-query heads, per-head q/k RMSNorm, partial
+    # rotary, a sigmoid output gate from the layer input
+    attn_heads: int = 4
+    attn_kv_heads: int = 2  # a divisor of attn_heads
+    attn_head_dim: int = 64  # queries', keys' and values'
+    rotary_fraction: float = 0.25  # of attn_head_dim rotated (an even number of dims)
+    rotary_theta: float = 10_000_000.0
+    attn_block: int = 128  # the reference attention's query/key block (memory O(T * block))
     mlp_ratio: float = 4.0  # SwiGLU hidden = mlp_ratio * 2/3 * d_model, rounded up to 64
     tie_embeddings: bool = True
     chunk_size: int = 64
@@ -53,16 +63,57 @@ class ModelConfig:
         """Raise ValueError naming the ``model.*`` key that is out of range."""
         if self.mixer not in MIXER_NAMES:
             raise ValueError(f"model.mixer must be one of {', '.join(MIXER_NAMES)}, got {self.mixer!r}")
+        unknown = [name for name in self.pattern if name not in MIXER_NAMES]
+        if unknown:
+            raise ValueError(
+                f"model.layer_pattern={self.layer_pattern!r} names {unknown[0]!r}: each entry must be one of "
+                f"{', '.join(MIXER_NAMES)} (comma-separated)"
+            )
         for name in (
             "vocab_size", "d_model", "n_layers", "n_heads", "chunk_size", "conv_size",
             "gate_low_rank", "ssd_expand", "ssd_head_dim", "ssd_state_dim", "gdn_head_dim",
+            "attn_heads", "attn_kv_heads", "attn_head_dim", "attn_block",
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("expand_k", "expand_v", "gdn_expand_v", "gate_normalizer", "mlp_ratio", "norm_eps", "init_std"):
+        for name in (
+            "expand_k", "expand_v", "gdn_expand_v", "gate_normalizer", "mlp_ratio", "norm_eps", "init_std",
+            "rotary_theta",
+        ):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ValueError(f"model.{name} must be > 0, got {getattr(self, name)}")
-        if self.mixer == "gla":
+        for name in sorted(set(self.layer_mixers)):
+            self.for_mixer(name)._validate_mixer()
+
+    @property
+    def pattern(self) -> list[str]:
+        """The layer pattern's entries (empty without one)."""
+        return [name.strip() for name in self.layer_pattern.split(",")] if self.layer_pattern.strip() else []
+
+    @property
+    def layer_mixers(self) -> list[str]:
+        """Each layer's mixer: the pattern cycled over ``n_layers``, or ``mixer`` everywhere."""
+        pattern = self.pattern or [self.mixer]
+        return [pattern[i % len(pattern)] for i in range(self.n_layers)]
+
+    def for_mixer(self, name: str) -> ModelConfig:
+        """This config as one layer of mixer ``name`` sees it (what per-layer counts read)."""
+        return replace(self, mixer=name, layer_pattern="")
+
+    @property
+    def hybrid(self) -> bool:
+        """Attention layers among recurrent ones."""
+        return len(set(self.layer_mixers)) > 1 and "attn" in self.layer_mixers
+
+    @property
+    def describe(self) -> str:
+        """The mixers, as a banner names them: ``gdn`` or ``gdn,gdn,gdn,attn``."""
+        return ",".join(self.pattern) if self.pattern else self.mixer
+
+    def _validate_mixer(self) -> None:
+        if self.mixer == "attn":
+            self._validate_attention()
+        elif self.mixer == "gla":
             for name, width in (("expand_k", self.key_dim), ("expand_v", self.value_dim)):
                 if width < self.n_heads or width % self.n_heads:
                     raise ValueError(
@@ -92,10 +143,29 @@ class ModelConfig:
         if self.d_model % self.n_heads:
             raise ValueError(f"model.d_model={self.d_model} must be a multiple of model.n_heads={self.n_heads}")
 
+    def _validate_attention(self) -> None:
+        H, Hk, D = self.attn_heads, self.attn_kv_heads, self.attn_head_dim
+        if H % Hk:
+            raise ValueError(
+                f"model.attn_heads={H} must be a multiple of model.attn_kv_heads={Hk} (grouped-query attention)"
+            )
+        if not 0 <= self.rotary_fraction <= 1:
+            raise ValueError(f"model.rotary_fraction must be in [0, 1], got {self.rotary_fraction}")
+        rotated = self.rotary_fraction * D
+        if rotated != int(rotated) or int(rotated) % 2:
+            raise ValueError(
+                f"model.rotary_fraction={self.rotary_fraction} of model.attn_head_dim={D} rotates {rotated:g} "
+                "dims: rotary pairs dims, so it must be an even whole number"
+            )
+
+    @property
+    def rotary_dims(self) -> int:
+        return int(self.rotary_fraction * self.attn_head_dim)
+
     @property
     def newton(self) -> bool:
-        """A nonlinear RNN trained by Newton iterations."""
-        return self.mixer in ("paragru", "paralstm")
+        """Some layer is a nonlinear RNN trained by Newton iterations."""
+        return any(name in ("paragru", "paralstm") for name in self.layer_mixers)
 
     def _validate_gdn(self) -> None:
         # The delta rule's Triton state walk tiles a key head in row blocks of up to 64 for
@@ -384,7 +454,7 @@ def _validate_micro_batches(cfg: Config) -> None:
         )
     if micro and cfg.model.newton:
         raise ConfigError(
-            f"train.micro_tokens={micro} with model.mixer={cfg.model.mixer}: slices carry a state by composing "
+            f"train.micro_tokens={micro} with model.mixer={cfg.model.describe}: slices carry a state by composing "
             "linear summaries, and a nonlinear RNN has none; use sequence parallelism or train.micro_tokens=0"
         )
     zero = cfg.parallel.zero

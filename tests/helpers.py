@@ -62,13 +62,20 @@ def delta_inputs(T, H=2, K=8, V=6, B=1, beta_max=2.0, decay=1.0, dtype=torch.flo
     return [x.requires_grad_() for x in (q, k, v, g, beta)]
 
 
+def tiny_config(mixer: str) -> ModelConfig:
+    """A two-layer model of ``mixer`` ("gdn-neg": β in [0, 2]; "gdn+attn": a hybrid, one
+    layer of each, the attention grouped-query with 4 heads over 2 and rotary on half its dims)."""
+    pattern = mixer.removesuffix("-neg").replace("+", ",") if "+" in mixer else ""
+    return ModelConfig(
+        mixer=mixer.split("+")[0].removesuffix("-neg"), layer_pattern=pattern, allow_neg_eigval=mixer.endswith("-neg"),
+        d_model=32, n_layers=2, n_heads=2, ssd_head_dim=16, ssd_state_dim=8, gdn_head_dim=16, chunk_size=16,
+        attn_heads=4, attn_kv_heads=2, attn_head_dim=8, rotary_fraction=0.5, rotary_theta=10_000.0, attn_block=16,
+    )  # fmt: skip
+
+
 def tiny_model(mixer: str) -> RecurrentLM:
     torch.manual_seed(0)
-    cfg = ModelConfig(
-        mixer=mixer.removesuffix("-neg"), allow_neg_eigval=mixer.endswith("-neg"), d_model=32, n_layers=2,
-        n_heads=2, ssd_head_dim=16, ssd_state_dim=8, gdn_head_dim=16, chunk_size=16,
-    )  # fmt: skip
-    return RecurrentLM(cfg)
+    return RecurrentLM(tiny_config(mixer))
 
 
 def make_batch(lengths: list[int], seed: int = 0) -> Batch:

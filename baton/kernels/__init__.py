@@ -2,11 +2,13 @@
 plain PyTorch reference elsewhere (the reference is also the ground truth in tests);
 ``kernel_backend`` forces either for the work it encloses."""
 
+from baton.kernels.attention_ref import cached_attention
 from baton.kernels.backend import kernel_backend
 from baton.kernels.conv import causal_conv1d, conv_step
 from baton.kernels.delta_ref import chunk_delta_ref
 from baton.kernels.dispatch import (
     add_state_correction,
+    attention,
     chunk_delta,
     chunk_gla,
     chunk_ssd,
@@ -23,6 +25,8 @@ from baton.kernels.ssd_ref import chunk_ssd_ref
 
 __all__ = [
     "add_state_correction",
+    "attention",
+    "cached_attention",
     "causal_conv1d",
     "conv_step",
     "chunk_delta",

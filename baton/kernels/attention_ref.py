@@ -198,6 +198,19 @@ def merge_partials(o1: Tensor, lse1: Tensor, o2: Tensor, lse2: Tensor) -> tuple[
     return (w1 * o1.to(w1.dtype) + w2 * o2.to(w2.dtype)).to(o1.dtype), lse
 
 
+def cached_attention(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor, scale: float | None = None) -> Tensor:
+    """Decoding: q [B, 1, H, D] over a cache k [B, P, Hk, D], v [B, P, Hk, Dv] of which stream
+    b's first ``lengths[b]`` entries are valid; the output [B, 1, H, Dv]."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    dt = compute_dtype(q)
+    groups = q.shape[2] // k.shape[2]
+    s = torch.einsum("bqhd,bkhd->bhqk", q.to(dt), _expand(k.to(dt), groups)) * scale
+    valid = torch.arange(k.shape[1], device=k.device)[None] < lengths.to(k.device)[:, None]
+    s = s.masked_fill(~valid[:, None, None], float("-inf"))
+    o = torch.einsum("bhqk,bkhd->bqhd", torch.softmax(s, dim=-1), _expand(v.to(dt), groups))
+    return o.to(v.dtype)
+
+
 def naive_attention(
     q: Tensor,
     k: Tensor,

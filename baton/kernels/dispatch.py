@@ -141,3 +141,19 @@ def diag_scan(
     """The signed diagonal (or 2×2 block-diagonal) recurrence of Newton's solves, no autograd:
     see :func:`~baton.kernels.diag_ref.diag_scan_ref`."""
     return OPS["diag_scan"](a, b, initial_state, cu_seqlens, reverse)
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens: Tensor | None = None,
+    prefix_k: Tensor | None = None,
+    prefix_v: Tensor | None = None,
+    scale: float | None = None,
+    block: int = 128,
+) -> tuple[Tensor, Tensor]:
+    """Causal attention within each document of a packed stream, the first document optionally
+    continuing a ``prefix`` of keys and values; the output and each query's log-sum-exp
+    (:func:`~baton.kernels.attention_ref.attention_ref` has the shapes)."""
+    return OPS["attention"](q, k, v, cu_seqlens, prefix_k, prefix_v, scale, block)

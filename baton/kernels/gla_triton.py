@@ -553,4 +553,3 @@ def scan_backward(
     B, T = q.shape[:2]
     grads = (from_chunks(d, layout).reshape(B, T, *d.shape[2:]) for d in (dq, dk, dv, dg))
     return *grads, d_h0 if initial_state is not None else None
-

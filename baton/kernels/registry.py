@@ -214,39 +214,58 @@ GDN_HEAD = (256, 512)  # Gated DeltaNet's 1.3B head: the delta rule's walk at it
 
 OPS: dict[str, KernelOp] = {
     "chunk_gla": KernelOp(
-        chunk_gla_ref, chunk_scan_triton, "scan op", naive_recurrence, _scan_example("gla"),
+        chunk_gla_ref,
+        chunk_scan_triton,
+        "scan op",
+        naive_recurrence,
+        _scan_example("gla"),
         custom_op=True,
     ),
     "chunk_ssd": KernelOp(
-        chunk_ssd_ref, chunk_scan_triton, "scan op", naive_recurrence, _scan_example("ssd"),
+        chunk_ssd_ref,
+        chunk_scan_triton,
+        "scan op",
+        naive_recurrence,
+        _scan_example("ssd"),
         custom_op=True,
     ),
     "chunk_delta": KernelOp(
-        chunk_delta_ref, chunk_delta_on_walk, "scan op", naive_delta_recurrence,
-        _delta_scan_example, GDN_HEAD, custom_op=True,
+        chunk_delta_ref,
+        chunk_delta_on_walk,
+        "scan op",
+        naive_delta_recurrence,
+        _delta_scan_example,
+        GDN_HEAD,
+        custom_op=True,
     ),  # fmt: skip
     "segment_summary": KernelOp(
         segment_summary_ref, "baton.kernels.relay_triton:segment_summary_triton", "recompute", example=_summary_example
     ),
     "add_state_correction": KernelOp(
-        add_state_correction_ref, "baton.kernels.relay_triton:add_state_correction_triton", "recompute",
+        add_state_correction_ref,
+        "baton.kernels.relay_triton:add_state_correction_triton",
+        "recompute",
         example=_correction_example,
     ),  # fmt: skip
     "recurrent_step": KernelOp(
         recurrent_step_ref, "baton.kernels.step_triton:recurrent_step_triton", "none", example=_step_example
     ),
     "delta_summary": KernelOp(
-        delta_summary_ref, "baton.kernels.delta_triton:delta_summary_on_walk", "recompute",
-        example=_delta_summary_example, compile_dims=GDN_HEAD,
+        delta_summary_ref,
+        "baton.kernels.delta_triton:delta_summary_on_walk",
+        "recompute",
+        example=_delta_summary_example,
+        compile_dims=GDN_HEAD,
     ),  # fmt: skip
     "delta_correction": KernelOp(
-        delta_correction_ref, "baton.kernels.delta_triton:delta_correction_on_walk", "recompute",
-        example=_delta_correction_example, compile_dims=GDN_HEAD,
+        delta_correction_ref,
+        "baton.kernels.delta_triton:delta_correction_on_walk",
+        "recompute",
+        example=_delta_correction_example,
+        compile_dims=GDN_HEAD,
     ),  # fmt: skip
     "delta_step": KernelOp(delta_step_ref, None, "none", example=_delta_step_example),
-    "norm_gate": KernelOp(
-        norm_gate_ref, norm_gate_fused, "autograd", example=_norm_gate_example, custom_op=True
-    ),
+    "norm_gate": KernelOp(norm_gate_ref, norm_gate_fused, "autograd", example=_norm_gate_example, custom_op=True),
     "diag_scan": KernelOp(diag_scan_ref, "baton.kernels.diag_triton:diag_scan_triton", "none", example=_diag_example),
     "causal_conv1d": KernelOp(causal_conv1d, None, "autograd", example=_conv_example),
     "attention": KernelOp(attention_ref, None, "autograd", naive_attention, _attention_example),

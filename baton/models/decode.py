@@ -1,7 +1,7 @@
 """Recurrent generation: each prompt through the chunked scans once (its final states out), then
-one recurrent step per token for all prompts together. What is carried is each layer's
-fixed-size state (and the SSD conv's window): decoding costs the same per token at any length,
-where attention's cache grows with it.
+one recurrent step per token for all prompts together. What is carried is each recurrent
+layer's fixed-size state (and the conv's window): decoding costs the same per token at any
+length; a hybrid's attention layers carry a cache of keys and values that grows with it.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from baton.models.lm import RecurrentLM
@@ -19,6 +20,12 @@ def stack_states(per_prompt: list[list[LayerState]]) -> list[LayerState]:
     """Prompts' states (each of batch 1, per layer) as one batch per layer."""
     stacked = []
     for layer in zip(*per_prompt):
+        if layer[0].kv is not None:  # attention: the caches padded to the longest, with their lengths
+            lengths = torch.tensor([s.kv.shape[1] for s in layer], device=layer[0].kv.device)
+            longest = int(lengths.max())
+            kv = torch.cat([F.pad(s.kv, (0, 0, 0, 0, 0, longest - s.kv.shape[1])) for s in layer])
+            stacked.append(LayerState(kv=kv, lengths=lengths))
+            continue
         conv = None if layer[0].conv is None else torch.cat([s.conv for s in layer])
         stacked.append(LayerState(torch.stack([s.scan for s in layer]), conv))
     return stacked
@@ -26,7 +33,7 @@ def stack_states(per_prompt: list[list[LayerState]]) -> list[LayerState]:
 
 def state_bytes(states: list[LayerState]) -> int:
     """Bytes of what decoding carries."""
-    return sum(t.numel() * t.element_size() for s in states for t in (s.scan, s.conv) if t is not None)
+    return sum(t.numel() * t.element_size() for s in states for t in (s.scan, s.conv, s.kv) if t is not None)
 
 
 def sample(logits: Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> Tensor:

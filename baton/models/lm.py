@@ -1,4 +1,5 @@
-"""The recurrent language model: embedding, N x (RMSNorm -> mixer -> RMSNorm -> SwiGLU), head."""
+"""The recurrent language model: embedding, N x (RMSNorm -> mixer -> RMSNorm -> SwiGLU), head.
+Each layer's mixer is ``model.layer_pattern``'s (a hybrid: attention among recurrent layers)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from baton.config import ModelConfig
+from baton.models.attention import GatedAttentionMixer
 from baton.models.gdn import GatedDeltaNetMixer
 from baton.models.gla import GLAMixer
 from baton.models.loss import fused_head_loss, token_losses
@@ -17,16 +19,17 @@ from baton.models.state import LayerState
 
 MIXERS = {
     "gla": GLAMixer, "ssd": SSDMixer, "gdn": GatedDeltaNetMixer, "paragru": ParaGRUMixer, "paralstm": ParaLSTMMixer,
+    "attn": GatedAttentionMixer,
 }  # fmt: skip
 
 __all__ = ["Block", "LayerState", "RecurrentLM", "token_losses"]
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, mixer: str) -> None:
         super().__init__()
         self.mixer_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.mixer = MIXERS[cfg.mixer](cfg)
+        self.mixer = MIXERS[mixer](cfg)
         self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp = SwiGLU(cfg.d_model, cfg.mlp_hidden)
 
@@ -52,7 +55,7 @@ class RecurrentLM(nn.Module):
         cfg.validate()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(Block(cfg, mixer) for mixer in cfg.layer_mixers)
         self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.apply(self._init_linear)
@@ -91,18 +94,18 @@ class RecurrentLM(nn.Module):
         return token_losses(self.head(self.norm(x)), labels)[0]
 
     def prefill(self, input_ids: Tensor) -> tuple[Tensor, list[LayerState]]:
-        """A prompt [1, T] through the chunked scans: the logits [V] after its last token and
-        every layer's state after it (what decoding continues from)."""
+        """A prompt [1, T] through the chunked scans (and attention): the logits [V] after its
+        last token and every layer's state after it (what decoding continues from)."""
         x = self.embed(input_ids)
         cu, states = torch.tensor([0, input_ids.shape[1]]), []
         for block in self.blocks:
             x, state = block(x, cu, LayerState())
-            states.append(LayerState(state.scan, state.conv))
+            states.append(state._replace(transition=None))
         return self.head(self.norm(x[0, -1])), states
 
     def step(self, token_ids: Tensor, states: list[LayerState]) -> tuple[Tensor, list[LayerState]]:
-        """One token for each of B streams [B]: the logits [B, V] after it and the states,
-        a fixed size per layer whatever the length so far."""
+        """One token for each of B streams [B]: the logits [B, V] after it and the states (a
+        fixed size per recurrent layer whatever the length so far; attention's cache grows)."""
         x, new_states = self.embed(token_ids), []
         for block, state in zip(self.blocks, states):
             x, state = block.step(x, state)

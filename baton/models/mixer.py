@@ -29,6 +29,9 @@ class RelayPoints:
     last tokens of a piece, from those tokens alone (micro-batches send it before the piece's
     slices have run).
     ``solves``: Newton's linear solves (``models/newton.py``); each iteration's state is relayed.
+    ``kv``: an attention op (``models/attention.py:attend``); the keys and values of the first
+    document's earlier tokens are gathered. Such a mixer also has ``keys_values(x)`` and
+    ``kv_channels`` (per key/value head and token).
     ``output``: the projection into the residual stream (initialised smaller with depth).
     """
 
@@ -36,3 +39,4 @@ class RelayPoints:
     scan: str | None = None
     conv: str | None = None
     solves: str | None = None
+    kv: str | None = None

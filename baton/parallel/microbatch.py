@@ -17,7 +17,9 @@ at layer l needs the layer-l summaries of the ranks before it, which need their 
 at layer l), so this order keeps every relay strategy as parallel as without slices. Per
 block, when the step relays state:
 
-1. the SSD conv windows are exchanged (from a projection of the last tokens only);
+1. the conv windows are exchanged (from a projection of the last tokens only); an attention
+   layer exchanges the first and last documents' keys and values instead of 1-2 (its slices
+   carry the keys and values of their document's earlier slices, a growing prefix);
 2. the summary of the piece's last segment is composed over that segment's slices (summaries
    compose associatively), recomputed in backward, and relayed by the chosen strategy:
    the same messages and bytes as without slices;
@@ -40,7 +42,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from baton.models.state import LayerState
-from baton.parallel.relay import relay
+from baton.parallel.relay import recv_head, relay, send_tail
 from baton.parallel.sequence import SequenceParallel
 
 
@@ -93,6 +95,8 @@ class SlicedBlock:
         sp, mixer, layer = self.sp, self.block.mixer, self.layer
         if not sp.relaying:
             return x, LayerState()
+        if mixer.relays.kv:
+            return self._keys_values_in(x, bounds)
         halo = None
         if mixer.relays.conv:
 
@@ -112,6 +116,20 @@ class SlicedBlock:
         # A zero state where nothing continues keeps the relay in the graph: its backward sends
         # messages other ranks wait for.
         return x, LayerState(S_in, halo) if sp.continues_from_prev else LayerState(S_in * 0)
+
+
+    def _keys_values_in(self, x: Tensor, bounds: list[int]) -> tuple[Tensor, LayerState]:
+        """An attention layer's: the first document's keys and values from the earlier ranks
+        (``parallel/attention.py``'s messages), the first slice's prefix; this piece's last
+        segment's sent on (from a projection of those tokens)."""
+        sp, mixer = self.sp, self.block.mixer
+        link, prefix = sp.link(self.layer, "kv"), None
+        if sp.continues_from_prev:
+            prefix = recv_head(x, (x.shape[0], sp.first_offset, mixer.kv_heads, mixer.kv_channels), link)
+        if sp.continues_to_next:
+            own = mixer.keys_values(self.block.mixer_norm(x[:, bounds[-2] :])).to(x.dtype)
+            x = send_tail(x, torch.cat([prefix, own], dim=1) if sp.carries else own, link)
+        return x, LayerState(kv=prefix)
 
 
 def apply_micro_batches(model: nn.Module, sp: SequenceParallel, micro_tokens: int, chunk_size: int) -> None:

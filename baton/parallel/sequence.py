@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from baton.kernels.carry import add_incoming, last_window, segment_transition
 from baton.kernels.dispatch import diag_scan
 from baton.models.newton import WholeSequence, apply_jacobian, next_jacobians, transposed
+from baton.parallel.attention import RelayedAttention
 from baton.parallel.plan import LocalBatch, StepPlan
 from baton.parallel.relay import (
     MAX_BLOCKS,
@@ -298,4 +299,6 @@ def apply_sequence_parallel(model: nn.Module, sp: SequenceParallel) -> nn.Module
             setattr(mixer, points.conv, RelayedConv(getattr(mixer, points.conv), sp, layer))
         if points.solves:
             setattr(mixer, points.solves, RelayedSolves(sp, layer))
+        if points.kv:
+            setattr(mixer, points.kv, RelayedAttention(sp, layer))
     return model

@@ -1,8 +1,9 @@
 """Attention across ranks on the recurrent layers' partition: every rank's outputs and the
 gradients of its queries, keys and values equal one process attending over the whole stream
-(fp64: the ranks add the same terms in another order, 1e-10), on 2, 3 and 4 real processes,
-documents cut anywhere (a long one across every rank, random cuts, cuts on boundaries, two
-chains in one step); and keys and values cross a cut only for documents that straddle it."""
+(fp64: the ranks add the same terms in another order, 1e-10), rotary positions continuing
+across cuts, on 2, 3 and 4 real processes, documents cut anywhere (a long one across every
+rank, random cuts, cuts on boundaries, two chains in one step); and keys and values cross a
+cut only for documents that straddle it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 from baton.dist.local import run_local
-from baton.kernels.attention_ref import attention_ref
+from baton.models.attention import attend
+from baton.models.rotary import Rotary
 from baton.parallel.attention import RelayedAttention
 from baton.parallel.plan import StepPlan, local_batch
 from baton.parallel.sequence import SequenceParallel
@@ -19,13 +21,14 @@ from tests.parallel.test_sequence import scenarios
 
 pytestmark = pytest.mark.ranks
 
-H, HK, D, DV = 4, 2, 8, 6  # grouped-query: two query heads per key/value head
+H, HK, D = 4, 2, 8  # grouped-query: two query heads per key/value head
+ROTARY = Rotary(4, theta=100.0)  # half the head dims; a small theta makes positions matter at these lengths
 
 
 def stream(T: int) -> tuple[torch.Tensor, ...]:
-    """The whole stream's queries, keys, values and output weights, the same on every rank."""
+    """The whole stream's queries, keys and values, and output weights, the same on every rank."""
     gen = torch.Generator().manual_seed(T)
-    shapes = [(1, T, H, D), (1, T, HK, D), (1, T, HK, DV), (1, T, H, DV)]
+    shapes = [(1, T, H, D), (1, T, HK, 2 * D), (1, T, H, D)]
     return tuple(torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes)
 
 
@@ -38,14 +41,14 @@ def attention_worker(rank: int, world: int, cases: list[tuple]) -> list[dict]:
     for lengths, plan_dict in cases:
         batch, plan = make_batch(lengths), StepPlan.from_dict(plan_dict)
         spans = plan.pieces[rank].spans
-        q, k, v, w = (local(x, spans) for x in stream(batch.n_tokens))
-        q, k, v = (x.requires_grad_() for x in (q, k, v))
+        q, kv, w = (local(x, spans) for x in stream(batch.n_tokens))
+        q, kv = q.requires_grad_(), kv.requires_grad_()
         piece = local_batch(plan, rank, batch)
         sp = SequenceParallel(rank, world, "chain")
         with sp.step(plan, piece) as stats:
-            o = RelayedAttention(sp, layer=0)(q, k, v, piece.cu_seqlens, block=8)
+            o = RelayedAttention(sp, layer=0)(q, kv, piece.cu_seqlens, ROTARY, D**-0.5, block=8)
             (o * w).sum().backward()
-        results.append({"o": o.detach(), "grads": [q.grad, k.grad, v.grad], "comm": stats.to_dict()})
+        results.append({"o": o.detach(), "grads": [q.grad, kv.grad], "comm": stats.to_dict()})
     return results
 
 
@@ -55,20 +58,20 @@ def test_every_rank_matches_one_process(world):
     per_rank = run_local(world, attention_worker, cases)
     for i, (lengths, plan_dict) in enumerate(cases):
         batch, plan = make_batch(lengths), StepPlan.from_dict(plan_dict)
-        q, k, v, w = stream(batch.n_tokens)
-        q, k, v = (x.requires_grad_() for x in (q, k, v))
-        o, _ = attention_ref(q, k, v, batch.cu_seqlens)
+        q, kv, w = stream(batch.n_tokens)
+        q, kv = q.requires_grad_(), kv.requires_grad_()
+        o = attend(q, kv, batch.cu_seqlens, ROTARY, D**-0.5)
         (o * w).sum().backward()
         bounds = batch.cu_seqlens.tolist()
         for rank in range(world):
             got, spans, what = per_rank[rank][i], plan.pieces[rank].spans, f"case {i}, rank {rank}"
             assert_close(got["o"], local(o.detach(), spans), 1e-10, f"{what}: output")
-            for name, g, ref in zip(("dq", "dk", "dv"), got["grads"], (q.grad, k.grad, v.grad)):
+            for name, g, ref in zip(("dq", "dkv"), got["grads"], (q.grad, kv.grad)):
                 assert_close(g, local(ref, spans), 1e-10, f"{what}: {name}")
             # Keys and values go to the next rank only for a document that continues there,
-            # and carry that document's tokens so far: (D + DV) per key head, 8 bytes each.
+            # and carry that document's tokens so far: 2D per key head, 8 bytes each.
             sent = got["comm"]["sent"].get("layer0.kv", 0)
             end = spans[-1][1]
             straddles = plan.neighbours(rank)[1] is not None and end not in bounds
             start = max(b for b in bounds if b < end) if straddles else end
-            assert sent == (end - start) * HK * (D + DV) * 8, what
+            assert sent == (end - start) * HK * 2 * D * 8, what

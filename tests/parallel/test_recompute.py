@@ -6,7 +6,9 @@ GLA under each policy (none, full, mixer) and in micro-batches of 16 tokens (wit
 x engine (replicated, FSDP2 stage 3, DeepSpeed ZeRO-3; micro-batches under ZeRO-2, as ZeRO-3
 refuses them) x plan (SP off: each rank holds whole
 documents | SP on: a 2-rank chain through one document); SSD, whose conv also relays, under
-none, full and micro-batches with SP on. All with the fused loss in chunks of 24 tokens. The
+none, full and micro-batches with SP on; a GDN + attention hybrid (grouped-query, rotary),
+whose attention layer exchanges keys and values, under every policy and micro-batches with SP
+on. All with the fused loss in chunks of 24 tokens. The
 loss and every parameter's full gradient match in fp32 to a relative 1e-5 (summation order
 only, ~1e-7), and each case's relay messages (op, bytes sent and received) are those of the
 same engine and plan without checkpointing: a recomputed block replays what its relay ops
@@ -44,7 +46,12 @@ ENGINES = {
     "deepspeed": ["parallel.zero.engine=deepspeed", "parallel.zero.stage=3"],
     "deepspeed-zero2": ["parallel.zero.engine=deepspeed", "parallel.zero.stage=2"],
 }
-MODEL = ["model.d_model=32", "model.n_heads=2", "model.ssd_head_dim=16", "model.ssd_state_dim=8", "model.chunk_size=16"]
+MODEL = [
+    "model.d_model=32", "model.n_heads=2", "model.ssd_head_dim=16", "model.ssd_state_dim=8", "model.chunk_size=16",
+    "model.gdn_head_dim=16", "model.attn_heads=4", "model.attn_kv_heads=2", "model.attn_head_dim=8",
+    "model.rotary_fraction=0.5", "model.attn_block=16",
+]  # fmt: skip
+MIXERS = ("gla", "ssd", "gdn+attn")
 # ZeRO-3 gathers a module's parameters at every call, so it cannot take micro-batches (ranks
 # with different numbers of slices would call different collectives): they run under ZeRO-2.
 VARIANTS = {
@@ -52,23 +59,27 @@ VARIANTS = {
     ("gla", "deepspeed-zero2"): [("none", 0), ("full", 16)],
     ("ssd", "deepspeed"): [("none", 0), ("full", 0)],
     ("ssd", "deepspeed-zero2"): [("none", 0), ("full", 16)],
+    ("gdn+attn", "deepspeed"): [("none", 0), ("full", 0), ("mixer", 0)],
+    ("gdn+attn", "deepspeed-zero2"): [("none", 0), ("full", 16)],
 }
 DEFAULT_VARIANTS = {
     "gla": [("none", 0), ("full", 0), ("mixer", 0), ("full", 16)],
     "ssd": [("none", 0), ("full", 0), ("full", 16)],
+    "gdn+attn": [("none", 0), ("full", 0), ("mixer", 0), ("full", 16)],
 }
 CASES = [
     (mixer, policy, engine, sp, micro)
     for engine in ENGINES
     for sp in PLANS
-    for mixer in ("gla", "ssd")
+    for mixer in MIXERS
     if mixer == "gla" or sp == "sp-on"
     for policy, micro in VARIANTS.get((mixer, engine), DEFAULT_VARIANTS[mixer])
 ]
 
 
 def config(mixer: str, policy: str, engine: str, micro: int):
-    overrides = [f"model.mixer={mixer}", *MODEL, *ENGINES[engine], "parallel.sp.relay=chain"]
+    layers = [f"model.mixer={mixer.split('+')[0]}", f"model.layer_pattern={mixer.replace('+', ',')}"]
+    overrides = [*layers, *MODEL, *ENGINES[engine], "parallel.sp.relay=chain"]
     overrides += [f"train.activation_checkpoint={policy}", f"train.micro_tokens={micro}", "train.loss_chunk_tokens=24"]
     return load_config(None, overrides)
 
@@ -118,7 +129,7 @@ def plain_pass(mixer: str) -> dict:
 
 def test_every_policy_engine_and_plan_matches_the_plain_pass():
     per_rank = run_local(2, step_worker, CASES)
-    refs = {mixer: plain_pass(mixer) for mixer in ("gla", "ssd")}
+    refs = {mixer: plain_pass(mixer) for mixer in MIXERS}
     for i, (mixer, policy, engine, sp, micro) in enumerate(CASES):
         ref, what = refs[mixer], f"{mixer}/{policy}/micro {micro}/{engine}/{sp}"
         plain = CASES.index((mixer, "none", engine, sp, 0))
@@ -133,6 +144,8 @@ def test_every_policy_engine_and_plan_matches_the_plain_pass():
     comm = per_rank[0][CASES.index(("ssd", "full", "deepspeed-zero2", "sp-on", 16))]["comm"]
     assert comm["sent"]["layer0.scan"] > 0 and comm["sent"]["layer0.conv"] > 0
     assert comm["received"]["layer0.scan.grad"] > 0 and comm["received"]["layer0.conv.grad"] > 0
+    comm = per_rank[0][CASES.index(("gdn+attn", "full", "deepspeed-zero2", "sp-on", 16))]["comm"]
+    assert comm["sent"]["layer1.kv"] > 0 and comm["received"]["layer1.kv.grad"] > 0
 
 
 def test_triton_kernels_under_checkpointing_and_micro_batches():

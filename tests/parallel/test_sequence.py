@@ -28,7 +28,7 @@ from tests.helpers import make_batch, rel, tiny_model
 
 pytestmark = pytest.mark.ranks
 
-MIXERS = ("gla", "ssd", "gdn", "gdn-neg")  # gdn-neg: allow_neg_eigval
+MIXERS = ("gla", "ssd", "gdn", "gdn-neg", "gdn+attn", "ssd+attn")  # gdn-neg: allow_neg_eigval; +attn: hybrids
 RELAYS = ("chain", "allgather", "logscan")
 TOLERANCE = 1e-5
 
