@@ -117,7 +117,6 @@ class SlicedBlock:
         # messages other ranks wait for.
         return x, LayerState(S_in, halo) if sp.continues_from_prev else LayerState(S_in * 0)
 
-
     def _keys_values_in(self, x: Tensor, bounds: list[int]) -> tuple[Tensor, LayerState]:
         """An attention layer's: the first document's keys and values from the earlier ranks
         (``parallel/attention.py``'s messages), the first slice's prefix; this piece's last

@@ -93,4 +93,3 @@ def test_plan_carries_agrees_with_the_local_batches():
         for rank in range(4):
             local = local_batch(plan, rank, batch)
             assert plan.carries(rank, bounds) == (local.continues_from_prev and len(local.cu_seqlens) == 2)
-
