@@ -69,6 +69,9 @@ class ModelConfig:
                 f"model.layer_pattern={self.layer_pattern!r} names {unknown[0]!r}: each entry must be one of "
                 f"{', '.join(MIXER_NAMES)} (comma-separated)"
             )
+        if all(name == "attn" for name in self.layer_mixers):
+            key = "model.layer_pattern" if self.pattern else "model.mixer"
+            raise ValueError(f"{key}: attn needs recurrent layers beside it (a hybrid); baton trains recurrent LMs")
         for name in (
             "vocab_size", "d_model", "n_layers", "n_heads", "chunk_size", "conv_size",
             "gate_low_rank", "ssd_expand", "ssd_head_dim", "ssd_state_dim", "gdn_head_dim",

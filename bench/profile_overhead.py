@@ -25,6 +25,7 @@ from common import print_table, write_json  # noqa: E402
 from baton.config import load_config  # noqa: E402
 from baton.dist.env import DistEnv  # noqa: E402
 from baton.launch.train import Trainer  # noqa: E402
+from baton.models.flops import FlopsPerToken  # noqa: E402
 from baton.profile.recorder import NullProfiler, RankProfiler  # noqa: E402
 
 WARMUP = 10
@@ -32,7 +33,7 @@ WARMUP = 10
 
 def profiler_call_cost(tmp: Path, n: int = 2000) -> float:
     """Seconds of profiler bookkeeping per step (phase timers, record, JSON line)."""
-    prof = RankProfiler(tmp / "calls", DistEnv(), torch.device("cpu"), 1.0)
+    prof = RankProfiler(tmp / "calls", DistEnv(), torch.device("cpu"), FlopsPerToken(1, 0))
     start = time.perf_counter()
     for i in range(n):
         for phase in ("data", "forward", "backward", "grad_comm", "optimizer"):

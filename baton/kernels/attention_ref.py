@@ -119,11 +119,14 @@ def _backward(q, k, v, o, lse, d_o, d_lse, layout: _Layout, scale: float) -> tup
 
 
 class _Attention(Function):
+    """The layout (per-token index tensors) is rebuilt in backward from the boundaries rather
+    than kept: kept on ``ctx`` it would outlive activation checkpointing's recomputation."""
+
     @staticmethod
-    def forward(ctx, q, k, v, layout: _Layout, scale: float):
-        o, lse = _forward(q, k, v, layout, scale)
+    def forward(ctx, q, k, v, cu_seqlens: Tensor | None, P: int, block: int, scale: float):
+        o, lse = _forward(q, k, v, _Layout(q.shape[1], P, cu_seqlens, q.device, block), scale)
         ctx.save_for_backward(q, k, v, o, lse)
-        ctx.layout, ctx.scale = layout, scale
+        ctx.layout_args, ctx.scale = (q.shape[1], P, cu_seqlens, q.device, block), scale
         return o, lse
 
     @staticmethod
@@ -131,7 +134,8 @@ class _Attention(Function):
         q, k, v, o, lse = ctx.saved_tensors
         d_o = torch.zeros_like(o) if d_o is None else d_o
         d_lse = torch.zeros_like(lse) if d_lse is None else d_lse
-        return *_backward(q, k, v, o, lse, d_o, d_lse, ctx.layout, ctx.scale), None, None
+        layout = _Layout(*ctx.layout_args)
+        return *_backward(q, k, v, o, lse, d_o, d_lse, layout, ctx.scale), None, None, None, None
 
 
 def attention_ref(
@@ -169,9 +173,7 @@ def attention_ref(
     dt = compute_dtype(q)
     if prefix_k is not None:
         k, v = torch.cat([prefix_k, k], dim=1), torch.cat([prefix_v, v], dim=1)
-    P = k.shape[1] - T
-    layout = _Layout(T, P, cu_seqlens, q.device, block)
-    o, lse = _Attention.apply(q.to(dt), k.to(dt), v.to(dt), layout, float(scale))
+    o, lse = _Attention.apply(q.to(dt), k.to(dt), v.to(dt), cu_seqlens, k.shape[1] - T, block, float(scale))
     return o.to(v.dtype), lse
 
 

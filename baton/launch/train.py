@@ -64,7 +64,7 @@ from baton.launch.preempt import Preemption
 from baton.launch.run_tuning import RunTuning
 from baton.launch.schedule import load_schedule_state, optimizer_factory, schedule_state
 from baton.launch.setup import checkpoint_root, keep_compiled_code, pick_device, training_data, uses_triton
-from baton.models.flops import count_parameters, flops_per_token
+from baton.models.flops import causal_pairs, count_parameters, flops_per_token
 from baton.models.lm import RecurrentLM
 from baton.models.pararnn import residual_log
 from baton.parallel.budget import memory_cap
@@ -127,8 +127,8 @@ class Trainer:
         p = self.cfg.profile
         if not p.enabled:
             return NullProfiler()
-        training_flops = flops_per_token(self.cfg.model).training
-        return RankProfiler(self.run_dir, self.env, self.device, training_flops, p.peak_tflops, p.straggler_threshold)
+        flops = flops_per_token(self.cfg.model)
+        return RankProfiler(self.run_dir, self.env, self.device, flops, p.peak_tflops, p.straggler_threshold)
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -159,7 +159,8 @@ class Trainer:
             grad_norm = self._optimizer_step(total)
         self.step += 1
         comm = stats.to_dict()
-        record = prof.record(self.step, local.tokens.numel(), comm) or {}
+        pairs = causal_pairs(local.cu_seqlens.tolist(), local.first_offset)
+        record = prof.record(self.step, local.tokens.numel(), comm, pairs) or {}
         plan_dict = plan.to_dict() | plan_info
         residual = self.newton_residuals(residuals)
         return StepResult(total, grad_norm, batch.n_tokens, plan_dict, comm, batch.doc_ids, record.get("mfu"), residual)
@@ -246,7 +247,7 @@ class Trainer:
         cfg, env = self.cfg, self.env
         if env.is_main:
             print(
-                f"baton: {cfg.model.mixer} model, {count_parameters(cfg.model) / 1e6:.2f}M parameters, "
+                f"baton: {cfg.model.describe} model, {count_parameters(cfg.model) / 1e6:.2f}M parameters, "
                 f"{env.world_size} rank(s), device {self.device}, {self.data.describe()}",
                 flush=True,
             )

@@ -77,33 +77,77 @@ def _newton_mixer(cfg: ModelConfig, a: int, path: str) -> int:
     return kept + (a * d if a != F else 0)  # out_proj's input: h cast to bf16 (in fp32 a view of h)
 
 
-MIXERS = {"gla": _gla_mixer, "ssd": _ssd_mixer, "gdn": _gdn_mixer, "paragru": _newton_mixer, "paralstm": _newton_mixer}
+def _attn_mixer(cfg: ModelConfig, a: int, path: str) -> int:
+    """What the gated attention mixer keeps (either path: attention runs its blockwise reference,
+    which keeps its inputs, output and log-sum-exp and recomputes the scores in backward). The
+    rotary's products keep only their cos and sin (the rotated tensor needs no gradient of
+    them). Attention takes q, k, v in fp32: under bf16 autocast those are copies; in fp32 they
+    are the rotated q and k (the normed q and a view of the keys and values without rotary)
+    and a view of the keys and values."""
+    d, H, Hk, D, dims = cfg.d_model, cfg.attn_heads, cfg.attn_kv_heads, cfg.attn_head_dim, cfg.rotary_dims
+    kept = a * d  # the normed input, shared by the four projections
+    kept += a * H * D + F * H + a * Hk * D + F * Hk  # q's and k's norms: their inputs and statistics
+    kept += 2 * a * dims if dims else 0  # cos and sin of q's and of k's positions
+    if a == F:
+        kept += a * H * D + (a * Hk * D if dims else 0) + a * Hk * 2 * D  # q, rotated k, the keys and values
+    else:
+        kept += F * H * D + 2 * F * Hk * D  # fp32 copies of q, k, v
+    kept += F * H * D + F * H + (a * H * D if a != F else 0)  # the output (fp32, and cast), log-sum-exp
+    return kept + 2 * a * H * D  # the sigmoid gate, the gated output as o_proj keeps it
+
+
+MIXERS = {
+    "gla": _gla_mixer, "ssd": _ssd_mixer, "gdn": _gdn_mixer, "paragru": _newton_mixer, "paralstm": _newton_mixer,
+    "attn": _attn_mixer,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class ActivationBytes:
-    """Bytes per token: kept per layer under the checkpointing policy, kept by the head and
-    loss, and held while one layer's backward runs (its activations' gradients, and its
-    activations again where they were recomputed)."""
+    """Bytes per token: kept by the layers under the checkpointing policy (all of them, and per
+    layer: their mean, each layer's own in a model of one mixer), kept by the head and loss,
+    and held while one layer's backward runs (its activations' gradients, and its activations
+    again where they were recomputed; the largest layer's)."""
 
-    per_layer: int
+    layers: int
     head_loss: int
     layer_backward: int
+    n_layers: int = 1
+
+    @property
+    def per_layer(self) -> int:
+        return self.layers // self.n_layers
 
 
 def activation_bytes(cfg: ModelConfig, policy: str, dtype_bytes: int, path: str, fused_loss: bool) -> ActivationBytes:
     """Per token: see :class:`ActivationBytes`. ``policy``: none | full | mixer."""
     a, d = dtype_bytes, cfg.d_model
-    mixer = MIXERS[cfg.mixer](cfg, a, path)
     mlp = a * d + F + a * d + 4 * a * cfg.mlp_hidden  # residual, norm statistics and output; SwiGLU's four
     block_input = a * d + F  # kept by the mixer's norm, with its statistics
-    everything = block_input + mixer + mlp
-    per_layer = {
-        "none": everything,
-        "full": a * d,  # the block input alone
-        "mixer": block_input + a * d + mlp,  # the mixer's input instead of its activations
-    }[policy]
+    layers, backward = 0, 0
+    for name in cfg.layer_mixers:
+        everything = block_input + MIXERS[name](cfg.for_mixer(name), a, path) + mlp
+        layers += {
+            "none": everything,
+            "full": a * d,  # the block input alone
+            "mixer": block_input + a * d + mlp,  # the mixer's input instead of its activations
+        }[policy]
+        # A layer's backward holds about as much in gradients as the layer keeps with no
+        # checkpointing; where it was recomputed, those activations too.
+        backward = max(backward, everything if policy == "none" else 2 * everything)
     head = a * d + F if fused_loss else 2 * a * d + F + F * cfg.vocab_size  # + the fp32 log-softmax
-    # A layer's backward holds about as much in gradients as the layer keeps with no
-    # checkpointing; where it was recomputed, those activations too.
-    return ActivationBytes(per_layer, head, everything if policy == "none" else 2 * everything)
+    return ActivationBytes(layers, head, backward, cfg.n_layers)
+
+
+def attention_workspace(cfg: ModelConfig, keys: int) -> int:
+    """Transient bytes of an attention layer's backward over a query block that sees ``keys``
+    keys (the blockwise reference): its fp32 scores, probabilities and their gradient."""
+    if "attn" not in cfg.layer_mixers:
+        return 0
+    return 3 * F * cfg.attn_heads * cfg.attn_block * keys
+
+
+def kv_bytes(cfg: ModelConfig, tokens: int, dtype_bytes: int) -> int:
+    """Keys and values of ``tokens`` tokens over the attention layers (a prefix received from
+    earlier ranks, or carried between slices)."""
+    return cfg.layer_mixers.count("attn") * tokens * cfg.attn_kv_heads * 2 * cfg.attn_head_dim * dtype_bytes

@@ -1,6 +1,14 @@
 """Baseline planners the adaptive one is measured against (benchmarks and tests; the trainer
 offers ``concat`` from ``planner.py``). Each returns a :class:`~baton.parallel.planner.PlanResult`
-in the same code path, priced by the recurrent cost model.
+in the same code path, priced by the same cost model (a hybrid's attention pairs and keys and
+values included).
+
+For hybrids, the splits people use for attention: equal contiguous cuts (exact with the relay,
+blind to attention's quadratic cost), and zigzag head-tail chunks (Megatron-LM and Llama 3
+context parallelism: each document in 2P chunks, rank r taking chunks r and 2P - 1 - r, so that
+causal attention work evens out), costed with what their recurrent layers then need: the
+tokens back in order, an all-to-all into head-parallel layout and back per recurrent layer in
+forward and in backward, and for attention all keys and values around the group's ring.
 """
 
 from __future__ import annotations
@@ -10,6 +18,9 @@ import time
 
 import numpy as np
 
+from baton.config import ModelConfig
+from baton.models.flops import attention_layers, kv_bytes_per_token
+from baton.parallel.interconnect import Interconnect
 from baton.parallel.plan import PlanError, RankPiece, StepPlan
 from baton.parallel.planner import CostModel, PlanResult, balanced_plan, layout_spans, link_chains
 
@@ -83,3 +94,70 @@ def attention_cost_plan(
     plan = StepPlan(pieces)
     plan.validate(boundaries[-1])
     return PlanResult(plan, cost.predict(plan, boundaries), "attention-cost", time.perf_counter() - start_time)
+
+
+def equal_split_plan(boundaries: list[int], cost: CostModel) -> PlanResult:
+    """The packed stream cut into equal token pieces, one per rank, the state relayed across
+    every cut (exact): contiguous like the balanced plan, but blind to speed and to attention."""
+    start_time = time.perf_counter()
+    R, total = cost.world_size, boundaries[-1]
+    cuts = [total * i // R for i in range(R + 1)]
+    pieces = [RankPiece([]) for _ in range(R)]
+    for r, spans in enumerate(layout_spans(np.asarray([[0, total]]), np.asarray([total]), cuts)):
+        pieces[r].spans = spans
+    link_chains(pieces, list(range(R)), cuts, set(boundaries))
+    plan = StepPlan(pieces)
+    plan.validate(total)
+    return PlanResult(plan, cost.predict(plan, boundaries), "equal-contiguous", time.perf_counter() - start_time)
+
+
+def zigzag_plan(
+    boundaries: list[int], cost: CostModel, model: ModelConfig, net: Interconnect, group: int = 8,
+    dtype_bytes: int = 2,
+) -> PlanResult:  # fmt: skip
+    """Zigzag context parallelism over groups of ``group`` ranks: whole documents to groups
+    (best fit decreasing, as ``best_fit_groups_plan``), each document of a group cut into
+    2·group chunks (Megatron pads it to a multiple of 2·group; the padding is not charged here),
+    rank i of the group holding chunks i and 2·group − 1 − i. Priced by the cost model (work,
+    attention's pairs per chunk), plus per recurrent layer four all-to-alls of the layer's
+    activations (``d_model`` per token, into head-parallel order and back, forward and
+    backward), plus per attention layer the ring: every other rank's keys and values in,
+    forward and their gradients in backward. The plan's pieces are not contiguous: it is
+    priced, not run (the trainer's recurrent relay needs contiguous pieces)."""
+    start_time = time.perf_counter()
+    R = cost.world_size
+    grouped = best_fit_groups_plan(boundaries, cost, group).plan
+    pieces, extra = [], np.zeros(R)
+    bounds = np.asarray(boundaries)
+    recurrent = model.n_layers - attention_layers(model)
+    for g in range(R // group):
+        ranks = list(range(g * group, (g + 1) * group))
+        spans = sorted(s for r in ranks for s in grouped.pieces[r].spans)
+        held = [[] for _ in ranks]
+        for a, b in _split_at(spans, bounds):
+            n = b - a
+            chunk = -(-n // (2 * group))  # padded to 2·group chunks of equal size
+            for i in range(group):
+                for c in (i, 2 * group - 1 - i):
+                    lo, hi = a + c * chunk, min(a + (c + 1) * chunk, b)
+                    if hi > lo:
+                        held[i].append((lo, hi))
+        group_tokens = sum(b - a for a, b in spans)
+        for i, r in enumerate(ranks):
+            pieces.append(RankPiece(held[i] or [spans[0]]))
+            mine = sum(b - a for a, b in held[i])
+            a2a = 4 * recurrent * mine * model.d_model * dtype_bytes * (group - 1) / group
+            ring = (group_tokens - mine) * kv_bytes_per_token(model, dtype_bytes)
+            extra[r] = net.hop(a2a + ring, ranks[0], ranks[-1], 4 * recurrent * (group - 1))
+    plan = StepPlan(pieces)
+    predicted = [t + x for t, x in zip(cost.predict(plan, boundaries), extra)]
+    return PlanResult(plan, predicted, f"zigzag-cp{group}", time.perf_counter() - start_time)
+
+
+def _split_at(spans: list[tuple[int, int]], bounds: np.ndarray) -> list[tuple[int, int]]:
+    """The spans cut at document boundaries: one (a, b) per document piece."""
+    out = []
+    for a, b in spans:
+        inner = bounds[(bounds > a) & (bounds < b)].tolist()
+        out += list(zip([a, *inner], [*inner, b]))
+    return out

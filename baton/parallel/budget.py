@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from baton.config import Config, ConfigError
 from baton.models.flops import count_parameters, scan_shape
-from baton.models.memory import ActivationBytes, activation_bytes
+from baton.models.memory import ActivationBytes, activation_bytes, attention_workspace, kv_bytes
 
 GIB = 2**30
 GPU_RESERVE = int(1.5 * GIB)
@@ -37,7 +37,7 @@ def _block_parameters(cfg: Config) -> tuple[int, int]:
     """(parameters of one block, parameters outside the blocks)."""
     total, m = count_parameters(cfg.model), cfg.model
     root = m.vocab_size * m.d_model * (1 if m.tie_embeddings else 2) + m.d_model
-    return (total - root) // m.n_layers, root
+    return (total - root) // m.n_layers, root  # a hybrid's: the mean block
 
 
 def engine_state_bytes(cfg: Config, world: int, p: int) -> dict[str, int]:
@@ -89,17 +89,23 @@ class MemoryBudget:
     def kept_per_token(self) -> int:
         """Activation bytes kept per token of the rank's piece, all layers and the head."""
         acts = self.activations
-        return self.cfg.model.n_layers * acts.per_layer + acts.head_loss
+        return acts.layers + acts.head_loss
 
     def workspace(self, tokens: int, micro_tokens: int) -> int:
         """Transient bytes: one layer's backward over a slice (or the piece), the loss's
-        logits over a chunk (or every token), and the states carried between slices."""
+        logits over a chunk (or every token), and the states carried between slices (an
+        attention layer's: the keys and values of the slices before); a hybrid's attention
+        backward over one query block that sees the whole piece, and the keys and values of a
+        document continued from earlier ranks, up to one piece long."""
         m, t, acts = self.cfg.model, self.cfg.train, self.activations
         in_flight = min(tokens, micro_tokens) if micro_tokens else tokens
         logits = min(tokens, t.loss_chunk_tokens) if t.loss_chunk_tokens else tokens
         H, K, V = scan_shape(m)
-        carried = (math.ceil(tokens / micro_tokens) if micro_tokens else 0) * m.n_layers * 4 * H * K * V
-        return in_flight * acts.layer_backward + logits * m.vocab_size * (self.p + 8) + carried
+        recurrent = m.n_layers - m.layer_mixers.count("attn")
+        carried = (math.ceil(tokens / micro_tokens) if micro_tokens else 0) * recurrent * 4 * H * K * V
+        carried += kv_bytes(m, tokens, self.p) if micro_tokens else 0
+        attention = attention_workspace(m, 2 * tokens) + kv_bytes(m, tokens, self.p)
+        return in_flight * acts.layer_backward + logits * m.vocab_size * (self.p + 8) + carried + attention
 
     def total(self, tokens: int, micro_tokens: int | None = None) -> int:
         micro = self.cfg.train.micro_tokens if micro_tokens is None else micro_tokens

@@ -42,7 +42,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from baton.models.state import LayerState
-from baton.parallel.relay import recv_head, relay, send_tail
+from baton.parallel.attention import exchange_keys_values, keep_in_graph, take_prefix
+from baton.parallel.relay import relay
 from baton.parallel.sequence import SequenceParallel
 
 
@@ -119,15 +120,17 @@ class SlicedBlock:
 
     def _keys_values_in(self, x: Tensor, bounds: list[int]) -> tuple[Tensor, LayerState]:
         """An attention layer's: the first document's keys and values from the earlier ranks
-        (``parallel/attention.py``'s messages), the first slice's prefix; this piece's last
-        segment's sent on (from a projection of those tokens)."""
-        sp, mixer = self.sp, self.block.mixer
-        link, prefix = sp.link(self.layer, "kv"), None
-        if sp.continues_from_prev:
-            prefix = recv_head(x, (x.shape[0], sp.first_offset, mixer.kv_heads, mixer.kv_channels), link)
-        if sp.continues_to_next:
-            own = mixer.keys_values(self.block.mixer_norm(x[:, bounds[-2] :])).to(x.dtype)
-            x = send_tail(x, torch.cat([prefix, own], dim=1) if sp.carries else own, link)
+        (``parallel/attention.py``'s exchange), the first slice's prefix; this piece's last
+        segment's sent on (from a projection of those tokens: the slices have not run yet)."""
+        mixer = self.block.mixer
+        if not (self.sp.kv_from or self.sp.kv_to):
+            return x, LayerState()
+        last = bounds[-2]
+        own = mixer.keys_values(self.block.mixer_norm(x[:, last:])).to(x.dtype)
+        own, exchange = exchange_keys_values(self.sp, self.layer, own, 0)
+        prefix = take_prefix(own, exchange)
+        # The tail's gradient (from the ranks it went to) reaches x through `own`, kept in the graph.
+        x = keep_in_graph(x, own)
         return x, LayerState(kv=prefix)
 
 

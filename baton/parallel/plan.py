@@ -136,6 +136,10 @@ class LocalBatch:
     continues_from_prev: bool  # the first segment is the tail of a document begun on the previous rank
     continues_to_next: bool  # the last segment goes on on the next rank
     first_offset: int = 0  # tokens of the first segment's document before this piece (on earlier ranks)
+    # An attention layer's exchange: the ranks holding those earlier tokens and how many each
+    # (earliest first), and the ranks whose first document continues this piece's last one.
+    kv_from: list[tuple[int, int]] = field(default_factory=list)
+    kv_to: list[int] = field(default_factory=list)
 
 
 def local_batch(plan: StepPlan, rank: int, batch: Batch) -> LocalBatch:
@@ -152,6 +156,7 @@ def local_batch(plan: StepPlan, rank: int, batch: Batch) -> LocalBatch:
     labels = torch.cat([batch.labels[s:e] for s, e in piece.spans])
     prev, nxt = plan.neighbours(rank)
     first = piece.spans[0][0]
+    sources = {r: prefix_sources(plan, r, bounds) for r in piece.chain}
     return LocalBatch(
         tokens,
         labels,
@@ -159,4 +164,23 @@ def local_batch(plan: StepPlan, rank: int, batch: Batch) -> LocalBatch:
         continues_from_prev=prev is not None and piece.spans[0][0] not in boundary,
         continues_to_next=nxt is not None and piece.spans[-1][1] not in boundary,
         first_offset=first - bounds[bisect.bisect_right(bounds, first) - 1] if prev is not None else 0,
+        kv_from=sources.get(rank, []),
+        kv_to=[r for r in piece.chain if any(src == rank for src, _ in sources[r])],
     )
+
+
+def prefix_sources(plan: StepPlan, rank: int, bounds: list[int]) -> list[tuple[int, int]]:
+    """The ranks holding the earlier tokens of the document ``rank``'s piece begins inside, and
+    how many each holds (earliest first): back along the chain through every piece that lies
+    wholly inside that document, to the one it starts on."""
+    first = plan.pieces[rank].spans[0][0]
+    prev = plan.neighbours(rank)[0]
+    if prev is None or first in set(bounds):
+        return []
+    remaining, sources = first - bounds[bisect.bisect_right(bounds, first) - 1], []
+    while remaining > 0:
+        take = min(remaining, plan.pieces[prev].n_tokens)
+        sources.insert(0, (prev, take))
+        remaining -= take
+        prev = plan.neighbours(prev)[0]
+    return sources

@@ -1,11 +1,11 @@
-"""Heterogeneity-adaptive planning for recurrent sequence parallelism.
+"""Heterogeneity-adaptive planning for recurrent sequence parallelism, and for hybrids.
 
 For attention, FlexSP must solve a MILP: a sequence's cost grows as L^2, it can only be
 split among a power-of-two group that all-to-alls its activations, and so which sequences
 share a group matters. For a recurrent layer none of that holds: a token costs the same
 wherever it sits, a document can be cut at any token, and a cut costs one fixed-size state
 relay per hop. The continuous optimum is therefore explicit: give every rank a share of the
-tokens proportional to its measured speed (water-filled under per-rank memory caps) and cut
+work proportional to its measured speed (water-filled under per-rank memory caps) and cut
 one stream of documents at those shares. What remains are small integer effects, handled
 greedily:
 
@@ -14,6 +14,14 @@ greedily:
 - a cut moves onto a nearby document end when the work it shifts costs less than the relay
   hop it saves (by at most 1% of a share);
 - ranks are visited in node order, so chains stay inside a node where they can.
+
+A hybrid's attention layers keep the same contiguous cuts and pay per layer type: tokens
+[a, b) of a document cost ``(b − a)`` token units of recurrent (and projection) work plus
+``pair_tokens · (b² − a² + b − a) / 2`` for their (query, key) pairs, so the work along a
+document grows quadratically and the cut at a share of it is the root of a quadratic: later
+ranks of a long document get fewer of its tokens. A rank continuing a document also receives
+its keys and values so far (``kv_hop_seconds_per_token`` per token before the cut), which moves
+with the cut: the cuts are found again until they settle.
 
 The result is deterministic given the same inputs, and costs O(documents + ranks).
 """
@@ -29,9 +37,9 @@ import numpy as np
 
 from baton.config import ModelConfig
 from baton.data.loader import Batch
-from baton.models.flops import relay_bytes_per_hop, relay_messages_per_layer
+from baton.models.flops import flops_per_token, kv_bytes_per_token, relay_bytes_per_hop, relay_messages_per_hop
 from baton.parallel.interconnect import Interconnect
-from baton.parallel.plan import PlanError, RankPiece, StepPlan
+from baton.parallel.plan import PlanError, RankPiece, StepPlan, prefix_sources
 
 
 @dataclass
@@ -45,6 +53,9 @@ class CostModel:
     ranks_per_node: int = 8
     memory_cap_tokens: list[int] | None = None  # per rank activation budget, in tokens
     measured: bool = False  # seconds_per_token measured (StepPlanner.calibrate), not the relative 1.0 default
+    pair_tokens: float = 0.0  # a hybrid's: one (query, key) pair's work in token units (attention layers)
+    kv_hop_seconds_per_token: float = 0.0  # per token of a document before a cut inside a node...
+    inter_node_kv_hop_seconds_per_token: float = 0.0  # ...and between nodes: its keys and values
 
     @property
     def world_size(self) -> int:
@@ -56,8 +67,13 @@ class CostModel:
     def hop(self, a: int, b: int) -> float:
         return self.hop_seconds if self.node(a) == self.node(b) else self.inter_node_hop_seconds
 
-    def rank_time(self, rank: int, tokens: int, segments: int, hops: float) -> float:
-        return (tokens + self.segment_overhead_tokens * segments) * self.seconds_per_token[rank] + hops
+    def kv_hop(self, a: int, b: int) -> float:
+        same = self.node(a) == self.node(b)
+        return self.kv_hop_seconds_per_token if same else self.inter_node_kv_hop_seconds_per_token
+
+    def rank_time(self, rank: int, tokens: int, segments: int, hops: float, pairs: float = 0.0) -> float:
+        work = tokens + self.segment_overhead_tokens * segments + self.pair_tokens * pairs
+        return work * self.seconds_per_token[rank] + hops
 
     @classmethod
     def for_model(
@@ -66,29 +82,73 @@ class CostModel:
     ) -> CostModel:  # fmt: skip
         """Hops priced by the interconnect from what they carry: the model's summaries
         (``relay_bytes_per_hop``), per layer a message each way (a Newton-trained RNN: one per
-        iteration forward and its first guess's, ``relay_messages_per_layer``)."""
-        nbytes, messages = relay_bytes_per_hop(model), relay_messages_per_layer(model) * model.n_layers
+        iteration forward and its first guess's; an attention layer's keys and values,
+        ``relay_messages_per_hop``), and a hybrid's keys and values per token before the cut;
+        attention's pairs priced by FLOPs against the per-token work."""
+        nbytes, messages = relay_bytes_per_hop(model), relay_messages_per_hop(model)
+        flops, kv = flops_per_token(model), kv_bytes_per_token(model)
         return cls(
             seconds_per_token,
             hop_seconds=net.hop(nbytes, 0, 0, messages),
             inter_node_hop_seconds=net.hop(nbytes, 0, net.ranks_per_node, messages),
             ranks_per_node=net.ranks_per_node,
             memory_cap_tokens=memory_cap_tokens,
+            pair_tokens=flops.attention_pair / flops.forward,
+            kv_hop_seconds_per_token=net.hop(kv, 0, 0, 0),
+            inter_node_kv_hop_seconds_per_token=net.hop(kv, 0, net.ranks_per_node, 0),
         )
 
     def predict(self, plan: StepPlan, boundaries: list[int]) -> list[float]:
         """Per-rank predicted time of ``plan`` over a stream with document ``boundaries``."""
-        spans = np.array([s for p in plan.pieces for s in p.spans], dtype=np.int64).reshape(-1, 2)
-        bounds = np.asarray(boundaries)
-        inside = np.searchsorted(bounds, spans[:, 1], "left") - np.searchsorted(bounds, spans[:, 0], "right")
-        owner = np.repeat(np.arange(len(plan.pieces)), [len(p.spans) for p in plan.pieces])
-        segments = np.bincount(owner, weights=1 + inside, minlength=len(plan.pieces))
+        segments, pairs = piece_work(plan, boundaries)
         hops = np.zeros(len(plan.pieces))
         for chain in {tuple(p.chain) for p in plan.pieces if len(p.chain) > 1}:
             for a, b in zip(chain[:-1], chain[1:]):
                 hops[a] += self.hop(a, b)
                 hops[b] += self.hop(a, b)
-        return [self.rank_time(r, p.n_tokens, int(segments[r]), hops[r]) for r, p in enumerate(plan.pieces)]
+        if self.pair_tokens:
+            hops += self._keys_values_seconds(plan, boundaries)
+        return [self.rank_time(r, p.n_tokens, int(segments[r]), hops[r], pairs[r]) for r, p in enumerate(plan.pieces)]
+
+    def _keys_values_seconds(self, plan: StepPlan, boundaries: list[int]) -> np.ndarray:
+        """Per rank, a hybrid's keys and values on the wire (``parallel/attention.py``): its
+        prefix in from the ranks holding it, its last segment out to each rank continuing it;
+        in and out at once (full duplex), not counted as hidden behind the attention."""
+        incoming, outgoing = np.zeros(len(plan.pieces)), np.zeros(len(plan.pieces))
+        bounds = np.asarray(boundaries)
+        for r, piece in enumerate(plan.pieces):
+            for src, n in prefix_sources(plan, r, boundaries) if piece.chain else []:
+                incoming[r] += n * self.kv_hop(src, r)
+                end = plan.pieces[src].spans[-1][1]
+                tail = end - max(plan.pieces[src].spans[-1][0], bounds[np.searchsorted(bounds, end, "left") - 1])
+                outgoing[src] += tail * self.kv_hop(src, r)
+        return np.maximum(incoming, outgoing)
+
+    def work(self, plan: StepPlan, boundaries: list[int]) -> np.ndarray:
+        """Per rank, the work units of its piece (tokens, tails, attention's pairs)."""
+        segments, pairs = piece_work(plan, boundaries)
+        tokens = np.array([p.n_tokens for p in plan.pieces], dtype=float)
+        return tokens + self.segment_overhead_tokens * segments + self.pair_tokens * pairs
+
+
+def piece_work(plan: StepPlan, boundaries: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per rank: its document pieces, and the (query, key) pairs causal attention scores over
+    them (a piece [a, b) of a document, positions within it: (b² − a² + b − a) / 2)."""
+    spans = np.array([s for p in plan.pieces for s in p.spans], dtype=np.int64).reshape(-1, 2)
+    bounds = np.asarray(boundaries)
+    inside = np.searchsorted(bounds, spans[:, 1], "left") - np.searchsorted(bounds, spans[:, 0], "right")
+    owner = np.repeat(np.arange(len(plan.pieces)), [len(p.spans) for p in plan.pieces])
+    segments = np.bincount(owner, weights=1 + inside, minlength=len(plan.pieces))
+    # The spans cover the stream: split it at every span edge and document boundary, and give
+    # each stretch [lo, hi) to the span holding it.
+    order = np.argsort(spans[:, 0], kind="stable")
+    points = np.union1d(bounds, spans.ravel())
+    lo, hi = points[:-1], points[1:]
+    held = order[np.searchsorted(spans[order, 0], lo, "right") - 1]
+    start = bounds[np.searchsorted(bounds, lo, "right") - 1]
+    a, b = (lo - start).astype(float), (hi - start).astype(float)
+    pairs = np.bincount(owner[held], weights=(b * b - a * a + b - a) / 2, minlength=len(plan.pieces))
+    return segments, pairs
 
 
 def water_fill(work: float, speeds: np.ndarray, caps: np.ndarray | None, busy: np.ndarray) -> np.ndarray:
@@ -137,32 +197,48 @@ class PlanResult:
 class DocumentLayout:
     """The batch's documents laid out longest first (ties by position: deterministic), as
     positions 0..total on one line; work is measured in token units, where every document
-    piece also costs a padded tail chunk (``overhead`` tokens)."""
+    piece also costs a padded tail chunk (``overhead`` tokens), and a hybrid's first x tokens
+    of a document ``x + pair_tokens · (x² + x) / 2`` (attention's pairs)."""
 
     spans: np.ndarray  # [n_docs, 2] stream spans, in layout order
     ends: list[int]  # layout position where each document ends
     lengths: np.ndarray  # tokens of each document (float)
     work_ends: np.ndarray  # work done at each document end
     overhead: float
+    pair_tokens: float = 0.0
 
     @classmethod
-    def longest_first(cls, boundaries: list[int], overhead: float) -> DocumentLayout:
+    def longest_first(cls, boundaries: list[int], overhead: float, pair_tokens: float = 0.0) -> DocumentLayout:
         bounds = np.asarray(boundaries, dtype=np.int64)
         docs = np.argsort(-np.diff(bounds), kind="stable")
         docs = docs[bounds[docs + 1] > bounds[docs]]
         spans = np.stack([bounds[docs], bounds[docs + 1]], axis=1)
         lengths = (spans[:, 1] - spans[:, 0]).astype(float)
-        return cls(spans, np.cumsum(lengths).astype(int).tolist(), lengths, np.cumsum(lengths + overhead), overhead)
+        work = np.cumsum(lengths + pair_tokens * (lengths**2 + lengths) / 2 + overhead)
+        return cls(spans, np.cumsum(lengths).astype(int).tolist(), lengths, work, overhead, pair_tokens)
 
     @functools.cached_property
     def doc_ends(self) -> set[int]:  # built once: the planner asks for every cut it weighs
         return set(self.ends) | {0}
 
+    def _work_in(self, x: float) -> float:
+        """The work of a document's first x tokens."""
+        return x + self.pair_tokens * (x * x + x) / 2
+
+    def _tokens_in(self, work: float) -> float:
+        """The inverse: how many of a document's first tokens ``work`` pays for."""
+        c = self.pair_tokens
+        if not c:
+            return work
+        b = 1 + c / 2
+        return 2 * work / (b + np.sqrt(b * b + 2 * c * work))  # the quadratic's root, stable form
+
     def to_position(self, work: float) -> int:
         """The layout position at which ``work`` token units are done."""
         d = min(int(np.searchsorted(self.work_ends, work)), len(self.spans) - 1)
-        into_doc = work - (self.work_ends[d] - self.lengths[d])
-        return self.ends[d] - int(self.lengths[d]) + int(round(min(max(into_doc, 0), self.lengths[d])))
+        length = self.lengths[d]
+        into_doc = self._tokens_in(max(work - (self.work_ends[d] - self._work_in(length)), 0.0))
+        return self.ends[d] - int(length) + int(round(min(into_doc, length)))
 
     def to_work(self, position: int) -> float:
         """Token units of work before layout ``position`` (a cut inside a document adds one
@@ -171,13 +247,21 @@ class DocumentLayout:
         done = self.work_ends[d - 1] if d else 0.0
         if position in self.doc_ends:
             return done
-        return done + self.overhead + position - (self.ends[d - 1] if d else 0)
+        return done + self.overhead + self._work_in(position - (self.ends[d - 1] if d else 0))
+
+    def before_cut(self, position: int) -> int:
+        """Tokens of the document holding ``position`` before it (what a cut there relays)."""
+        d = bisect.bisect_right(self.ends, position)
+        return 0 if position in self.doc_ends else position - (self.ends[d - 1] if d else 0)
 
     def snapped(self, cut: int, tolerance: float) -> int:
         """The document end nearest ``cut`` within ``tolerance`` tokens, or ``cut``."""
         ends = self.ends
         near = ends[bisect.bisect_left(ends, cut - tolerance) : bisect.bisect_right(ends, cut + tolerance)]
         return min(near, key=lambda e: (abs(e - cut), e)) if near else cut
+
+
+KV_PASSES = 8
 
 
 def divide(
@@ -190,13 +274,19 @@ def divide(
     tolerance: float,
     hop: float,
     min_piece: int,
+    kv_hop: float = 0.0,
 ) -> list[int]:
     """Cut layout positions [lo, hi) among units (ranks or whole nodes) of ``speeds`` so that
     they finish together, twice: the second pass charges each unit ``hop`` seconds for every
-    relay the first pass's cuts need, and keeps which cuts sit on document ends."""
+    relay the first pass's cuts need (and ``kv_hop`` per token of the document before the
+    cut: a hybrid's keys and values), and keeps which cuts sit on document ends."""
     n, doc_ends = len(speeds), layout.doc_ends
     tolerances = [tolerance] * (n - 1)
-    for attempt in range(2):
+    base = busy
+    # Recurrent hops cost the same wherever the cut falls: one correction pass. A hybrid's keys
+    # and values grow with the cut's place in its document, which moves with the busy time:
+    # a few more passes to a fixed point.
+    for attempt in range(KV_PASSES if kv_hop else 2):
         shares = water_fill(layout.to_work(hi) - layout.to_work(lo), speeds, caps, busy)
         cuts, work = [lo], layout.to_work(lo)
         for i, unit_share in enumerate(shares[:-1]):
@@ -204,11 +294,32 @@ def divide(
             cut = layout.snapped(layout.to_position(work), tolerances[i])
             cuts.append(min(max(cut, cuts[-1] + min_piece), hi - min_piece * (n - 1 - i)))
         cuts.append(hi)
+        relays = np.array([(c not in doc_ends) * hop for c in cuts[1:-1]])
+        busy = base + np.concatenate([relays, [0]]) + np.concatenate([[0], relays])
+        if kv_hop:
+            busy += kv_hop * keys_values_tokens(layout, cuts)
         if attempt == 0:
-            relays = np.array([c not in doc_ends for c in cuts[1:-1]], dtype=float)
-            busy = busy + (np.concatenate([relays, [0]]) + np.concatenate([[0], relays])) * hop
             tolerances = [t if c in doc_ends else 0.0 for t, c in zip(tolerances, cuts[1:-1])]
     return cuts
+
+
+def keys_values_tokens(layout: DocumentLayout, cuts: list[int]) -> np.ndarray:
+    """Per unit holding layout positions [cuts[i], cuts[i + 1]): the tokens of keys and values
+    it receives (its first document's earlier tokens) or sends (its part of them, once to each
+    later unit continuing that document), whichever is more (full duplex)."""
+    n = len(cuts) - 1
+    incoming, outgoing = np.zeros(n), np.zeros(n)
+    for i in range(1, n):
+        before = layout.before_cut(cuts[i])
+        if not before:
+            continue
+        incoming[i] = before
+        start = cuts[i] - before  # the document's start
+        for k in range(i - 1, -1, -1):
+            outgoing[k] += max(0, min(cuts[k + 1], cuts[i]) - max(cuts[k], start))
+            if cuts[k] <= start:
+                break
+    return np.maximum(incoming, outgoing)
 
 
 def _ranks_by_node(cost: CostModel) -> list[list[int]]:
@@ -231,7 +342,7 @@ def balanced_plan(boundaries: list[int], cost: CostModel, min_piece: int = 4) ->
     R, total = cost.world_size, boundaries[-1]
     if total < R * min_piece:
         raise PlanError(f"a batch of {total} tokens cannot feed {R} ranks {min_piece} tokens each")
-    layout = DocumentLayout.longest_first(boundaries, cost.segment_overhead_tokens)
+    layout = DocumentLayout.longest_first(boundaries, cost.segment_overhead_tokens, cost.pair_tokens)
     doc_ends = layout.doc_ends
     speeds = 1.0 / np.asarray(cost.seconds_per_token, dtype=float)
     caps = None
@@ -246,9 +357,11 @@ def balanced_plan(boundaries: list[int], cost: CostModel, min_piece: int = 4) ->
     node_caps = None if caps is None else np.array([caps[ranks].sum() for ranks in node_ranks])
     inter_tolerance = min(2 * cost.inter_node_hop_seconds / per_token, 0.01 * share * cost.ranks_per_node)
     node_hop = cost.inter_node_hop_seconds / cost.ranks_per_node
+    node_kv_hop = cost.inter_node_kv_hop_seconds_per_token / cost.ranks_per_node
     anchors = divide(
-        layout, 0, total, node_speed, node_caps, np.zeros(len(node_ranks)), inter_tolerance, node_hop, min_piece
-    )
+        layout, 0, total, node_speed, node_caps, np.zeros(len(node_ranks)), inter_tolerance, node_hop, min_piece,
+        node_kv_hop,
+    )  # fmt: skip
 
     # Level 2: ranks inside each node, with the relays they will do priced in.
     intra_tolerance = min(cost.hop_seconds / per_token, 0.01 * share)
@@ -256,12 +369,13 @@ def balanced_plan(boundaries: list[int], cost: CostModel, min_piece: int = 4) ->
     for n, ranks in enumerate(node_ranks):
         busy = np.zeros(len(ranks))
         busy[0] += cost.inter_node_hop_seconds * (anchors[n] not in doc_ends)
+        busy[0] += cost.inter_node_kv_hop_seconds_per_token * layout.before_cut(anchors[n])
         busy[-1] += cost.inter_node_hop_seconds * (anchors[n + 1] not in doc_ends)
         order += ranks
         rank_caps = None if caps is None else caps[ranks]
         node_cuts = divide(
             layout, anchors[n], anchors[n + 1], speeds[ranks], rank_caps, busy, intra_tolerance, cost.hop_seconds,
-            min_piece,
+            min_piece, cost.kv_hop_seconds_per_token,
         )  # fmt: skip
         cuts += node_cuts[1:]
 

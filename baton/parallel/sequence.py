@@ -63,6 +63,8 @@ class SequenceParallel:
         self.any_chain = False
         self.continues_from_prev = self.continues_to_next = self.carries = False
         self.first_offset = 0
+        self.kv_from: list[tuple[int, int]] = []
+        self.kv_to: list[int] = []
 
     @contextlib.contextmanager
     def step(self, plan: StepPlan, local: LocalBatch) -> Iterator[CommStats]:
@@ -80,6 +82,7 @@ class SequenceParallel:
         self.continues_from_prev = local.continues_from_prev
         self.continues_to_next = local.continues_to_next
         self.first_offset = local.first_offset
+        self.kv_from, self.kv_to = local.kv_from, local.kv_to
         # The state at the piece's end depends on the incoming state only when the piece is
         # a single segment continuing a document; any document start inside is a reset.
         self.carries = local.continues_from_prev and len(local.cu_seqlens) == 2
@@ -91,6 +94,7 @@ class SequenceParallel:
         finally:
             self.in_step = False
             self.chain, self.any_chain, self.first_offset = [], False, 0
+            self.kv_from, self.kv_to = [], []
             self.continues_from_prev = self.continues_to_next = self.carries = False
 
     def _check_in_step(self, what: str) -> None:

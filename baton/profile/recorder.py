@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from baton.dist.env import DistEnv
+from baton.models.flops import FlopsPerToken
 from baton.profile.gpu import GpuMonitor, peak_flops
 from baton.profile.straggler import StragglerDetector
 from baton.profile.timer import PhaseTimer
@@ -42,11 +43,11 @@ class RankProfiler:
         run_dir: Path,
         env: DistEnv,
         device: torch.device,
-        flops_per_token: float,
+        flops: FlopsPerToken,
         peak_tflops: float = 0.0,
         threshold: float = 1.25,
     ) -> None:
-        self.env, self.device, self.flops_per_token = env, device, flops_per_token
+        self.env, self.device, self.flops = env, device, flops
         self.dir = Path(run_dir) / "profile"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.records = open(self.dir / f"rank{env.rank}.jsonl", "a")
@@ -60,8 +61,10 @@ class RankProfiler:
     def phase(self, name: str):
         return self.timer.phase(name)
 
-    def record(self, step: int, tokens: int, comm: dict) -> dict:
-        """Close the step: write this rank's record and remember it for the interval summary."""
+    def record(self, step: int, tokens: int, comm: dict, attention_pairs: int = 0) -> dict:
+        """Close the step: write this rank's record and remember it for the interval summary.
+        ``attention_pairs``: the (query, key) pairs its attention layers scored (MFU counts
+        attention's quadratic term)."""
         phases = self.timer.collect()
         step_s = sum(phases.values())
         relay_s = comm.get("seconds", 0.0)
@@ -75,7 +78,7 @@ class RankProfiler:
             "relay_s": relay_s,
             **{f"{p}_s": phases.get(p, 0.0) for p in PHASES},
             "tokens_per_s": tokens / step_s if step_s else 0.0,
-            "model_flops": tokens * self.flops_per_token,
+            "model_flops": self.flops.training_step(tokens, attention_pairs),
             "relay_sent_bytes": sum(comm.get("sent", {}).values()),
             "relay_received_bytes": sum(comm.get("received", {}).values()),
             "peak_mem_gb": peak_memory_gb(self.device),

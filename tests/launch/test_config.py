@@ -61,7 +61,18 @@ def test_overrides_apply_with_types():
         ("model.n_heads=3", "must be a multiple of model.n_heads=3"),
         ("model.expand_k=0", "model.expand_k must be > 0, got 0.0"),
         (["model.mixer=ssd", "model.ssd_head_dim=0"], "model.ssd_head_dim must be >= 1, got 0"),
-        ("model.mixer=mamba", "model.mixer must be one of gla, ssd, gdn, paragru, paralstm, got 'mamba'"),
+        ("model.mixer=mamba", "model.mixer must be one of gla, ssd, gdn, paragru, paralstm, attn, got 'mamba'"),
+        ("model.layer_pattern=gdn,mla", "model.layer_pattern='gdn,mla' names 'mla': each entry must be one of"),
+        (
+            ["model.layer_pattern=gdn,attn", "model.attn_heads=6", "model.attn_kv_heads=4"],
+            "model.attn_heads=6 must be a multiple of model.attn_kv_heads=4",
+        ),
+        (
+            ["model.layer_pattern=ssd,attn", "model.attn_head_dim=24", "model.rotary_fraction=0.25"],
+            "model.rotary_fraction=0.25 of model.attn_head_dim=24 rotates 6 dims: rotary pairs dims",
+        ),
+        (["model.layer_pattern=attn,gdn", "model.gdn_head_dim=40"], "model.gdn_head_dim must be a power of two"),
+        (["model.layer_pattern=gdn,attn", "model.rotary_theta=0"], "model.rotary_theta must be > 0"),
         (["model.mixer=paragru", "model.newton_iterations=0"], "model.newton_iterations must be >= 1, got 0"),
         (["model.mixer=paralstm", "model.recurrent_weights=dense"], "model.recurrent_weights='dense': paralstm is"),
         (
@@ -131,6 +142,28 @@ def test_baton_config_prints_what_a_run_would_use(tmp_path, capsys):
     assert load_config(str(tmp_path / "resolved.yaml")) == load_config(args[0], args[1:])
     assert main(["config", "optim.lr=0"]) == 2
     assert capsys.readouterr().err == "baton: error: optim.lr: must be > 0, got 0.0\n"
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("model.layer_pattern=gdn,gdn,gdn,mamba", "model.layer_pattern"),
+        ("model.attn_kv_heads=3", "model.attn_heads=4 must be a multiple of model.attn_kv_heads=3"),
+        ("model.rotary_fraction=0.1", "model.rotary_fraction=0.1"),
+    ],
+)
+def test_a_bad_hybrid_stops_with_one_line_naming_the_key(override, key, capsys):
+    assert main(["train", "configs/tiny-hybrid.yaml", override]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"baton: error: {key}") and err.count("\n") == 1, err
+
+
+def test_the_layer_pattern_cycles_over_the_layers():
+    cfg = load_config(None, ["model.layer_pattern=gdn, gdn, gdn, attn", "model.n_layers=6", "model.gdn_head_dim=16"])
+    assert cfg.model.layer_mixers == ["gdn", "gdn", "gdn", "attn", "gdn", "gdn"]
+    assert cfg.model.hybrid and cfg.model.describe == "gdn,gdn,gdn,attn"
+    plain = load_config(None, ["model.mixer=ssd", "model.n_layers=3"]).model
+    assert plain.layer_mixers == ["ssd"] * 3 and not plain.hybrid
 
 
 def test_a_gdn_head_the_kernels_cannot_tile_stops_with_one_line(capsys):

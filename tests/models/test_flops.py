@@ -5,7 +5,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from baton.config import ModelConfig, load_config
-from baton.models.flops import count_parameters, flops_per_token, scan_shape
+from baton.models.flops import causal_pairs, count_parameters, flops_per_token, scan_shape
 from baton.models.lm import RecurrentLM
 from tests.conftest import CONFIGS
 
@@ -31,21 +31,34 @@ def test_parameter_count_of_the_newton_mixers(mixer):
     assert count_parameters(cfg) == sum(p.numel() for p in RecurrentLM(cfg).parameters())
 
 
-@pytest.mark.parametrize("mixer", ["gla", "ssd", "gdn", "paragru"])
+@pytest.mark.parametrize("mixer", ["gla", "ssd", "gdn", "paragru", "gdn+attn"])
 @pytest.mark.parametrize("tie", [True, False])
 def test_matmul_flops_match_flop_counter(mixer, tie):
-    """Count the model's matmuls with torch's FLOP counter, with the scan swapped for one
-    without matmuls (ParaGRU's Newton iterations have none: elementwise); then count the scan
-    alone (SSD reference performs exactly the terms of the formula)."""
-    cfg = ModelConfig(mixer=mixer, tie_embeddings=tie, chunk_size=16)
+    """Count the model's matmuls with torch's FLOP counter, with the scan (and attention) swapped
+    for one without matmuls (ParaGRU's Newton iterations have none: elementwise); then count the
+    scan alone (SSD reference performs exactly the terms of the formula)."""
+    pattern = mixer.replace("+", ",") if "+" in mixer else ""
+    cfg = ModelConfig(mixer=mixer.split("+")[0], layer_pattern=pattern, tie_embeddings=tie, chunk_size=16, n_layers=4)
     model = RecurrentLM(cfg)
     for block in model.blocks:
         block.mixer.scan = lambda q, k, v, *gates, **kw: (v * 1.0, None)
+        block.mixer.attend = lambda q, kv, *args: q * 1.0
     T = 64
     tokens = torch.randint(0, 257, (1, T))
     with FlopCounterMode(display=False) as counter:
         model(tokens)
     assert counter.get_total_flops() == flops_per_token(cfg).matmul * T
+
+
+def test_hybrid_parameters_and_attention_pairs():
+    """A hybrid counts each layer as what it is; causal attention over a piece scores each
+    query against its document's keys up to itself, also past a prefix from earlier ranks."""
+    cfg = ModelConfig(mixer="gdn", layer_pattern="gdn,gdn,gdn,attn", n_layers=6, gdn_head_dim=16, attn_kv_heads=1)
+    assert count_parameters(cfg) == sum(p.numel() for p in RecurrentLM(cfg).parameters())
+    assert flops_per_token(cfg).attention_pair == 4 * cfg.attn_heads * cfg.attn_head_dim * 1
+    bounds, offset = [0, 5, 12, 20], 7
+    brute = sum(offset + t + 1 for t in range(5)) + sum(t + 1 for t in range(7)) + sum(t + 1 for t in range(8))
+    assert causal_pairs(bounds, offset) == brute
 
 
 def test_recurrence_flops_match_flop_counter_for_ssd_scan():

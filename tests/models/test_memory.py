@@ -41,12 +41,23 @@ def measured_per_token(cfg: ModelConfig, policy: str, dtype: torch.dtype, T: int
     return (block_kept(cfg, policy, 2 * T, dtype) - block_kept(cfg, policy, T, dtype)) / T
 
 
-@pytest.mark.parametrize("mixer", ["gla", "ssd", "gdn", "paragru", "paralstm"])
+ATTENTION = dict(attn_heads=4, attn_head_dim=16, attn_block=32)
+
+
+@pytest.mark.parametrize("mixer", ["gla", "ssd", "gdn", "paragru", "paralstm", "attn", "attn-norotary"])
 @pytest.mark.parametrize("policy", ["none", "full", "mixer"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_reference_path(mixer, policy, dtype):
-    cfg = ModelConfig(mixer=mixer, chunk_size=32, **SHAPE)
-    predicted = activation_bytes(cfg, policy, dtype.itemsize, "reference", True).per_layer
+    """An attention layer measured as the first layer of a two-layer hybrid, with and without
+    rotary (its cos and sin, and in fp32 the rotated copies); 4 heads over 2 key/value heads."""
+    if mixer.startswith("attn"):
+        rotary = 0.0 if mixer.endswith("norotary") else 0.5
+        shape = {**SHAPE, "n_layers": 2, **ATTENTION, "rotary_fraction": rotary}
+        cfg = ModelConfig(mixer="gdn", layer_pattern="attn,gdn", chunk_size=32, **shape)
+        predicted = activation_bytes(cfg.for_mixer("attn"), policy, dtype.itemsize, "reference", True).per_layer
+    else:
+        cfg = ModelConfig(mixer=mixer, chunk_size=32, **SHAPE)
+        predicted = activation_bytes(cfg, policy, dtype.itemsize, "reference", True).per_layer
     with kernel_backend("torch"):
         assert measured_per_token(cfg, policy, dtype, 128) == predicted
 

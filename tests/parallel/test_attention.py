@@ -68,10 +68,14 @@ def test_every_rank_matches_one_process(world):
             assert_close(got["o"], local(o.detach(), spans), 1e-10, f"{what}: output")
             for name, g, ref in zip(("dq", "dkv"), got["grads"], (q.grad, kv.grad)):
                 assert_close(g, local(ref, spans), 1e-10, f"{what}: {name}")
-            # Keys and values go to the next rank only for a document that continues there,
-            # and carry that document's tokens so far: 2D per key head, 8 bytes each.
-            sent = got["comm"]["sent"].get("layer0.kv", 0)
+            # Keys and values cross a cut only for a document that continues there: a rank sends
+            # its last segment once to each later rank that continues its document, and receives
+            # the whole prefix (first_offset tokens); 2D per key head and token, 8 bytes each.
+            piece = local_batch(plan, rank, batch)
+            last = piece.cu_seqlens[-1] - piece.cu_seqlens[-2]
+            per_token = HK * 2 * D * 8
+            assert got["comm"]["sent"].get("layer0.kv", 0) == last * len(piece.kv_to) * per_token, what
+            assert got["comm"]["received"].get("layer0.kv", 0) == piece.first_offset * per_token, what
             end = spans[-1][1]
-            straddles = plan.neighbours(rank)[1] is not None and end not in bounds
-            start = max(b for b in bounds if b < end) if straddles else end
-            assert sent == (end - start) * HK * 2 * D * 8, what
+            if end not in bounds and plan.neighbours(rank)[1] is not None:
+                assert piece.kv_to, what

@@ -9,6 +9,7 @@ import torch
 
 from baton.dist.env import DistEnv
 from baton.dist.local import run_local
+from baton.models.flops import FlopsPerToken
 from baton.models.lm import token_losses
 from baton.parallel.plan import RankPiece, StepPlan, local_batch
 from baton.parallel.sequence import SequenceParallel, apply_sequence_parallel
@@ -28,7 +29,7 @@ def worker(rank, world, run_dir, steps):
     batch = make_batch(LENGTHS)
     bounds = batch.cu_seqlens.tolist()
     plan = StepPlan([RankPiece([(a, b)]) for a, b in zip(bounds[:-1], bounds[1:])])
-    prof = RankProfiler(run_dir, DistEnv(rank, world), torch.device("cpu"), flops_per_token=1.0)
+    prof = RankProfiler(run_dir, DistEnv(rank, world), torch.device("cpu"), FlopsPerToken(1, 0))
     for step in range(1, steps + 1):
         with prof.phase("data"):
             local = local_batch(plan, rank, batch)
