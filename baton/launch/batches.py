@@ -9,6 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -34,11 +35,17 @@ class StepPlanner:
         self.cost = CostModel.for_model(cfg.model, [1.0] * env.world_size, net, caps)
         # for relay=auto until the run has measured its speed
         self.assumed_seconds_per_token = assumed_seconds_per_token(cfg.model, peak_flops)
+        # A hybrid's work per token differs by rank (attention's pairs): per rank, the tokens
+        # and work units of the plans made since the last calibration.
+        self.planned: list[tuple[np.ndarray, np.ndarray]] = []
 
     def __call__(self, batch: Batch, cost: CostModel) -> tuple[StepPlan, dict]:
         cfg = self.cfg
         min_piece = max(4, cfg.model.conv_size)
         plan, info = make_plan(cfg.parallel.planner.kind, batch, cost, cfg.parallel.sp.size, min_piece)
+        if cost.pair_tokens:
+            tokens = np.array([p.n_tokens for p in plan.pieces], dtype=float)
+            self.planned.append((tokens, cost.work(plan, batch.cu_seqlens.tolist())))
         if cfg.parallel.sp.relay == "auto":
             seconds_per_token = (
                 cost.seconds_per_token if cost.measured else [self.assumed_seconds_per_token] * len(plan.pieces)
@@ -55,6 +62,10 @@ class StepPlanner:
             return
         speeds = torch.tensor(summary["tokens_per_s"] if summary else [0.0] * self.env.world_size, dtype=torch.float64)
         dist.broadcast(speeds, 0)
+        planned, self.planned = self.planned, []
+        if planned:  # tokens per second as work units per second: every rank plans alike
+            tokens, work = (sum(x) for x in zip(*planned))
+            speeds = speeds * torch.from_numpy(work / np.maximum(tokens, 1))
         if (speeds > 0).all():
             self.cost.seconds_per_token = (1.0 / speeds).tolist()
             self.cost.measured = True

@@ -151,10 +151,14 @@ def report(budget: MemoryBudget, tokens: int) -> str:
     engine = z.engine + (f" stage {z.stage}" if z.engine != "none" and budget.world > 1 else "")
     micro = t.micro_tokens
     in_flight = min(tokens, micro) if micro else tokens
+    attention = ", attention" if "attn" in budget.cfg.model.layer_mixers else ""
     rows = [
         *budget.states.items(),
         (f"activations kept ({tokens} tokens)", tokens * budget.kept_per_token),
-        (f"workspace (a layer's backward over {in_flight} tokens, loss logits)", budget.workspace(tokens, micro)),
+        (
+            f"workspace (a layer's backward over {in_flight} tokens, loss logits{attention})",
+            budget.workspace(tokens, micro),
+        ),
         ("reserve (CUDA context, buffers, allocator)", budget.reserve),
         ("total", budget.total(tokens)),
     ]

@@ -39,7 +39,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from baton.config import ModelConfig, ParallelConfig
-from baton.models.flops import flops_per_token, forward_relays, scan_shape, summary_bytes
+from baton.models.flops import (
+    flops_per_token,
+    forward_relays,
+    mixer_linear_params,
+    recurrence_flops,
+    recurrent_layers,
+    scan_shape,
+    summary_bytes,
+)
 from baton.parallel.interconnect import Interconnect
 from baton.parallel.plan import StepPlan
 from baton.parallel.relay import STRATEGIES
@@ -85,22 +93,25 @@ class StepModel:
         the window that hides the relay); ``relay_op_share``: the summary's (and the
         correction's) time per token relative to the scan's (default: by FLOPs)."""
         flops = flops_per_token(cfg)
-        head = 2 * cfg.d_model * cfg.vocab_size
-        layer_share = (flops.forward - head) / flops.forward
-        per_layer = seconds_per_token * layer_share / cfg.n_layers
-        scan = flops.recurrence / (flops.forward - head) if scan_share is None else scan_share
+        layers = recurrent_layers(cfg)  # a hybrid's attention layers relay no state: priced with the head
+        recurrence = sum(recurrence_flops(layer) for layer in layers)
+        mlp = 2 * 3 * cfg.d_model * cfg.mlp_hidden
+        relaying = sum(2 * mixer_linear_params(layer) + mlp for layer in layers) + recurrence
+        layer_share = relaying / flops.forward
+        per_layer = seconds_per_token * layer_share / len(layers)
+        scan = recurrence / relaying if scan_share is None else scan_share
         H, K, V = scan_shape(cfg)
         # The summary accumulates k vᵀ, the correction reads the state with q: 2HKV FLOPs per
         # token each, priced at the scan's speed unless measured.
-        relay_op = 2 * H * K * V / (flops.recurrence / cfg.n_layers) if relay_op_share is None else relay_op_share
+        relay_op = 2 * H * K * V / (recurrence / len(layers)) if relay_op_share is None else relay_op_share
 
         def split(seconds: float) -> LayerTimes:
             rest, scan_s = (1 - scan) * seconds / 2, scan * seconds
             return LayerTimes(rest, scan_s, rest, relay_op * scan_s, relay_op * scan_s)
 
-        relays = forward_relays(cfg)
+        relays = forward_relays(layers[0])
         return cls(
-            cfg.n_layers, 4 * H * K * V, summary_bytes(cfg), split(per_layer / 3 / relays),
+            len(layers), 4 * H * K * V, summary_bytes(cfg), split(per_layer / 3 / relays),
             split(2 * per_layer / 3), seconds_per_token * (1 - layer_share), interconnect, relays,
         )  # fmt: skip
 

@@ -22,6 +22,7 @@ import torch
 
 from baton.checkpoint import complete_checkpoints
 from baton.checkpoint.export import load_model_state
+from baton.launch.replay import relative, replay_step
 from tests.launch.runs import SMALL, baton_train, jsonl
 
 pytestmark = [pytest.mark.ranks, pytest.mark.runs]
@@ -238,3 +239,37 @@ def test_other_model_config_is_refused(damaged, data_dir):
     run, ckpt = damaged
     err = failing_resume(run, data_dir, "model.d_model=64")
     assert f"{ckpt / 'trainer.json'}: saved for a different model: model.d_model: 128 in the checkpoint, 64 now" in err
+
+
+HYBRID = [
+    "model.mixer=gdn", "model.layer_pattern=gdn,attn", "model.d_model=64", "model.n_heads=2",
+    "model.gdn_head_dim=16", "model.attn_heads=4", "model.attn_kv_heads=2", "model.attn_head_dim=16",
+    "model.chunk_size=16", "parallel.planner.kind=balanced", "parallel.sp.relay=chain",
+    *ENGINES["fsdp2-stage3"],
+]  # fmt: skip
+
+
+def test_a_killed_hybrid_resumes_on_another_world_size(tmp_path, data_dir):
+    """A GDN + attention hybrid, every rank's piece cut where the balanced planner puts it (keys
+    and values exchanged across the cuts), rank 1 killed as step 3 begins on 3 ranks, resumed
+    from step 2's checkpoint on 2: the documents of every step and the losses (1e-5: other
+    cuts sum in other orders) of an uninterrupted 3-rank run; and `baton replay` recomputes one
+    of its steps in one process (loss and gradient norm to 1e-5)."""
+    whole = baton_train(tmp_path / "whole", data_dir, 3, *STEPS, *HYBRID)
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", "-m"]
+    cmd += ["baton.launch.cli", "train", *SMALL, f"data.cache_dir={data_dir}", f"train.run_dir={run}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", BATON_TEST_KILL_AT_STEP="1:3")
+    proc = subprocess.run([*cmd, *STEPS, *HYBRID], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0
+    assert [p.name for p in complete_checkpoints(run / "checkpoints")] == ["step_00000002"]
+    baton_train(run, data_dir, 2, *STEPS, *HYBRID, "resume=auto")
+    assert documents(run) == documents(whole)
+    ours, theirs = torch.tensor(losses(run)), torch.tensor(losses(whole))
+    assert len(ours) == 4 and torch.allclose(ours, theirs, rtol=1e-5, atol=0)
+    # The cuts fell inside documents: rank 0 sent keys and values on and got their gradients back.
+    assert all(r["comm"]["sent"]["layer1.kv"] > 0 for r in jsonl(whole / "metrics.jsonl"))
+    assert all(r["comm"]["received"]["layer1.kv.grad"] > 0 for r in jsonl(whole / "metrics.jsonl"))
+    replay = replay_step(whole, 3)
+    assert replay.world_size == 3 and relative(replay.loss, replay.logged_loss) < 1e-5, replay
+    assert relative(replay.grad_norm, replay.logged_grad_norm) < 1e-5, replay

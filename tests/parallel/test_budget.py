@@ -79,3 +79,19 @@ def test_baton_memory_refuses_what_cannot_fit():
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1 and "but the GPU has 40.0 GiB" in proc.stderr
+
+
+def test_baton_memory_counts_a_hybrids_attention(capsys):
+    """The 1.3B hybrid on 8 GPUs of 80 GB: what fits, with attention's backward scores over a
+    block of queries and a continued document's keys and values in the workspace."""
+    hybrid = str(CONFIGS / "1b-hybrid.yaml")
+    assert main(["memory", hybrid, "--world", "8", "--gpu-memory", "80"]) == 0
+    out = capsys.readouterr().out
+    assert "one rank of 8" in out and "loss logits, attention)" in out and "on 80.00 GiB: fits" in out
+    cfg = load_config(hybrid)
+    plain = MemoryBudget(load_config(hybrid, ["model.layer_pattern=gdn"]), 8, 80 * GIB)
+    budget, tokens = MemoryBudget(cfg, 8, 80 * GIB), 65536
+    m = cfg.model
+    scores = 3 * 4 * m.attn_heads * m.attn_block * 2 * tokens  # fp32 scores, probabilities, their gradient
+    prefix = 5 * tokens * m.attn_kv_heads * 2 * m.attn_head_dim * 2  # 5 attention layers, bf16
+    assert budget.workspace(tokens, 0) - plain.workspace(tokens, 0) >= scores + prefix
