@@ -107,10 +107,10 @@ class CostModel:
                 hops[a] += self.hop(a, b)
                 hops[b] += self.hop(a, b)
         if self.pair_tokens:
-            hops += self._keys_values_seconds(plan, boundaries)
+            hops += self.keys_values_seconds(plan, boundaries)
         return [self.rank_time(r, p.n_tokens, int(segments[r]), hops[r], pairs[r]) for r, p in enumerate(plan.pieces)]
 
-    def _keys_values_seconds(self, plan: StepPlan, boundaries: list[int]) -> np.ndarray:
+    def keys_values_seconds(self, plan: StepPlan, boundaries: list[int]) -> np.ndarray:
         """Per rank, a hybrid's keys and values on the wire (``parallel/attention.py``): its
         prefix in from the ranks holding it, its last segment out to each rank continuing it;
         in and out at once (full duplex), not counted as hidden behind the attention."""
@@ -363,31 +363,52 @@ def balanced_plan(boundaries: list[int], cost: CostModel, min_piece: int = 4) ->
         node_kv_hop,
     )  # fmt: skip
 
-    # Level 2: ranks inside each node, with the relays they will do priced in.
+    # Level 2: ranks inside each node, with the relays they will do priced in. A hybrid's keys
+    # and values run between ranks of any node, at either rate: after a first pass that prices
+    # them inside the node only, each pass takes every rank's from the last pass's plan, and
+    # the best plan found is kept.
     intra_tolerance = min(cost.hop_seconds / per_token, 0.01 * share)
-    order, cuts = [], [0]
-    for n, ranks in enumerate(node_ranks):
-        busy = np.zeros(len(ranks))
-        busy[0] += cost.inter_node_hop_seconds * (anchors[n] not in doc_ends)
-        busy[0] += cost.inter_node_kv_hop_seconds_per_token * layout.before_cut(anchors[n])
-        busy[-1] += cost.inter_node_hop_seconds * (anchors[n + 1] not in doc_ends)
-        order += ranks
-        rank_caps = None if caps is None else caps[ranks]
-        node_cuts = divide(
-            layout, anchors[n], anchors[n + 1], speeds[ranks], rank_caps, busy, intra_tolerance, cost.hop_seconds,
-            min_piece, cost.kv_hop_seconds_per_token,
-        )  # fmt: skip
-        cuts += node_cuts[1:]
+    exchanged = cost.pair_tokens and cost.kv_hop_seconds_per_token
+    best, kv_seconds = None, None
+    for _ in range(KV_PASSES if exchanged else 1):
+        order, cuts = [], [0]
+        for n, ranks in enumerate(node_ranks):
+            busy = np.zeros(len(ranks))
+            busy[0] += cost.inter_node_hop_seconds * (anchors[n] not in doc_ends)
+            busy[-1] += cost.inter_node_hop_seconds * (anchors[n + 1] not in doc_ends)
+            kv_hop = cost.kv_hop_seconds_per_token
+            if kv_seconds is None:
+                busy[0] += cost.inter_node_kv_hop_seconds_per_token * layout.before_cut(anchors[n])
+            else:
+                busy, kv_hop = busy + kv_seconds[ranks], 0.0
+            order += ranks
+            rank_caps = None if caps is None else caps[ranks]
+            node_cuts = divide(
+                layout, anchors[n], anchors[n + 1], speeds[ranks], rank_caps, busy, intra_tolerance,
+                cost.hop_seconds, min_piece, kv_hop,
+            )  # fmt: skip
+            cuts += node_cuts[1:]
+        plan = _plan_of(layout, order, cuts, cost, total)
+        predicted = cost.predict(plan, boundaries)
+        if best is None or max(predicted) < max(best[1]):
+            best = plan, predicted
+        if exchanged:
+            kv_seconds = cost.keys_values_seconds(plan, boundaries)
+    plan, predicted = best
+    return PlanResult(plan, predicted, "proportional-cut", time.perf_counter() - start_time)
 
+
+def _plan_of(layout: DocumentLayout, order: list[int], cuts: list[int], cost: CostModel, total: int) -> StepPlan:
+    """The plan giving rank ``order[i]`` layout positions [cuts[i], cuts[i + 1])."""
     if cost.memory_cap_tokens is not None:
         cuts = _enforce_caps(cuts, [cost.memory_cap_tokens[r] for r in order])
-    pieces: list[RankPiece] = [RankPiece([]) for _ in range(R)]
+    pieces: list[RankPiece] = [RankPiece([]) for _ in order]
     for i, spans in enumerate(layout_spans(layout.spans, np.asarray(layout.ends), cuts)):
         pieces[order[i]].spans = spans
-    link_chains(pieces, order, cuts, doc_ends)
+    link_chains(pieces, order, cuts, layout.doc_ends)
     plan = StepPlan(pieces)
     plan.validate(total)
-    return PlanResult(plan, cost.predict(plan, boundaries), "proportional-cut", time.perf_counter() - start_time)
+    return plan
 
 
 def _enforce_caps(cuts: list[int], caps: list[int]) -> list[int]:
