@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Prepared GPU checks for a lent H100 or H200, in sections that each fit one session's device time:
 #
-#   bash bench/gpu_check.sh [memory|throughput|throughput-more|newton]   # from the repository root (default: memory)
+#   bash bench/gpu_check.sh [memory|throughput|throughput-more|newton|hybrid]   # from the repository root (default: memory)
+#
+# hybrid (issue 29, about 5 minutes at most): FlexAttention, the attention op's GPU kernel, against the
+# blockwise reference, forward and backward (tests/kernels/test_attention_flex.py's GPU case when pytest is
+# there; bench/attention_kernels.py: error and time at 8K and 32K tokens, the 1.3B hybrid's heads), then a few
+# training steps of configs/1b-hybrid.yaml at 32K tokens (peak memory, tokens/s and MFU against `baton memory`).
 #
 # newton (issue 21, about 4 minutes at most): Newton-parallel ParaGRU / ParaLSTM layers (Triton scans) against
 # the token loop, T = 1K-64K (bench/newton_rnn.py --parts timing; the loop skipped past 20 s), then a few
@@ -122,4 +127,14 @@ if [[ $section == newton ]]; then
     timeout 150 python3 bench/newton_rnn.py --parts timing --seq-limit 20 || echo "newton_rnn: exit $?"
     cp bench/out/newton_rnn.json "$out/newton_rnn.json" 2>/dev/null
     run_case 125m-paralstm 90 configs/125m.yaml model.mixer=paralstm model.n_heads=12 data.tokens_per_batch=32768
+fi
+
+if [[ $section == hybrid ]]; then
+    export BATON_AUTOTUNE=0
+    if python3 -c "import pytest" 2>/dev/null; then
+        timeout 120 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_attention_flex.py || echo "flex tests: exit $?"
+    fi
+    timeout 150 python3 bench/attention_kernels.py --lengths 8192 32768 || echo "attention_kernels: exit $?"
+    cp bench/out/attention_kernels.json "$out/attention_kernels.json" 2>/dev/null
+    run_case 1b-hybrid 120 configs/1b-hybrid.yaml data.tokens_per_batch=32768
 fi

@@ -16,6 +16,7 @@ from baton.kernels.dispatch import (
     delta_step,
     delta_summary,
     norm_gate,
+    prefix_attention,
     recurrent_step,
     segment_summary,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "naive_delta_recurrence",
     "naive_recurrence",
     "norm_gate",
+    "prefix_attention",
     "recurrent_step",
     "segment_summary",
 ]

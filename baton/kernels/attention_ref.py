@@ -35,13 +35,16 @@ def _document_ids(T: int, cu_seqlens: Tensor | None, device: torch.device) -> Te
 
 class _Layout:
     """Which keys each query block sees: the stream's keys with the prefix in front, their
-    documents and positions (the prefix at negative positions, in the first document)."""
+    documents and positions (the prefix at negative positions, in the first document); or,
+    without ``own`` keys, the prefix alone (every query of the first document sees all of it)."""
 
-    def __init__(self, T: int, P: int, cu_seqlens: Tensor | None, device: torch.device, block: int) -> None:
+    def __init__(
+        self, T: int, P: int, cu_seqlens: Tensor | None, device: torch.device, block: int, own: bool = True
+    ) -> None:
         doc = _document_ids(T, cu_seqlens, device)
         self.query_doc, self.query_pos = doc, torch.arange(T, device=device)
-        self.key_doc = torch.cat([doc.new_zeros(P), doc])
-        self.key_pos = torch.arange(-P, T, device=device)
+        self.key_doc = torch.cat([doc.new_zeros(P), doc if own else doc[:0]])
+        self.key_pos = torch.arange(-P, T if own else 0, device=device)
         bounds = [0, T] if cu_seqlens is None else cu_seqlens.tolist()
         first_start = torch.tensor(bounds[:-1], device=device)[doc]  # each query's document start
         self.first_key = torch.where(doc == 0, 0, first_start + P)  # in the prefixed key index
@@ -53,7 +56,7 @@ class _Layout:
 
     def key_blocks(self, a: int, b: int):
         """Key blocks [c, d) of the prefixed keys that queries [a, b) can see, with the mask."""
-        lo, hi = int(self.first_key[a:b].min()), b + self.P
+        lo, hi = int(self.first_key[a:b].min()), min(b + self.P, len(self.key_pos))
         for c in range(lo, hi, self.block):
             d = min(c + self.block, hi)
             same = self.query_doc[a:b, None] == self.key_doc[None, c:d]
@@ -123,10 +126,10 @@ class _Attention(Function):
     than kept: kept on ``ctx`` it would outlive activation checkpointing's recomputation."""
 
     @staticmethod
-    def forward(ctx, q, k, v, cu_seqlens: Tensor | None, P: int, block: int, scale: float):
-        o, lse = _forward(q, k, v, _Layout(q.shape[1], P, cu_seqlens, q.device, block), scale)
+    def forward(ctx, q, k, v, cu_seqlens: Tensor | None, P: int, block: int, scale: float, own: bool = True):
+        ctx.layout_args, ctx.scale = (q.shape[1], P, cu_seqlens, q.device, block, own), scale
+        o, lse = _forward(q, k, v, _Layout(*ctx.layout_args), scale)
         ctx.save_for_backward(q, k, v, o, lse)
-        ctx.layout_args, ctx.scale = (q.shape[1], P, cu_seqlens, q.device, block), scale
         return o, lse
 
     @staticmethod
@@ -135,7 +138,7 @@ class _Attention(Function):
         d_o = torch.zeros_like(o) if d_o is None else d_o
         d_lse = torch.zeros_like(lse) if d_lse is None else d_lse
         layout = _Layout(*ctx.layout_args)
-        return *_backward(q, k, v, o, lse, d_o, d_lse, layout, ctx.scale), None, None, None, None
+        return *_backward(q, k, v, o, lse, d_o, d_lse, layout, ctx.scale), None, None, None, None, None
 
 
 def attention_ref(
@@ -178,17 +181,16 @@ def attention_ref(
 
 
 def prefix_attention(
-    q: Tensor, prefix_k: Tensor, prefix_v: Tensor, scale: float | None = None
+    q: Tensor, prefix_k: Tensor, prefix_v: Tensor, scale: float | None = None, block: int = 128
 ) -> tuple[Tensor, Tensor]:
     """Queries q [B, T, H, D] over a prefix of keys they all see, [B, P, Hk, D | Dv]: the partial
-    result and its log-sum-exp, for :func:`merge_partials` (the whole T × P scores at once:
-    P is the part of one document on earlier ranks)."""
+    result and its log-sum-exp, for :func:`merge_partials`; blockwise as :func:`attention_ref`
+    (P is the part of one document on earlier ranks: it may be far longer than T)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     dt = compute_dtype(q)
-    groups = q.shape[2] // prefix_k.shape[2]
-    s = torch.einsum("bqhd,bkhd->bhqk", q.to(dt), _expand(prefix_k.to(dt), groups)) * scale
-    o = torch.einsum("bhqk,bkhd->bqhd", torch.softmax(s, dim=-1), _expand(prefix_v.to(dt), groups))
-    return o.to(prefix_v.dtype), torch.logsumexp(s, dim=-1).transpose(1, 2)
+    P = prefix_k.shape[1]
+    o, lse = _Attention.apply(q.to(dt), prefix_k.to(dt), prefix_v.to(dt), None, P, block, float(scale), False)
+    return o.to(prefix_v.dtype), lse
 
 
 def merge_partials(o1: Tensor, lse1: Tensor, o2: Tensor, lse2: Tensor) -> tuple[Tensor, Tensor]:

@@ -157,3 +157,11 @@ def attention(
     continuing a ``prefix`` of keys and values; the output and each query's log-sum-exp
     (:func:`~baton.kernels.attention_ref.attention_ref` has the shapes)."""
     return OPS["attention"](q, k, v, cu_seqlens, prefix_k, prefix_v, scale, block)
+
+
+def prefix_attention(
+    q: Tensor, prefix_k: Tensor, prefix_v: Tensor, scale: float | None = None, block: int = 128
+) -> tuple[Tensor, Tensor]:
+    """Queries over a prefix of keys they all see: the partial output and its log-sum-exp, to
+    merge with the queries' own attention (:func:`~baton.kernels.attention_ref.merge_partials`)."""
+    return OPS["prefix_attention"](q, prefix_k, prefix_v, scale, block)

@@ -23,20 +23,28 @@ checkpointing replays the received prefix and sends nothing again (``RelayRecord
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.autograd import Function
 
-from baton.kernels import attention
-from baton.kernels.attention_ref import merge_partials, prefix_attention
+from baton.kernels import attention, prefix_attention
+from baton.kernels.attention_ref import merge_partials
 from baton.models.rotary import Rotary, document_positions
 from baton.parallel.relay import RelayLink, nbytes
 
-if TYPE_CHECKING:
-    from baton.parallel.sequence import SequenceParallel
+
+class StepView(Protocol):
+    """What the exchange reads of the step (``sequence.SequenceParallel``, which imports this
+    module: a protocol, not an import back)."""
+
+    first_offset: int
+    kv_from: list[tuple[int, int]]
+    kv_to: list[int]
+
+    def link(self, layer: int, kind: str) -> RelayLink: ...
 
 
 class KeysValuesExchange:
@@ -135,7 +143,7 @@ class _TakePrefix(Function):
 
 
 def exchange_keys_values(
-    sp: SequenceParallel, layer: int, kv: Tensor, tail_start: int
+    sp: StepView, layer: int, kv: Tensor, tail_start: int
 ) -> tuple[Tensor, KeysValuesExchange | None]:
     """Post layer ``layer``'s exchange of the piece's keys and values ``kv`` (its last segment
     from ``tail_start``); ``kv`` itself, with the exchange in its graph, and the exchange (None
@@ -176,7 +184,7 @@ class RelayedAttention:
     """Drop-in for the attention mixer's ``attend`` op (``models/attention.py``) on one rank's
     piece, the prefix coming from the earlier ranks: the output [B, T, H, D]."""
 
-    def __init__(self, sp: SequenceParallel, layer: int) -> None:
+    def __init__(self, sp: StepView, layer: int) -> None:
         self.sp, self.layer = sp, layer
 
     @torch.compiler.disable  # messages whose sizes the plan sets: eager between a compiled block's graphs
@@ -199,5 +207,5 @@ class RelayedAttention:
         first = bounds[1]
         pk, pv = prefix.chunk(2, dim=-1)
         pk = rotary(pk, torch.arange(prefix.shape[1]))
-        o_first, _ = merge_partials(o[:, :first], lse[:, :first], *prefix_attention(q[:, :first], pk, pv, scale))
+        o_first, _ = merge_partials(o[:, :first], lse[:, :first], *prefix_attention(q[:, :first], pk, pv, scale, block))
         return torch.cat([o_first, o[:, first:]], dim=1)

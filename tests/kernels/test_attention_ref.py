@@ -4,7 +4,7 @@ disjoint keys merging exactly. fp64: only summation order differs (1e-10)."""
 import pytest
 import torch
 
-from baton.kernels.attention_ref import attention_ref, merge_partials, naive_attention
+from baton.kernels.attention_ref import attention_ref, merge_partials, naive_attention, prefix_attention
 from tests.helpers import assert_close
 
 
@@ -50,6 +50,27 @@ def test_partials_over_disjoint_keys_merge_exactly():
     for name, a, b in zip(("o", "lse"), merged, whole):
         assert_close(a, b, 1e-10, name)
     assert_close(own[0][:, 20:], whole[0][:, 20:], 1e-12, "the second document")  # key blocks shift with the prefix
+
+
+def test_blockwise_prefix_attention_merges_into_the_whole():
+    """prefix_attention, blockwise (blocks of 8 over a 13-token prefix), merged with the first
+    document's own attention: the whole attention's outputs and every gradient (fp64, 1e-10)."""
+    q, k, v, pk, pv = inputs(P=13)
+    cu = torch.tensor([0, 20, 37])
+    leaves = [x.clone().requires_grad_() for x in (q, k, v, pk, pv)]
+    own = attention_ref(*leaves[:3], cu, block=8)
+    first = merge_partials(own[0][:, :20], own[1][:, :20], *prefix_attention(leaves[0][:, :20], *leaves[3:], block=8))
+    ours = torch.cat([first[0], own[0][:, 20:]], dim=1)
+    whole_leaves = [x.clone().requires_grad_() for x in (q, k, v, pk, pv)]
+    whole = attention_ref(*whole_leaves[:3], cu, *whole_leaves[3:], block=8)[0]
+    assert_close(ours, whole, 1e-10, "o")
+    weights = torch.randn_like(whole)
+    for name, a, b in zip(
+        ("dq", "dk", "dv", "d prefix k", "d prefix v"),
+        torch.autograd.grad((ours * weights).sum(), leaves),
+        torch.autograd.grad((whole * weights).sum(), whole_leaves),
+    ):
+        assert_close(a, b, 1e-10, name)
 
 
 def test_query_heads_must_group_the_key_heads():

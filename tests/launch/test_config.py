@@ -68,8 +68,8 @@ def test_overrides_apply_with_types():
             "model.attn_heads=6 must be a multiple of model.attn_kv_heads=4",
         ),
         (
-            ["model.layer_pattern=ssd,attn", "model.attn_head_dim=24", "model.rotary_fraction=0.25"],
-            "model.rotary_fraction=0.25 of model.attn_head_dim=24 rotates 6 dims: rotary pairs dims",
+            ["model.layer_pattern=ssd,attn", "model.attn_head_dim=20", "model.rotary_fraction=0.25"],
+            "model.rotary_fraction=0.25 of model.attn_head_dim=20 rotates 5 dims: rotary pairs dims",
         ),
         (["model.layer_pattern=attn,gdn", "model.gdn_head_dim=40"], "model.gdn_head_dim must be a power of two"),
         (["model.layer_pattern=gdn,attn", "model.rotary_theta=0"], "model.rotary_theta must be > 0"),

@@ -14,7 +14,7 @@ import pytest
 import torch.distributed as dist
 
 from baton.dist.local import run_local
-from baton.models.flops import relay_messages_per_layer, scan_shape
+from baton.models.flops import relay_messages_per_hop, scan_shape
 from baton.parallel.plan import StepPlan, local_batch
 from baton.parallel.recompute import apply_activation_checkpointing
 from baton.parallel.sequence import SequenceParallel, apply_sequence_parallel
@@ -57,7 +57,7 @@ def checkpointed_worker(rank: int, world: int, mixer: str, relay: str, lengths: 
 def test_checkpointed_layers_send_each_message_once(mixer):
     """Full checkpointing on 3 ranks, chain: still exact, and rank 0 of a chain over every rank
     sends per layer the first guess's state and one state per Newton iteration forward (what
-    the planner prices, ``relay_messages_per_layer`` less the backward's), not twice that: the
+    the planner prices per layer, ``relay_messages_per_hop`` less the backward's), not twice that: the
     recomputed forward replays what it received."""
     world = 3
     lengths, plan = scenarios(world)["spanning"]
@@ -66,7 +66,7 @@ def test_checkpointed_layers_send_each_message_once(mixer):
     cfg = tiny_model(mixer).cfg
     H, K, V = scan_shape(cfg)
     comm = per_rank[0]["comm"]
-    assert comm["sent"]["layer0.scan"] == (relay_messages_per_layer(cfg) - 1) * 4 * H * K * V
+    assert comm["sent"]["layer0.scan"] == (relay_messages_per_hop(cfg) // cfg.n_layers - 1) * 4 * H * K * V
     assert per_rank[1]["comm"]["sent"]["layer0.scan.grad"] == 4 * H * K * V  # the adjoint, back
 
 
