@@ -40,15 +40,17 @@ def tune(cfg: Config) -> dict:
     loaded, _ = load_choices(path)
     start = time.perf_counter()
     torch.manual_seed(cfg.train.seed)
-    block = Block(cfg.model).to(device)
+    # one block of each recurrent mixer the model has (a hybrid's attention has no Triton tuning)
+    blocks = [Block(cfg.model, name).to(device) for name in dict.fromkeys(cfg.model.layer_mixers) if name != "attn"]
     tokens = 4 * cfg.model.chunk_size
     cu = torch.tensor([0, tokens // 3, tokens])  # two documents, the first cut inside a chunk
     x = torch.randn(1, tokens, cfg.model.d_model, device=device, dtype=dtype or torch.float32, requires_grad=True)
-    with kernel_backend(cfg.train.kernels):
-        with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
-            fresh, state = block(x, cu, LayerState())
-            continued, _ = block(x, cu, state)
-        (fresh.float().square().sum() + continued.float().square().sum()).backward()
+    for block in blocks:
+        with kernel_backend(cfg.train.kernels):
+            with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
+                fresh, state = block(x, cu, LayerState())
+                continued, _ = block(x, cu, state)
+            (fresh.float().square().sum() + continued.float().square().sum()).backward()
     return {
         "file": str(path),
         "loaded": loaded,

@@ -22,13 +22,16 @@ from baton.models.rotary import Rotary, document_positions
 from baton.models.state import LayerState
 
 
+@torch.compiler.disable  # reads document boundaries as numbers: eager between a compiled block's graphs
 def attend(
-    q: Tensor, kv: Tensor, cu_seqlens: Tensor | None, rotary: Rotary, scale: float, prefix: Tensor | None = None,
-    block: int = 128,
+    q: Tensor, kv: Tensor, cu_seqlens: Tensor | None, rotary: Rotary, scale: float,
+    prefix: Tensor | tuple[Tensor, ...] | None = None, block: int = 128,
 ) -> Tensor:  # fmt: skip
     """Causal attention of a packed piece: q [B, T, H, D], kv [B, T, Hk, 2D] (keys then values,
     un-rotated), ``prefix`` [B, P, Hk, 2D] the keys and values of the first document's earlier
-    tokens. The output [B, T, H, D]."""
+    tokens (or its pieces in order). The output [B, T, H, D]."""
+    if isinstance(prefix, tuple):  # the pieces slices carried: joined here, transient under checkpointing
+        prefix = torch.cat(prefix, dim=1)
     P = 0 if prefix is None else prefix.shape[1]
     positions = document_positions(cu_seqlens, q.shape[1], P)
     k, v = kv.chunk(2, dim=-1)
@@ -40,12 +43,16 @@ def attend(
     return o
 
 
-def kv_after(kv: Tensor, prefix: Tensor | None, cu_seqlens: Tensor | None) -> Tensor:
+def kv_after(
+    kv: Tensor, prefix: Tensor | tuple[Tensor, ...] | None, cu_seqlens: Tensor | None
+) -> Tensor | tuple[Tensor, ...]:
     """The keys and values of the piece's last document so far, what a piece continuing it
-    attends to: the piece's last segment, after the prefix when the piece is one segment."""
+    attends to: the piece's last segment, after the prefix when the piece is one segment (as
+    pieces, not joined: slices that each keep their input would otherwise keep a copy each of
+    a growing prefix, memory quadratic in the slices)."""
     last = 0 if cu_seqlens is None else int(cu_seqlens[-2])
     if last == 0 and prefix is not None:
-        return torch.cat([prefix, kv], dim=1)
+        return (*(prefix if isinstance(prefix, tuple) else (prefix,)), kv)
     return kv[:, last:]
 
 

@@ -18,8 +18,9 @@ class LayerState(NamedTuple):
     composed over the pieces carried so far; None where a document starts inside (a reset:
     nothing entering reaches the end) or nothing was carried yet. (Â, Ŝ) from a zero start is
     the summary a rank relays. ``kv``: an attention layer's keys (un-rotated) and values of
-    that document so far [B, P, Hk, 2D]; ``lengths`` [B]: how many of them are valid per stream
-    (decoding several streams at once; None: all P).
+    that document so far [B, P, Hk, 2D] (between slices of a piece: its pieces in order, not
+    joined); ``lengths`` [B]: how many of them are valid per stream (decoding several streams
+    at once; None: all P).
 
     A NamedTuple, so that wrappers that walk a module's inputs and outputs (FSDP2,
     checkpointing) see its tensors.
@@ -28,5 +29,5 @@ class LayerState(NamedTuple):
     scan: Tensor | None = None
     conv: Tensor | None = None
     transition: Tensor | None = None
-    kv: Tensor | None = None
+    kv: Tensor | tuple[Tensor, ...] | None = None
     lengths: Tensor | None = None

@@ -18,8 +18,10 @@ at layer l), so this order keeps every relay strategy as parallel as without sli
 block, when the step relays state:
 
 1. the conv windows are exchanged (from a projection of the last tokens only); an attention
-   layer exchanges the first and last documents' keys and values instead of 1-2 (its slices
-   carry the keys and values of their document's earlier slices, a growing prefix);
+   layer instead of 1-2 sends its last segment's keys and values (a projection of those tokens)
+   to the ranks continuing that document and gathers its first document's from the ranks
+   before, the first slice's prefix (each later slice attends to the keys and values of its
+   document's earlier slices too, carried as a state);
 2. the summary of the piece's last segment is composed over that segment's slices (summaries
    compose associatively), recomputed in backward, and relayed by the chosen strategy:
    the same messages and bytes as without slices;

@@ -21,7 +21,7 @@ SHAPE = dict(vocab_size=300, d_model=64, n_layers=1, n_heads=2, chunk_size=16)
 
 def block_and_input(mixer: str, T: int = 50) -> tuple[Block, torch.Tensor]:
     torch.manual_seed(0)
-    return Block(ModelConfig(mixer=mixer, **SHAPE)), torch.randn(1, T, SHAPE["d_model"], requires_grad=True)
+    return Block(ModelConfig(mixer=mixer, **SHAPE), mixer), torch.randn(1, T, SHAPE["d_model"], requires_grad=True)
 
 
 def outputs_and_grads(block: Block, forward, x: torch.Tensor, cu: torch.Tensor) -> list[torch.Tensor]:
@@ -51,6 +51,24 @@ def test_compiled_block_equals_eager(mixer):
         ours = outputs_and_grads(block, compiled, x, cu)
         for name, a, b in zip(["y", "dx", *(n for n, _ in block.named_parameters())], ours, eager):
             assert rel_max(a, b) < 1e-5, (mixer, name)
+
+
+def test_a_compiled_attention_block_equals_eager():
+    """A hybrid's attention block: its graphs break only at the attention op (it reads document
+    boundaries as numbers: eager between the graphs of the projections, norms and gate)."""
+    torch.manual_seed(0)
+    shape = {**SHAPE, "n_layers": 2, "gdn_head_dim": 16, "attn_heads": 4, "attn_kv_heads": 2, "attn_head_dim": 16}
+    block = Block(ModelConfig(mixer="gdn", layer_pattern="gdn,attn", **shape), "attn")
+    x, cu = torch.randn(1, 50, SHAPE["d_model"], requires_grad=True), torch.tensor([0, 20, 50])
+    explained = torch._dynamo.explain(block)(x, cu)
+    assert explained.break_reasons and all(
+        "torch.compiler.disable" in r.reason and "attention.py" in str(r.user_stack[-1])
+        for r in explained.break_reasons
+    ), explained.break_reasons
+    eager = outputs_and_grads(block, block, x, cu)
+    ours = outputs_and_grads(block, torch.compile(block.forward), x, cu)
+    for name, a, b in zip(["y", "dx", *(n for n, _ in block.named_parameters())], ours, eager):
+        assert rel_max(a, b) < 1e-5, name
 
 
 def test_compiled_triton_scan_equals_eager_reference():

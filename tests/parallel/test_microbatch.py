@@ -1,7 +1,9 @@
 """Sequence micro-batches are exact: real processes (gloo), each rank's piece in slices of 16
 tokens (one chunk), against one process running the whole stream in one pass.
 
-For 2 and 3 ranks, each relay strategy and every mixer, over test_sequence's plans (a document
+For 2 and 3 ranks (and 4 for a hybrid, sliced and checkpointed alone), each relay strategy
+and every mixer (hybrids too: an attention layer's slices see their document's earlier
+slices' keys and values), over test_sequence's plans (a document
 spanning every rank, random documents and cuts, a cut on a document boundary or inside the conv
 window, two chains in one step): every document longer than a slice crosses slice boundaries,
 and the spanning one crosses rank boundaries too. Outputs, loss and every parameter gradient match in fp32 to a relative
@@ -49,6 +51,19 @@ def test_slices_across_ranks_match_one_pass(world):
     assert_match_one_process(world, keys, run_local(world, micro_worker, cases, MICRO))
 
 
+@pytest.mark.parametrize("options", [[], ["train.micro_tokens=0"]], ids=["sliced", "checkpointed"])
+def test_a_hybrid_on_four_ranks_checkpointed_with_and_without_slices(options):
+    """The GDN + attention hybrid on 4 ranks, every relay and scenario, under full checkpointing
+    with slices of 16 tokens and without slices: what one process computes."""
+    world = 4
+    cases, keys = [], []
+    for case, key in zip(*every_case(world)):
+        if case[0] == "gdn+attn":
+            cases.append(case)
+            keys.append(key)
+    assert_match_one_process(world, keys, run_local(world, micro_worker, cases, [*MICRO, *options]))
+
+
 def test_slice_cuts_fall_on_whole_chunks_of_each_document():
     # Documents [0, 10) [10, 75) [75, 80): slices of at most 32 tokens, chunks of 16.
     bounds = [0, 10, 75, 80]
@@ -60,3 +75,39 @@ def test_slice_cuts_fall_on_whole_chunks_of_each_document():
     assert slice_cuts([0, 100], 200, 16) == [0, 100]  # one slice: the whole piece
     # The second cut would fall at 64, 24 tokens into document 1: back to a whole chunk, 56.
     assert slice_cuts([0, 40, 72], 32, 16) == [0, 32, 56, 72]
+
+
+def test_an_attention_layers_slices_keep_memory_linear_in_the_length():
+    """Under full checkpointing each slice keeps its input, the keys and values of its
+    document's earlier slices among it: carried as the pieces they are, what a block keeps grows
+    linearly with the document (doubling the length doubles the increment; joined into one
+    tensor per slice it would grow quadratically, an increment ratio of ~4: tried)."""
+    import torch
+
+    from baton.config import ModelConfig
+    from baton.models.lm import RecurrentLM
+    from baton.parallel.microbatch import apply_micro_batches
+    from baton.parallel.plan import LocalBatch, RankPiece
+    from baton.parallel.recompute import apply_activation_checkpointing
+    from baton.parallel.sequence import SequenceParallel
+    from baton.profile.activations import ActivationMeter
+
+    def kept(T: int) -> int:
+        cfg = ModelConfig(
+            mixer="gdn", layer_pattern="attn,gdn", d_model=64, gdn_head_dim=16, attn_heads=4, attn_head_dim=16,
+            chunk_size=16,
+        )  # fmt: skip
+        torch.manual_seed(0)
+        model = RecurrentLM(cfg)
+        sp = SequenceParallel(0, 1, "chain")
+        apply_activation_checkpointing(model, "full", sp.record)
+        apply_micro_batches(model, sp, 16, 16)
+        cu = torch.tensor([0, T])
+        local = LocalBatch(torch.zeros(T, dtype=torch.long), torch.zeros(T, dtype=torch.long), cu, False, False)
+        with sp.step(StepPlan([RankPiece([(0, T)])]), local), ActivationMeter() as meter:
+            x = torch.randn(1, T, 64, requires_grad=True)
+            y, _ = model.blocks[0](x, cu)
+        return meter.alive_bytes(exclude=[*model.parameters(), y])
+
+    a, b, c = kept(256), kept(512), kept(1024)
+    assert (c - b) / (b - a) < 2.1, (a, b, c)

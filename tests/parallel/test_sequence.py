@@ -1,7 +1,8 @@
 """Sequence parallelism is exact: real processes (gloo) against one process on the same stream.
 
 For 2, 3 and 4 ranks, each relay strategy and every mixer (the delta rule with β in [0, 1]
-and in [0, 2]), over plans with random document lengths, cuts inside documents, a document
+and in [0, 2]; hybrids of GDN or SSD with a gated attention layer, grouped-query, whose keys
+and values cross the cuts), over plans with random document lengths, cuts inside documents, a document
 spanning every rank, uneven pieces, a cut on a document boundary, a cut inside the short
 conv's window, and two independent chains in one step: outputs, loss and every
 parameter gradient match a single-process run in fp32 to a relative error < 1e-5 (the two
