@@ -4,8 +4,9 @@ plans are, and one measured run.
     python bench/hybrid_sp.py [--part bytes sim measured] [--ranks 16 64 256 512]
 
 (a) bytes: keys and values per attention layer (forward; the gradients in backward are as
-    many) against the length of the longest document, on the same packed plans (8 ranks of
-    32K tokens, the balanced plan of the 1.3B hybrid): baton (only documents that straddle a
+    many) against the length of one long document among short ones (lognormal around 1K
+    tokens), on the same packed plans (8 ranks of 32K tokens, the balanced plan of the 1.3B
+    hybrid): baton (only documents that straddle a
     cut, gathered from their owners), ring attention (every rank's keys and values around the
     whole ring) and an all-gather of every rank's keys and values (LASP-2H).
 (b) sim: predicted step time and imbalance (slowest rank over the mean) at 16-512 ranks, the
@@ -86,7 +87,7 @@ def bytes_part(model) -> list[dict]:
         ring = (R - 1) / R * total  # per rank: every other rank's block passes through
         rows.append(
             {
-                "longest_doc": length,
+                "long_doc": length,
                 "cut_docs": sum(1 for r in range(R) if prefix_sources(plan, r, bounds)),
                 "baton_total_MB": round(sum(received) / 1e6, 2),
                 "baton_max_rank_MB": round(max(received) / 1e6, 2),

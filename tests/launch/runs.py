@@ -18,14 +18,16 @@ def mpirun() -> str | None:
 
 
 def baton_train(
-    run_dir: Path, data_dir: Path, nproc: int, *overrides: str, launcher: str = "torchrun", env: dict | None = None
-) -> Path:
+    run_dir: Path, data_dir: Path, nproc: int, *overrides: str, launcher: str = "torchrun", env: dict | None = None,
+    config: str | None = None,
+) -> Path:  # fmt: skip
     """Train into ``run_dir`` (fails the test with the tail of stderr on a non-zero exit);
-    ``env``: variables set for it."""
+    ``env``: variables set for it; ``config``: a YAML file the overrides apply to."""
     args = [
         "-m",
         "baton.launch.cli",
         "train",
+        *([config] if config else []),
         *SMALL,
         f"data.cache_dir={data_dir}",
         f"train.run_dir={run_dir}",

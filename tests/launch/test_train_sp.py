@@ -99,10 +99,12 @@ def test_newton_trained_rnn_under_sp_and_sharding_follows_single_process(tmp_pat
 def test_the_tiny_hybrid_preset_trains_with_sp_like_one_process(tmp_path):
     """configs/tiny-hybrid.yaml as the README runs it, 2 ranks sharing each stream: the losses of
     one process (1e-4), and they fall; the attention layer's keys and values cross the cut."""
-    hybrid = ["configs/tiny-hybrid.yaml", "train.steps=12", "train.log_every=6", "train.eval_every=12"]
+    hybrid = ["train.steps=12", "train.log_every=6", "train.eval_every=12"]
     curves = {}
     for nproc, extra in ((1, []), (2, ["parallel.sp.size=2", "parallel.sp.relay=chain"])):
-        run = baton_train(tmp_path / f"run{nproc}", tmp_path / "data", nproc, *hybrid, *extra)
+        run = baton_train(
+            tmp_path / f"run{nproc}", tmp_path / "data", nproc, *hybrid, *extra, config="configs/tiny-hybrid.yaml"
+        )
         curves[nproc] = [m["loss"] for m in jsonl(run / "metrics.jsonl")]
     for a, b in zip(curves[1], curves[2], strict=True):
         assert abs(a - b) / a < 1e-4, curves
