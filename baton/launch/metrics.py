@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from baton.models.flops import FlopsPerToken
 from baton.progress import Progress
 
 
@@ -24,6 +25,7 @@ class StepResult:
     doc_ids: list
     mfu: float | None = None  # this rank's, where the device's peak is known
     newton_residual: list[float] | None = None  # per layer, the largest over ranks (model.newton_residual)
+    attention_pairs: int = 0  # (query, key) pairs a hybrid's attention scored in the batch, per layer
 
 
 class MetricsLogger:
@@ -34,6 +36,7 @@ class MetricsLogger:
         self.progress = Progress(total_steps, enabled=enabled)
         self.start = self.window_start = time.perf_counter()
         self.tokens = self.window_tokens = 0
+        self.attention_pairs = 0
         self.first_loss = self.last_loss = self.eval_loss = None
 
     def log_step(
@@ -44,6 +47,7 @@ class MetricsLogger:
         also the tokens per second of the interval and the console line, with the profiler's
         cross-rank ``interval`` summary where there is one."""
         self.tokens += result.tokens
+        self.attention_pairs += result.attention_pairs
         self.window_tokens += result.tokens
         self.first_loss = result.loss if self.first_loss is None else self.first_loss
         self.last_loss = result.loss
@@ -107,7 +111,7 @@ class MetricsLogger:
         self.progress.update(step, text)
 
     def finish(
-        self, steps: int, parameters: int, flops_per_token: int, world_size: int, start: dict | None = None
+        self, steps: int, parameters: int, flops: FlopsPerToken, world_size: int, start: dict | None = None
     ) -> dict:
         """The run's summary, written to ``summary.json`` with a closing line; ``start``: what
         this start of the run cost before training (first step, kernel tuning)."""
@@ -120,7 +124,7 @@ class MetricsLogger:
             "tokens": self.tokens,
             "seconds": elapsed,
             "tokens_per_s": self.tokens / elapsed,
-            "model_flops_per_s": self.tokens * flops_per_token / elapsed,
+            "model_flops_per_s": flops.training_step(self.tokens, self.attention_pairs) / elapsed,
             "parameters": parameters,
             "world_size": world_size,
             **(start or {}),

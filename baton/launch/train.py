@@ -163,7 +163,10 @@ class Trainer:
         record = prof.record(self.step, local.tokens.numel(), comm, pairs) or {}
         plan_dict = plan.to_dict() | plan_info
         residual = self.newton_residuals(residuals)
-        return StepResult(total, grad_norm, batch.n_tokens, plan_dict, comm, batch.doc_ids, record.get("mfu"), residual)
+        batch_pairs = causal_pairs(batch.cu_seqlens.tolist())
+        return StepResult(
+            total, grad_norm, batch.n_tokens, plan_dict, comm, batch.doc_ids, record.get("mfu"), residual, batch_pairs
+        )
 
     def newton_residuals(self, found: list[torch.Tensor]) -> list[float] | None:
         """``‖h − f(h)‖ / ‖h‖`` of every Newton-trained layer in this step's forward, the
@@ -284,7 +287,7 @@ class Trainer:
                 self.preemption.requeue()
                 return {"steps": self.step, "stopped": stop}
         self.checkpointer.finish()
-        n_params, flops = count_parameters(cfg.model), flops_per_token(cfg.model).training
+        n_params, flops = count_parameters(cfg.model), flops_per_token(cfg.model)
         return self.metrics.finish(self.step, n_params, flops, env.world_size, start)
 
     def close(self) -> None:

@@ -56,6 +56,14 @@ def test_hybrid_parameters_and_attention_pairs():
     cfg = ModelConfig(mixer="gdn", layer_pattern="gdn,gdn,gdn,attn", n_layers=6, gdn_head_dim=16, attn_kv_heads=1)
     assert count_parameters(cfg) == sum(p.numel() for p in RecurrentLM(cfg).parameters())
     assert flops_per_token(cfg).attention_pair == 4 * cfg.attn_heads * cfg.attn_head_dim * 1
+    # The constant per pair: the unmasked T x T products of the plain attention, counted.
+    from baton.kernels.attention_ref import naive_attention
+
+    T, H, Hk, D = 32, cfg.attn_heads, cfg.attn_kv_heads, cfg.attn_head_dim
+    q, k, v = torch.randn(1, T, H, D), torch.randn(1, T, Hk, D), torch.randn(1, T, Hk, D)
+    with FlopCounterMode(display=False) as counter:
+        naive_attention(q, k, v)
+    assert counter.get_total_flops() == flops_per_token(cfg).attention_pair * T * T
     bounds, offset = [0, 5, 12, 20], 7
     brute = sum(offset + t + 1 for t in range(5)) + sum(t + 1 for t in range(7)) + sum(t + 1 for t in range(8))
     assert causal_pairs(bounds, offset) == brute
