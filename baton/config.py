@@ -316,6 +316,7 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 100
     run_dir: str = "runs/default"
+    init_from: str = ""  # a baton model directory (baton import, baton export): start from its weights
 
 
 @dataclass

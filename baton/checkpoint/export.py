@@ -51,6 +51,29 @@ def _tied_source(name: str, full: dict) -> str:
     raise CheckpointError(f"parameter {name} is missing from the DeepSpeed checkpoint")
 
 
+def load_exported(directory: Path) -> tuple[ModelConfig, dict[str, Tensor]]:
+    """The model config and weights of a directory ``baton export`` or ``baton import`` wrote."""
+    from safetensors.torch import load_file
+
+    config, weights = directory / "config.json", directory / "model.safetensors"
+    for path in (config, weights):
+        if not path.is_file():
+            raise CheckpointError(f"{path}: not found (a directory of `baton export` or `baton import` has it)")
+    return ModelConfig(**json.loads(config.read_text())["model"]), load_file(str(weights))
+
+
+def initial_weights(model: RecurrentLM, directory: Path) -> None:
+    """Load ``train.init_from``'s weights into ``model``, whose config must be the directory's."""
+    cfg, state = load_exported(directory)
+    ours, theirs = asdict(model.cfg), asdict(cfg)
+    differ = [f"model.{k}={theirs[k]!r}" for k in ours if ours[k] != theirs[k]]
+    if differ:
+        raise CheckpointError(
+            f"train.init_from={directory}: its model has {', '.join(differ)}; set those (its config.yaml has them)"
+        )
+    model.load_state_dict(state)
+
+
 def export_safetensors(path: Path, out_dir: Path) -> Path:
     """Write ``out_dir/model.safetensors`` and ``out_dir/config.json``; return the former."""
     try:  # the `export` extra; loading the weights needs none

@@ -1,5 +1,5 @@
 """The ``baton`` command: ``train``, ``tune``, ``config``, ``memory``, ``submit``, ``data build``, ``data synth``,
-``report``, ``replay``, ``generate``, ``eval``, ``export``."""
+``report``, ``replay``, ``generate``, ``eval``, ``export``, ``import``."""
 
 from __future__ import annotations
 
@@ -145,7 +145,7 @@ def _report(args: argparse.Namespace) -> None:
 
 def _export(args: argparse.Namespace) -> None:
     from baton.checkpoint import CheckpointError, latest_checkpoint
-    from baton.checkpoint.export import export_safetensors
+    from baton.checkpoint.export import export_safetensors, load_model_state
 
     path = Path(args.checkpoint)
     if (path / "checkpoints").is_dir():  # a run directory: its newest complete checkpoint
@@ -153,8 +153,28 @@ def _export(args: argparse.Namespace) -> None:
         if newest is None:
             raise CheckpointError(f"{path / 'checkpoints'}: no complete checkpoint to export")
         path = newest
+    elif not (path / "trainer.json").is_file():
+        raise CheckpointError(f"{path}: neither a run directory with checkpoints nor a checkpoint")
+    if args.format == "hf":
+        import json
+
+        from baton.checkpoint.hf import check_qwen35, export_hf
+        from baton.config import ModelConfig
+
+        check_qwen35(ModelConfig(**json.loads((path / "trainer.json").read_text())["model"]))  # before the weights
+        config, state = load_model_state(path)
+        target = export_hf(config, state, Path(args.out), str(path), args.force)
+        print(f"{target}: {path} as transformers' Qwen3_5ForCausalLM (AutoModelForCausalLM.from_pretrained)")
+        return
     target = export_safetensors(path, Path(args.out))
     print(f"{target}: weights of {path} (and config.json beside it)")
+
+
+def _import(args: argparse.Namespace) -> None:
+    from baton.checkpoint.hf import import_hf
+
+    out = import_hf(Path(args.hf_dir), Path(args.out), args.force)
+    print(f"{out}: {args.hf_dir} as a baton model; train from it: baton train {out / 'config.yaml'}")
 
 
 def _count(text: str, least: int = 1) -> int:
@@ -275,7 +295,17 @@ def _add_run_commands(sub) -> None:
     exp = sub.add_parser("export", help="consolidate a checkpoint into model.safetensors + config.json")
     exp.add_argument("checkpoint", help="a checkpoint directory, or a run directory (its newest checkpoint)")
     exp.add_argument("--out", required=True, help="directory to write into")
+    exp.add_argument(
+        "--format", choices=("baton", "hf"), default="baton",
+        help="baton: baton's safetensors and config; hf: a transformers model directory (Qwen3.5 text)",
+    )  # fmt: skip
+    exp.add_argument("--force", action="store_true", help="replace a non-empty --out directory (hf)")
     exp.set_defaults(func=_export)
+    imp = sub.add_parser("import", help="a transformers Qwen3.5 text model as a baton model to train from")
+    imp.add_argument("hf_dir", help="a transformers model directory (config.json, safetensors weights)")
+    imp.add_argument("--out", required=True, help="directory to write into")
+    imp.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
+    imp.set_defaults(func=_import)
 
 
 def build_parser() -> argparse.ArgumentParser:

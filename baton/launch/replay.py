@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from baton.checkpoint import CheckpointError, complete_checkpoints
-from baton.checkpoint.export import load_model
+from baton.checkpoint.export import initial_weights, load_model
 from baton.checkpoint.store import checkpoint_step, final_dir
 from baton.config import ConfigError, load_config
 from baton.kernels import kernel_backend
@@ -68,7 +68,10 @@ def _weights_and_position(cfg, run_dir: Path, step: int) -> tuple[RecurrentLM, d
     (None: the start)."""
     if step == 1:
         torch.manual_seed(cfg.train.seed)  # as the trainer does before it builds the model
-        return RecurrentLM(cfg.model), None
+        model = RecurrentLM(cfg.model)
+        if cfg.train.init_from:
+            initial_weights(model, Path(cfg.train.init_from))
+        return model, None
     root = checkpoint_root(cfg, run_dir)
     done, before = complete_checkpoints(root), final_dir(root, step - 1)
     if before not in done:

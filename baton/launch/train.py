@@ -50,6 +50,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from baton.checkpoint.export import initial_weights
 from baton.checkpoint.state import Checkpointer, resume_point, saved_world_size
 from baton.config import Config, to_yaml
 from baton.data.loader import Batch
@@ -105,7 +106,10 @@ class Trainer:
         resume_from = resume_point(cfg.resume, root)
         universal = resume_from is not None and saved_world_size(resume_from) != self.env.world_size
         cap = memory_cap(cfg, self.env.world_size, self.device)  # refuses what cannot fit, before allocating
-        model = RecurrentLM(cfg.model).to(self.device)
+        model = RecurrentLM(cfg.model)
+        if cfg.train.init_from and resume_from is None:  # a resumed run's weights are its checkpoint's
+            initial_weights(model, Path(cfg.train.init_from))
+        model = model.to(self.device)
         slow_down(model, self.env.rank, cfg.profile.slow_rank, cfg.profile.slow_seconds_per_ktoken)
         make_optimizer = optimizer_factory(cfg.optim, cfg.train.steps)
         self.parallel = parallelize(model, cfg, self.env, self.autocast_dtype, make_optimizer, universal)

@@ -21,6 +21,13 @@ from baton.models.norm import GatedRMSNorm
 from baton.models.state import LayerState
 
 
+def l2_normalize(x: Tensor, eps: float = 1e-6) -> Tensor:
+    """``x / sqrt(|x|² + eps)`` over the last dim: flash-linear-attention's and Qwen3.5's form (an
+    epsilon inside the root, where ``F.normalize`` clamps the norm), so exported weights compute
+    the same."""
+    return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps)
+
+
 class GatedDeltaNetMixer(nn.Module):
     """q, k, v projections through one short causal conv and SiLU, q and k L2-normalised per
     head, a Mamba2-style scalar gate α = exp(−A·softplus(a + dt_bias)) and a sigmoid β per
@@ -57,7 +64,7 @@ class GatedDeltaNetMixer(nn.Module):
         """The conv's outputs [..., C] as q, k (unit norm) and v, heads split: [..., H, K|V]."""
         H, K = self.n_heads, self.key_dim
         q, k, v = F.silu(mixed).split([H * K, H * K, H * self.value_dim], dim=-1)
-        q, k = (F.normalize(t.unflatten(-1, (H, K)), dim=-1, eps=1e-6) for t in (q, k))
+        q, k = (l2_normalize(t.unflatten(-1, (H, K))) for t in (q, k))
         return q, k, v.unflatten(-1, (H, self.value_dim))
 
     def _gates(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -59,7 +59,7 @@ def _gdn_mixer(cfg: ModelConfig, a: int, path: str) -> int:
     conv = 2 * HK + HV
     kept = a * d + 2 * a * conv + (W - 1)  # normed input, q/k/v projection, the conv's padded input, masks
     kept += 2 * F * conv  # conv output and its SiLU (fp32: promoted by the fp32 conv weight)
-    kept += 2 * F * HK + 4 * F * H  # unit-norm q and k, their norms before and after the clamp
+    kept += 2 * F * HK + 2 * F * H  # unit-norm q and k, their inverse norms
     kept += 5 * F * H  # α's pre-activation plus dt_bias, its softplus, log α; β's sigmoid, β
     kept += F * HV + F * H  # scan output (fp32 as v), the gated norm's statistics
     kept += 2 * a * HV  # output gate, the gated norm's output as o_proj keeps it
