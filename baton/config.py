@@ -20,7 +20,6 @@ ENGINES = ("none", "fsdp2", "deepspeed")  # parallel.zero.engine (parallel/zero.
 
 
 MIXER_NAMES = ("gla", "ssd", "gdn", "paragru", "paralstm", "attn")  # attn: gated full attention (hybrids)
-RECURRENT = MIXER_NAMES[:-1]
 
 
 @dataclass
@@ -102,11 +101,6 @@ class ModelConfig:
     def for_mixer(self, name: str) -> ModelConfig:
         """This config as one layer of mixer ``name`` sees it (what per-layer counts read)."""
         return replace(self, mixer=name, layer_pattern="")
-
-    @property
-    def hybrid(self) -> bool:
-        """Attention layers among recurrent ones."""
-        return len(set(self.layer_mixers)) > 1 and "attn" in self.layer_mixers
 
     @property
     def describe(self) -> str:

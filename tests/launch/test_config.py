@@ -161,9 +161,9 @@ def test_a_bad_hybrid_stops_with_one_line_naming_the_key(override, key, capsys):
 def test_the_layer_pattern_cycles_over_the_layers():
     cfg = load_config(None, ["model.layer_pattern=gdn, gdn, gdn, attn", "model.n_layers=6", "model.gdn_head_dim=16"])
     assert cfg.model.layer_mixers == ["gdn", "gdn", "gdn", "attn", "gdn", "gdn"]
-    assert cfg.model.hybrid and cfg.model.describe == "gdn,gdn,gdn,attn"
+    assert cfg.model.describe == "gdn,gdn,gdn,attn"
     plain = load_config(None, ["model.mixer=ssd", "model.n_layers=3"]).model
-    assert plain.layer_mixers == ["ssd"] * 3 and not plain.hybrid
+    assert plain.layer_mixers == ["ssd"] * 3 and plain.describe == "ssd"
 
 
 def test_a_gdn_head_the_kernels_cannot_tile_stops_with_one_line(capsys):
