@@ -34,6 +34,10 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, ou
     except BaseException:
         (Path(out) / f"{rank}.err").write_text(traceback.format_exc())
         raise
+    # The result is saved and the group left: skip the interpreter's teardown, where a library's
+    # native threads can abort a finished process (seen once with DeepSpeed: "terminate called
+    # without an active exception", exit -6, after every rank had saved its result).
+    os._exit(0)
 
 
 def run_local(world_size: int, fn: Callable, *args: Any, timeout: float = 300.0) -> list[Any]:
