@@ -77,8 +77,35 @@ def qwen35_config(cfg: ModelConfig) -> dict:
     }
 
 
-def _zero_centred(weight: Tensor) -> Tensor:
-    return weight - 1
+# Per layer, baton's name (under ``blocks.i.``) and Qwen3.5's (under ``model.layers.i.``) of the
+# weights that are the same tensor, and of those Qwen3.5 keeps zero-centred (w - 1); by mixer, and
+# for every layer (""). The rest are reshaped: see to_qwen35 and from_qwen35.
+SAME = {
+    "": {"mlp.down.weight": "mlp.down_proj.weight"},
+    "attn": {f"mixer.{n}.weight": f"self_attn.{n}.weight" for n in ("k_proj", "v_proj", "o_proj")},
+    "gdn": {
+        "mixer.qkv_proj.weight": "linear_attn.in_proj_qkv.weight",
+        "mixer.out_gate.weight": "linear_attn.in_proj_z.weight",
+        "mixer.dt_bias": "linear_attn.dt_bias",
+        "mixer.A_log": "linear_attn.A_log",
+        "mixer.head_norm.weight": "linear_attn.norm.weight",
+        "mixer.o_proj.weight": "linear_attn.out_proj.weight",
+    },
+}
+ZERO_CENTRED = {
+    "": {"mixer_norm.weight": "input_layernorm.weight", "mlp_norm.weight": "post_attention_layernorm.weight"},
+    "attn": {f"mixer.{n}.weight": f"self_attn.{n}.weight" for n in ("q_norm", "k_norm")},
+    "gdn": {},
+}
+
+
+def _renamed(mixer: str) -> list[tuple[str, str, float]]:
+    """(baton's name, Qwen3.5's, what Qwen3.5's value adds to baton's) of a layer's renamed weights."""
+    same = [(ours, theirs, 0.0) for table in (SAME[""], SAME[mixer]) for ours, theirs in table.items()]
+    shifted = [
+        (ours, theirs, -1.0) for table in (ZERO_CENTRED[""], ZERO_CENTRED[mixer]) for ours, theirs in table.items()
+    ]
+    return same + shifted
 
 
 def _interleave_heads(query: Tensor, gate: Tensor, heads: int) -> Tensor:
@@ -89,40 +116,25 @@ def _interleave_heads(query: Tensor, gate: Tensor, heads: int) -> Tensor:
 def to_qwen35(cfg: ModelConfig, state: dict[str, Tensor]) -> dict[str, Tensor]:
     """baton's state dict renamed and reshaped into ``Qwen3_5ForCausalLM``'s."""
     check_qwen35(cfg)
-    out = {"model.embed_tokens.weight": state["embed.weight"], "model.norm.weight": _zero_centred(state["norm.weight"])}
+    out = {"model.embed_tokens.weight": state["embed.weight"], "model.norm.weight": state["norm.weight"] - 1}
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = state["head.weight"]
     for i, mixer in enumerate(cfg.layer_mixers):
         ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
-        out[theirs + "input_layernorm.weight"] = _zero_centred(state[ours + "mixer_norm.weight"])
-        out[theirs + "post_attention_layernorm.weight"] = _zero_centred(state[ours + "mlp_norm.weight"])
+        for our_name, their_name, shift in _renamed(mixer):
+            out[theirs + their_name] = state[ours + our_name] + shift if shift else state[ours + our_name]
         gate, up = state[ours + "mlp.gate_up.weight"].chunk(2, dim=0)
         out[theirs + "mlp.gate_proj.weight"], out[theirs + "mlp.up_proj.weight"] = gate, up
-        out[theirs + "mlp.down_proj.weight"] = state[ours + "mlp.down.weight"]
         m = ours + "mixer."
         if mixer == "attn":
-            a = theirs + "self_attn."
-            out[a + "q_proj.weight"] = _interleave_heads(
+            out[theirs + "self_attn.q_proj.weight"] = _interleave_heads(
                 state[m + "q_proj.weight"], state[m + "gate_proj.weight"], cfg.attn_heads
             )
-            for name in ("k_proj", "v_proj", "o_proj"):
-                out[a + f"{name}.weight"] = state[m + f"{name}.weight"]
-            for name in ("q_norm", "k_norm"):
-                out[a + f"{name}.weight"] = _zero_centred(state[m + f"{name}.weight"])
         else:
             g = theirs + "linear_attn."
-            out[g + "in_proj_qkv.weight"] = state[m + "qkv_proj.weight"]
-            out[g + "in_proj_z.weight"] = state[m + "out_gate.weight"]
             out[g + "in_proj_a.weight"], out[g + "in_proj_b.weight"] = state[m + "gate_proj.weight"].chunk(2, dim=0)
             out[g + "conv1d.weight"] = state[m + "conv_weight"][:, None, :]
-            out[g + "dt_bias"], out[g + "A_log"] = state[m + "dt_bias"], state[m + "A_log"]
-            out[g + "norm.weight"] = state[m + "head_norm.weight"]
-            out[g + "out_proj.weight"] = state[m + "o_proj.weight"]
     return {k: v.detach().clone().contiguous() for k, v in out.items()}
-
-
-def _one_centred(weight: Tensor) -> Tensor:
-    return weight + 1
 
 
 def from_qwen35(config: dict, state: dict[str, Tensor]) -> tuple[ModelConfig, dict[str, Tensor]]:
@@ -167,32 +179,21 @@ def from_qwen35(config: dict, state: dict[str, Tensor]) -> tuple[ModelConfig, di
         raise UnsupportedExport(f"{exc} (what baton's kernels take)") from None
     if cfg.mlp_hidden != config["intermediate_size"]:
         raise UnsupportedExport(f"intermediate_size={config['intermediate_size']}: no baton MLP of that width")
-    ours = {"embed.weight": state["model.embed_tokens.weight"], "norm.weight": _one_centred(state["model.norm.weight"])}
+    ours = {"embed.weight": state["model.embed_tokens.weight"], "norm.weight": state["model.norm.weight"] + 1}
     ours["head.weight"] = ours["embed.weight"] if cfg.tie_embeddings else state["lm_head.weight"]
     for i, mixer in enumerate(mixers):
         b, t = f"blocks.{i}.", f"model.layers.{i}."
-        ours[b + "mixer_norm.weight"] = _one_centred(state[t + "input_layernorm.weight"])
-        ours[b + "mlp_norm.weight"] = _one_centred(state[t + "post_attention_layernorm.weight"])
+        for our_name, their_name, shift in _renamed(mixer):
+            ours[b + our_name] = state[t + their_name] - shift if shift else state[t + their_name]
         ours[b + "mlp.gate_up.weight"] = torch.cat([state[t + "mlp.gate_proj.weight"], state[t + "mlp.up_proj.weight"]])
-        ours[b + "mlp.down.weight"] = state[t + "mlp.down_proj.weight"]
         m = b + "mixer."
         if mixer == "attn":
-            a = t + "self_attn."
-            both = state[a + "q_proj.weight"].unflatten(0, (cfg.attn_heads, 2, cfg.attn_head_dim))
+            both = state[t + "self_attn.q_proj.weight"].unflatten(0, (cfg.attn_heads, 2, cfg.attn_head_dim))
             ours[m + "q_proj.weight"], ours[m + "gate_proj.weight"] = both[:, 0].flatten(0, 1), both[:, 1].flatten(0, 1)
-            for name in ("k_proj", "v_proj", "o_proj"):
-                ours[m + f"{name}.weight"] = state[a + f"{name}.weight"]
-            for name in ("q_norm", "k_norm"):
-                ours[m + f"{name}.weight"] = _one_centred(state[a + f"{name}.weight"])
         else:
             g = t + "linear_attn."
-            ours[m + "qkv_proj.weight"] = state[g + "in_proj_qkv.weight"]
-            ours[m + "out_gate.weight"] = state[g + "in_proj_z.weight"]
             ours[m + "gate_proj.weight"] = torch.cat([state[g + "in_proj_a.weight"], state[g + "in_proj_b.weight"]])
             ours[m + "conv_weight"] = state[g + "conv1d.weight"][:, 0, :]
-            ours[m + "dt_bias"], ours[m + "A_log"] = state[g + "dt_bias"], state[g + "A_log"]
-            ours[m + "head_norm.weight"] = state[g + "norm.weight"]
-            ours[m + "o_proj.weight"] = state[g + "out_proj.weight"]
     return cfg, {k: v.detach().clone() for k, v in ours.items()}
 
 
